@@ -1,0 +1,357 @@
+"""Model bundles: a folder with .tflite file(s) and a manifest saying exactly what they are.
+
+A bundle is the only way a model reaches a sensor. The manifest carries everything the daemon needs besides the
+weights (front-end parameters, classes, thresholds, tensor specs) and a sha256 for every file, so a corrupt copy or
+a hand-swapped file is refused at load time with a message naming the file, never discovered as odd scores later.
+The format is defined here, once: the converter writes bundles with `write_bundle` and the daemon reads them with
+`load_bundle`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .frontend import FrontendParams
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "custom-sensor-bundle"
+FORMAT_VERSION = 1
+BACKBONES = ("vggish", "yamnet")
+INPUT_KINDS = ("waveform", "log_mel")
+AGGREGATIONS = ("max", "mean", "top3_mean")
+POSTPROCESS_KINDS = ("audioset_pca",)
+DTYPES = ("float32", "uint8", "int8", "int16")
+
+
+class BundleError(ValueError):
+    """A bundle that must not be run; the message names the bundle path and what is wrong."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype a model tensor must have; checked against the interpreter when the bundle loads."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    file: str
+    input: TensorSpec
+    output: TensorSpec
+    input_kind: str = "log_mel"  # what feeds the input: "waveform" (0.975 s mono 16 kHz) or "log_mel" (one patch)
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    name: str  # short name used in events, e.g. "Siren"
+    audioset_name: str  # the AudioSet display name, e.g. "Vehicle horn, car horn, honking"
+    mid: str  # AudioSet machine id, e.g. "/m/03kmc9"
+    threshold: float
+    backbone_outputs: tuple[int, ...] = ()  # YAMNet output indices pooled into this class (max); empty for VGGish
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    bundle_id: str
+    version: str
+    backbone: str
+    frontend: FrontendParams
+    backbone_model: ModelSpec
+    classifier_model: ModelSpec | None
+    postprocess: Mapping[str, str] | None  # {"kind": "audioset_pca", "file": "..."} for VGGish
+    aggregation: str
+    classes: tuple[ClassSpec, ...]
+    files: Mapping[str, str]  # file name -> sha256
+    provenance: Mapping[str, Any]
+    sha256: str  # of the manifest bytes, which pin every file: one id for the exact bundle
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        return tuple(c.threshold for c in self.classes)
+
+    def file_path(self, name: str) -> Path:
+        return self.path / name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Reader:
+    """Pulls typed values out of the manifest dict, naming the key path in every error."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+
+    def fail(self, key: str, problem: str) -> BundleError:
+        return BundleError(f"{self.where}: manifest {key}: {problem}")
+
+    def get(
+        self, data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: str, default: Any = ...
+    ) -> Any:
+        full = f"{path}.{key}" if path else key
+        if key not in data:
+            if default is not ...:
+                return default
+            raise self.fail(full, "missing")
+        value = data[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(full, f"must be {_kind_name(kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            raise self.fail(full, f"must be {_kind_name(kind)}, got {type(value).__name__}")
+        return value
+
+    def choice(self, data: Mapping[str, Any], key: str, options: tuple[str, ...], path: str) -> str:
+        value = self.get(data, key, str, path)
+        if value not in options:
+            full = f"{path}.{key}" if path else key
+            raise self.fail(full, f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def tensor(self, data: Mapping[str, Any], path: str) -> TensorSpec:
+        shape = self.get(data, "shape", list, path)
+        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise self.fail(f"{path}.shape", f"must be a list of positive integers, got {shape!r}")
+        return TensorSpec(tuple(shape), self.choice(data, "dtype", DTYPES, path))
+
+    def model(self, data: Mapping[str, Any], path: str) -> ModelSpec:
+        return ModelSpec(
+            file=self.get(data, "file", str, path),
+            input=self.tensor(self.get(data, "input", dict, path), f"{path}.input"),
+            output=self.tensor(self.get(data, "output", dict, path), f"{path}.output"),
+            input_kind=self.choice(data, "input_kind", INPUT_KINDS, path),
+        )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load_bundle(path: Path | str, verify_checksums: bool = True) -> Bundle:
+    """Read and check a bundle folder (or its manifest.json); raise BundleError naming the first problem found."""
+    path = Path(path)
+    if path.name == MANIFEST_NAME:
+        path = path.parent
+    manifest_path = path / MANIFEST_NAME
+    if not path.is_dir():
+        raise BundleError(f"{path}: bundle folder not found")
+    try:
+        raw = manifest_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{manifest_path}: cannot read manifest: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: manifest is not valid JSON: {exc}") from None
+    r = _Reader(manifest_path)
+    if not isinstance(data, dict):
+        raise r.fail("(top level)", "must be a JSON object")
+    if data.get("format") != FORMAT_NAME:
+        raise r.fail("format", f"must be {FORMAT_NAME!r}, got {data.get('format')!r}")
+    if r.get(data, "format_version", int, "") != FORMAT_VERSION:
+        raise r.fail("format_version", f"this sensor reads version {FORMAT_VERSION}, got {data['format_version']}")
+
+    files_raw = r.get(data, "files", dict, "")
+    files: dict[str, str] = {}
+    for name, entry in files_raw.items():
+        if not isinstance(entry, dict):
+            raise r.fail(f"files.{name}", "must be a mapping with sha256")
+        digest = r.get(entry, "sha256", str, f"files.{name}")
+        if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+            raise r.fail(f"files.{name}.sha256", "must be 64 lowercase hex digits")
+        if Path(name).name != name:
+            raise r.fail(f"files.{name}", "file names must not contain a directory")
+        files[name] = digest
+
+    models = r.get(data, "models", dict, "")
+    backbone_model = r.model(r.get(models, "backbone", dict, "models"), "models.backbone")
+    classifier_raw = r.get(models, "classifier", dict, "models", default=None)
+    classifier_model = None if classifier_raw is None else r.model(classifier_raw, "models.classifier")
+    postprocess_raw = r.get(data, "postprocess", dict, "", default=None)
+    postprocess = None
+    if postprocess_raw is not None:
+        postprocess = {
+            "kind": r.choice(postprocess_raw, "kind", POSTPROCESS_KINDS, "postprocess"),
+            "file": r.get(postprocess_raw, "file", str, "postprocess"),
+        }
+
+    backbone = r.choice(data, "backbone", BACKBONES, "")
+    if backbone == "vggish" and (classifier_model is None or postprocess is None):
+        raise r.fail("models.classifier", "a vggish bundle needs a classifier model and an audioset_pca postprocess")
+
+    try:
+        frontend = FrontendParams.from_dict(r.get(data, "frontend", dict, ""))
+    except (TypeError, ValueError) as exc:
+        raise r.fail("frontend", str(exc)) from None
+
+    classes_raw = r.get(data, "classes", list, "")
+    if not classes_raw:
+        raise r.fail("classes", "must list at least one class")
+    classes = []
+    for i, entry in enumerate(classes_raw):
+        where = f"classes[{i}]"
+        if not isinstance(entry, dict):
+            raise r.fail(where, "must be a mapping")
+        threshold = float(r.get(entry, "threshold", (int, float), where))
+        if not 0.0 <= threshold <= 1.0:
+            raise r.fail(f"{where}.threshold", f"must be 0..1, got {threshold}")
+        outputs = tuple(r.get(entry, "backbone_outputs", list, where, default=[]))
+        if backbone == "yamnet" and not outputs:
+            raise r.fail(f"{where}.backbone_outputs", "a yamnet class needs at least one YAMNet output index")
+        classes.append(
+            ClassSpec(
+                name=r.get(entry, "name", str, where),
+                audioset_name=r.get(entry, "audioset_name", str, where),
+                mid=r.get(entry, "mid", str, where),
+                threshold=threshold,
+                backbone_outputs=outputs,
+            )
+        )
+    names = [c.name for c in classes]
+    if len(set(names)) != len(names):
+        raise r.fail("classes", "class names must be unique")
+
+    referenced = [backbone_model.file]
+    if classifier_model is not None:
+        referenced.append(classifier_model.file)
+    if postprocess is not None:
+        referenced.append(postprocess["file"])
+    for name in referenced:
+        if name not in files:
+            raise r.fail("files", f"{name} is used by the manifest but has no sha256 entry")
+    for name, digest in files.items():
+        file_path = path / name
+        if not file_path.is_file():
+            raise BundleError(f"{file_path}: bundle file missing")
+        if verify_checksums and sha256_file(file_path) != digest:
+            raise BundleError(
+                f"{file_path}: checksum mismatch (file altered or truncated; manifest says {digest[:12]}…)"
+            )
+
+    return Bundle(
+        path=path,
+        bundle_id=r.get(data, "bundle_id", str, ""),
+        version=r.get(data, "version", str, ""),
+        backbone=backbone,
+        frontend=frontend,
+        backbone_model=backbone_model,
+        classifier_model=classifier_model,
+        postprocess=postprocess,
+        aggregation=r.choice(data, "aggregation", AGGREGATIONS, "") if "aggregation" in data else "max",
+        classes=tuple(classes),
+        files=files,
+        provenance=r.get(data, "provenance", dict, "", default={}),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def tensor_spec_dict(spec: TensorSpec) -> dict[str, Any]:
+    return {"shape": list(spec.shape), "dtype": spec.dtype}
+
+
+def model_spec_dict(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "file": spec.file,
+        "input_kind": spec.input_kind,
+        "input": tensor_spec_dict(spec.input),
+        "output": tensor_spec_dict(spec.output),
+    }
+
+
+@dataclass
+class BundleDraft:
+    """What the converter knows about a bundle before it is written; `write_bundle` adds checksums and format."""
+
+    bundle_id: str
+    version: str
+    backbone: str
+    frontend: FrontendParams
+    backbone_model: ModelSpec
+    classes: list[ClassSpec]
+    sources: dict[str, Path]  # file name in the bundle -> where to copy it from
+    classifier_model: ModelSpec | None = None
+    postprocess: dict[str, str] | None = None
+    aggregation: str = "max"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def manifest(self, files: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
+        """The manifest dict, given (sha256, size in bytes) of every file as written."""
+        models = {"backbone": model_spec_dict(self.backbone_model)}
+        if self.classifier_model is not None:
+            models["classifier"] = model_spec_dict(self.classifier_model)
+        data: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "bundle_id": self.bundle_id,
+            "version": self.version,
+            "backbone": self.backbone,
+            "frontend": self.frontend.to_dict(),
+            "models": models,
+            "aggregation": self.aggregation,
+            "classes": [
+                {
+                    "name": c.name,
+                    "audioset_name": c.audioset_name,
+                    "mid": c.mid,
+                    "threshold": round(float(c.threshold), 4),
+                    **({"backbone_outputs": list(c.backbone_outputs)} if c.backbone_outputs else {}),
+                }
+                for c in self.classes
+            ],
+            "files": {name: {"sha256": digest, "bytes": size} for name, (digest, size) in files.items()},
+            "provenance": self.provenance,
+        }
+        if self.postprocess is not None:
+            data["postprocess"] = dict(self.postprocess)
+        return data
+
+
+def write_bundle(draft: BundleDraft, out_dir: Path | str) -> Bundle:
+    """Write the bundle atomically (temp folder, then rename) and return it loaded and verified.
+
+    An interrupted conversion never leaves a half-written folder that looks like a bundle.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        written: dict[str, tuple[str, int]] = {}
+        for name, source in draft.sources.items():
+            target = staging / name
+            shutil.copyfile(source, target)
+            written[name] = (sha256_file(target), target.stat().st_size)
+        manifest = draft.manifest(written)
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(staging, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_bundle(out_dir)

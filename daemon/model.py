@@ -1,0 +1,134 @@
+"""Run a bundle on one window of 16 kHz mono audio and return one score per class.
+
+This is the code path shared by `custom-sensord classify` and the live daemon. All per-bundle work (interpreters,
+tensor checks, PCA, index tables) happens once in `Model.__init__`; `Model.scores` is the per-window hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle, BundleError, ModelSpec
+from .frontend import Frontend
+from .postprocess import AudioSetPCA
+from .runtime import load_interpreter
+
+CLASSIFIER_FRAMES = 10  # AudioSet clips carry up to 10 embeddings (one per 0.96 s); the classifier takes that many
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    scores: np.ndarray  # (classes,) float32, in the bundle's class order
+    patches: int  # how many patches the window gave
+    frontend_ms: float
+    model_ms: float
+
+
+class _Tflite:
+    """One interpreter with its tensor specs checked against the manifest."""
+
+    def __init__(self, bundle: Bundle, spec: ModelSpec, threads: int, runtime: str | None) -> None:
+        path = bundle.file_path(spec.file)
+        try:
+            self.interpreter = load_interpreter(path, threads=threads, preferred=runtime)
+        except (ValueError, RuntimeError) as exc:
+            if type(exc).__name__ == "RuntimeMissingError":
+                raise
+            raise BundleError(f"{path}: not a loadable TFLite model: {exc}") from None
+        inp = self.interpreter.get_input_details()[0]
+        out = self.interpreter.get_output_details()[0]
+        for what, detail, want in (("input", inp, spec.input), ("output", out, spec.output)):
+            got_shape = tuple(int(d) for d in detail["shape"])
+            got_dtype = np.dtype(detail["dtype"]).name
+            if got_shape != want.shape or got_dtype != want.dtype:
+                raise BundleError(
+                    f"{path}: {what} tensor is {got_dtype}{list(got_shape)}, manifest says {want.dtype}{list(want.shape)}"
+                )
+        self.input_index = inp["index"]
+        self.output_index = out["index"]
+        self.input_shape = tuple(int(d) for d in inp["shape"])
+        self.input_dtype = np.dtype(inp["dtype"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input_index, x.reshape(self.input_shape).astype(self.input_dtype, copy=False))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_index)
+
+
+def _aggregate(patch_scores: np.ndarray, how: str) -> np.ndarray:
+    """(patches, outputs) -> (outputs,) over the window."""
+    if how == "max":
+        return patch_scores.max(axis=0)
+    if how == "mean":
+        return patch_scores.mean(axis=0)
+    top = np.sort(patch_scores, axis=0)[-3:]  # "top3_mean": robust to one loud patch, sensitive to short events
+    return top.mean(axis=0)
+
+
+class Model:
+    """A loaded bundle, ready to score windows."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None) -> None:
+        self.bundle = bundle
+        self.frontend = Frontend(bundle.frontend)
+        self.backbone = _Tflite(bundle, bundle.backbone_model, threads, runtime)
+        self.classifier = None
+        self.pca = None
+        if bundle.backbone == "vggish":
+            assert bundle.classifier_model is not None and bundle.postprocess is not None  # checked by load_bundle
+            self.classifier = _Tflite(bundle, bundle.classifier_model, threads, runtime)
+            try:
+                self.pca = AudioSetPCA.load(bundle.file_path(bundle.postprocess["file"]))
+            except (OSError, ValueError, KeyError) as exc:
+                raise BundleError(f"{bundle.file_path(bundle.postprocess['file'])}: bad PCA parameters: {exc}") from None
+        else:
+            width = bundle.backbone_model.output.shape[-1]
+            for c in bundle.classes:
+                bad = [i for i in c.backbone_outputs if not 0 <= i < width]
+                if bad:
+                    raise BundleError(f"{bundle.path}: class {c.name}: backbone output(s) {bad} outside 0..{width - 1}")
+            # (outputs, classes) 0/1 table: class score = max over its outputs, done as one masked max per window
+            self._class_mask = np.zeros((width, len(bundle.classes)), dtype=bool)
+            for j, c in enumerate(bundle.classes):
+                self._class_mask[list(c.backbone_outputs), j] = True
+        self.min_samples = bundle.frontend.patch_samples
+
+    def _patches(self, waveform: np.ndarray) -> np.ndarray:
+        if len(waveform) < self.min_samples:
+            waveform = np.pad(waveform, (0, self.min_samples - len(waveform)))
+        if self.bundle.backbone_model.input_kind == "waveform":
+            return self.frontend.waveform_patches(waveform)
+        return self.frontend.log_mel_patches(waveform)
+
+    def backbone_outputs(self, waveform: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """(patches, backbone outputs) for a window, plus front-end and model time in ms."""
+        t0 = time.perf_counter()
+        patches = self._patches(waveform)
+        t1 = time.perf_counter()
+        outputs = np.stack([self.backbone(p).reshape(-1) for p in patches])
+        return outputs, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
+    def class_scores(self, outputs: np.ndarray) -> np.ndarray:
+        """Backbone outputs of one window -> (classes,) scores."""
+        if self.classifier is not None:
+            assert self.pca is not None
+            embeddings = self.pca(outputs)[:CLASSIFIER_FRAMES]  # (<=10, 128) uint8
+            frames = np.zeros((CLASSIFIER_FRAMES, embeddings.shape[1]), dtype=np.uint8)
+            frames[: len(embeddings)] = embeddings
+            return self.classifier(frames).reshape(-1).astype(np.float32)
+        pooled = _aggregate(outputs, self.bundle.aggregation)  # (521,)
+        return np.where(self._class_mask, pooled[:, None], 0.0).max(axis=0).astype(np.float32)
+
+    def scores(self, waveform: np.ndarray) -> WindowScores:
+        """Score one window of mono float32 16 kHz audio."""
+        outputs, frontend_ms, backbone_ms = self.backbone_outputs(waveform)
+        t0 = time.perf_counter()
+        scores = self.class_scores(outputs)
+        return WindowScores(scores, len(outputs), frontend_ms, backbone_ms + (time.perf_counter() - t0) * 1e3)
+
+    def describe(self) -> dict[str, Any]:
+        return {"bundle_id": self.bundle.bundle_id, "sha256": self.bundle.sha256, "backbone": self.bundle.backbone}

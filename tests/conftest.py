@@ -1,0 +1,23 @@
+"""Shared test fixtures: where ../shared lives, and the real models and clips in it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path:
+    """The one setting that points tests at the real models and data: CUSTOM_SHARED, default ../shared."""
+    return Path(os.environ.get("CUSTOM_SHARED", ROOT.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_dir()
+    if not (path / "models").is_dir():
+        pytest.fail(f"shared data not found at {path}: set CUSTOM_SHARED to the folder holding models/ and data/")
+    return path
