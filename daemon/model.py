@@ -46,7 +46,8 @@ class _Tflite:
             got_dtype = np.dtype(detail["dtype"]).name
             if got_shape != want.shape or got_dtype != want.dtype:
                 raise BundleError(
-                    f"{path}: {what} tensor is {got_dtype}{list(got_shape)}, manifest says {want.dtype}{list(want.shape)}"
+                    f"{path}: {what} tensor is {got_dtype}{list(got_shape)}, "
+                    f"manifest says {want.dtype}{list(want.shape)}"
                 )
         self.input_index = inp["index"]
         self.output_index = out["index"]
@@ -81,10 +82,11 @@ class Model:
         if bundle.backbone == "vggish":
             assert bundle.classifier_model is not None and bundle.postprocess is not None  # checked by load_bundle
             self.classifier = _Tflite(bundle, bundle.classifier_model, threads, runtime)
+            pca_path = bundle.file_path(bundle.postprocess["file"])
             try:
-                self.pca = AudioSetPCA.load(bundle.file_path(bundle.postprocess["file"]))
+                self.pca = AudioSetPCA.load(pca_path)
             except (OSError, ValueError, KeyError) as exc:
-                raise BundleError(f"{bundle.file_path(bundle.postprocess['file'])}: bad PCA parameters: {exc}") from None
+                raise BundleError(f"{pca_path}: bad PCA parameters: {exc}") from None
         else:
             width = bundle.backbone_model.output.shape[-1]
             for c in bundle.classes:

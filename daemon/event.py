@@ -1,0 +1,70 @@
+"""One JSON event per window: what was heard, when, where, how loud, by which model.
+
+Built in one place for both `classify` (files) and the live daemon, so the two can never disagree on the fields.
+The schema is `event.schema.json` beside this file; tests validate every event they see against it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+SCORE_DECIMALS = 4
+
+
+def iso_utc(timestamp: float) -> str:
+    """Unix seconds -> ISO-8601 UTC with milliseconds, e.g. 2026-11-25T13:00:00.000Z."""
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """Everything in an event that does not change from window to window; built once per (re)load."""
+
+    sensor_id: str
+    location: Mapping[str, Any]
+    class_names: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    bundle_id: str
+    bundle_sha256: str
+    level_unit: str  # "dBFS", or "dB(A)" once a calibration offset makes levels absolute
+
+    def build(
+        self,
+        scores: Sequence[float] | np.ndarray,
+        start: float,
+        end: float,
+        level_db: float,
+        processing_ms: float,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        scores = [round(float(s), SCORE_DECIMALS) for s in scores]
+        labels = [
+            {"name": name, "score": score}
+            for name, score, threshold in zip(self.class_names, scores, self.thresholds, strict=True)
+            if score >= threshold
+        ]
+        labels.sort(key=lambda label: -label["score"])
+        top = int(np.argmax(scores))
+        event: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "sensor_id": self.sensor_id,
+            "event_id": str(uuid.uuid4()),
+            "window": {"start": iso_utc(start), "end": iso_utc(end), "duration_s": round(end - start, 3)},
+            "location": dict(self.location),
+            "labels": labels,
+            "top": {"name": self.class_names[top], "score": scores[top]},
+            "scores": dict(zip(self.class_names, scores, strict=True)),
+            "level": {"laeq": round(level_db, 1) if np.isfinite(level_db) else None, "unit": self.level_unit},
+            "model": {"bundle_id": self.bundle_id, "sha256": self.bundle_sha256},
+            "processing_ms": round(processing_ms, 1),
+        }
+        if extra:
+            event.update(extra)
+        return event
