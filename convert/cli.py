@@ -1,0 +1,64 @@
+"""`custom-convert`: the offline, workstation-side tools that make and check model bundles.
+
+Each subcommand lives in its own module exposing HELP, add_arguments(parser) and run(args) -> exit code. Modules
+import TensorFlow inside run(), never at import time, so `--help` stays fast and works without the convert extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from custom.daemon import exitcodes
+
+# subcommand -> module under custom.convert
+SUBCOMMANDS = {
+    "yamnet": "yamnet",
+    "vggish": "vggish",
+    "train": "train",
+    "evaluate": "evaluate",
+    "evaluate-clips": "evaluate_clips",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="custom-convert",
+        description="Build, train and evaluate custom-sensor model bundles (runs on a workstation, not the Pi).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(f"custom.convert.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"custom.convert.{module_name}":
+                raise
+            continue  # subcommand not built yet
+        p = sub.add_parser(
+            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("custom-convert: interrupted", file=sys.stderr)
+        return 130
+    except ImportError as exc:
+        print(
+            f"custom-convert: {exc}; install the converter extra: pip install 'custom-sensor[convert]'", file=sys.stderr
+        )
+        return exitcodes.UNAVAILABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
