@@ -9,6 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Fixtures that start real services live in their own modules: a real mosquitto on loopback, a PulseAudio virtual mic.
+pytest_plugins = ["tests.fixtures_broker", "tests.fixtures_audio"]
+
 
 def shared_dir() -> Path:
     """The one setting that points tests at the real models and data: CUSTOM_SHARED, default ../shared."""

@@ -1,0 +1,1 @@
+"""A real PulseAudio virtual microphone for tests (owned by the capture work)."""

@@ -1,0 +1,1 @@
+"""Real mosquitto brokers on loopback for tests (owned by the publisher/spool work)."""
