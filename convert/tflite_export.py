@@ -1,0 +1,60 @@
+"""Keras model -> TFLite flatbuffer in one of four quantization modes, loadable by every runtime we ship to.
+
+Shared by the converters so that every model reaching a sensor is made the same way. The output must load in
+ai_edge_litert (current) and in tflite_runtime 2.14 (the last release, still what many Pi images have), so the
+newer-TensorFlow defaults that 2.14 cannot run are turned off here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# float32: reference; float16: half-size weights, float compute; dynamic: int8 weights, float activations
+# (quantized on the fly); int8: int8 weights and activations calibrated on real data, float32 input/output kept.
+QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
+
+RepresentativeData = Callable[[], Iterable[Sequence[np.ndarray]]]
+
+
+def export_tflite(
+    model: tf.keras.Model,
+    input_shape: Sequence[int],
+    mode: str = "float32",
+    representative_data: RepresentativeData | None = None,
+) -> bytes:
+    """Convert `model` at a fixed input shape (batch included) and return the flatbuffer bytes.
+
+    A fixed batch-1 shape lets the runtime plan memory once; the daemon feeds one patch per invoke.
+    Input and output stay float32 in every mode, so a bundle's tensor specs and the daemon's feeding code do not
+    depend on the quantization mode.
+    """
+    import tensorflow as tf
+
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantization mode {mode!r}; use one of {', '.join(QUANTIZE_MODES)}")
+    if mode == "int8" and representative_data is None:
+        raise ValueError("int8 quantization needs representative data (real log-mel patches) for calibration")
+
+    signature = [tf.TensorSpec(list(input_shape), tf.float32, name=model.inputs[0].name.split(":")[0])]
+    serve = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    if mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode in ("dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        # TF >= 2.15 quantizes FULLY_CONNECTED weights per channel, an op version tflite_runtime 2.14 refuses at
+        # load time ("Registration failed"); per-tensor weights cost no measurable accuracy here (see README).
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    if mode == "int8":
+        converter.representative_dataset = representative_data
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+    return bytes(converter.convert())
