@@ -60,7 +60,7 @@ class _Tflite:
         return self.interpreter.get_tensor(self.output_index)
 
 
-def _aggregate(patch_scores: np.ndarray, how: str) -> np.ndarray:
+def aggregate_patches(patch_scores: np.ndarray, how: str) -> np.ndarray:
     """(patches, outputs) -> (outputs,) over the window."""
     if how == "max":
         return patch_scores.max(axis=0)
@@ -122,7 +122,7 @@ class Model:
             frames = np.zeros((CLASSIFIER_FRAMES, embeddings.shape[1]), dtype=np.uint8)
             frames[: len(embeddings)] = embeddings
             return self.classifier(frames).reshape(-1).astype(np.float32)
-        pooled = _aggregate(outputs, self.bundle.aggregation)  # (521,)
+        pooled = aggregate_patches(outputs, self.bundle.aggregation)  # (521,)
         return np.where(self._class_mask, pooled[:, None], 0.0).max(axis=0).astype(np.float32)
 
     def scores(self, waveform: np.ndarray) -> WindowScores:
