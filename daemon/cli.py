@@ -1,0 +1,106 @@
+"""`custom-sensord`: the sensor daemon and its tools.
+
+  run           capture, classify and publish until stopped (what systemd starts)
+  classify      classify recordings with a bundle, through the daemon's own code path
+  check-config  validate a config file and exit (78 if it is bad)
+  devices       list audio input devices
+
+Exit codes: 0 ok, 2 usage, 66 unreadable input, 69 missing runtime, 78 bad config or bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import exitcodes
+
+DEFAULT_CONFIG = Path("/etc/custom-sensor/config.yaml")
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"custom-sensord: {args.config}: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    print(f"{args.config}: ok (sensor {config.sensor_id}, bundle {config.model.bundle})")
+    return exitcodes.OK
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from .capture import list_input_devices
+
+    devices = list_input_devices()
+    if args.json:
+        import json
+
+        print(json.dumps(devices, indent=2))
+        return exitcodes.OK
+    if not devices:
+        print("no audio input devices found (is a microphone plugged in and is the user in group 'audio'?)")
+        return exitcodes.UNAVAILABLE
+    for d in devices:
+        print("  ".join(f"{k}={v}" for k, v in d.items()))
+    return exitcodes.OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .service import run_service
+
+    return run_service(args.config, input_file=args.input, realtime=not args.fast)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import classify
+
+    parser = argparse.ArgumentParser(
+        prog="custom-sensord", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the sensor: capture, classify, publish (systemd starts this)")
+    _add_config(p)
+    p.add_argument("--input", type=Path, help="replay this recording at real-time pace instead of the microphone")
+    p.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # --input as fast as possible (tests)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "classify",
+        help="classify recordings with a model bundle",
+        description=classify.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    classify.add_arguments(p)
+    p.set_defaults(func=classify.run)
+
+    p = sub.add_parser("check-config", help="validate a config file (exit 78 if bad)")
+    _add_config(p)
+    p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("devices", help="list audio input devices")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_devices)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `custom-sensord classify ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return exitcodes.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
