@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from custom.daemon.audiofile import read_audio
 from custom.daemon.frontend import SAMPLE_RATE_HZ
 from custom.daemon.model import Model

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
 from custom.daemon import exitcodes
 from custom.daemon.bundle import AGGREGATIONS, BundleDraft, BundleError, ClassSpec, ModelSpec, TensorSpec, write_bundle
 from custom.daemon.bundle import sha256_file as file_sha256

@@ -24,3 +24,23 @@ def shared() -> Path:
     if not (path / "models").is_dir():
         pytest.fail(f"shared data not found at {path}: set CUSTOM_SHARED to the folder holding models/ and data/")
     return path
+
+
+@pytest.fixture(scope="session")
+def yamnet_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped-default YAMNet bundle, built once per test session with the real converter command."""
+    from custom.convert.cli import main as convert
+
+    out = tmp_path_factory.mktemp("bundles") / "yamnet"
+    status = convert(
+        [
+            "yamnet",
+            "--tflite", str(shared / "models/yamnet_classification.tflite"),
+            "--class-map", str(shared / "models/yamnet_class_map.csv"),
+            "--ontology", str(shared / "data/audioset/ontology.json"),
+            "--clips", str(shared / "data/clips/manifest.csv"),
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    return out

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import soundfile
+
 from custom.daemon.frontend import VGGISH, YAMNET, Frontend, FrontendParams, mel_matrix, to_model_rate, to_mono_float32
 from custom.daemon.runtime import load_interpreter
 

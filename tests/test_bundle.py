@@ -1,0 +1,87 @@
+"""Bundle loading refuses every kind of bad bundle with a message naming the file and the problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from custom.daemon.bundle import MANIFEST_NAME, BundleError, load_bundle
+from custom.daemon.model import Model
+
+
+@pytest.fixture
+def bundle_copy(yamnet_bundle: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "bundle"
+    shutil.copytree(yamnet_bundle, target)
+    return target
+
+
+def _edit_manifest(bundle: Path, edit) -> None:
+    path = bundle / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_yamnet_bundle_is_complete(yamnet_bundle: Path, shared: Path):
+    bundle = load_bundle(yamnet_bundle)
+    assert bundle.backbone == "yamnet" and bundle.backbone_model.input_kind == "waveform"
+    assert len(bundle.classes) == 10 and all(0.0 < t < 1.0 for t in bundle.thresholds)
+    # classes were mapped by mid: Siren is YAMNet output 390 and Dog 69 in the published class map
+    by_name = {c.name: c for c in bundle.classes}
+    assert 390 in by_name["Siren"].backbone_outputs and 69 in by_name["Dog"].backbone_outputs
+    assert bundle.provenance["thresholds"]["clips"]["count"] == 277
+    assert len(bundle.sha256) == 64
+
+
+def test_bundle_scores_a_window(yamnet_bundle: Path):
+    model = Model(load_bundle(yamnet_bundle))
+    result = model.scores(np.zeros(160000, dtype=np.float32))
+    assert result.scores.shape == (10,) and result.patches == 19
+    assert np.all((result.scores >= 0) & (result.scores <= 1))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: (b / "yamnet.tflite").unlink(), "yamnet.tflite: bundle file missing"),
+        (lambda b: (b / "yamnet.tflite").write_bytes(b"TFL3" + b"\0" * 64), "yamnet.tflite: checksum mismatch"),
+        (lambda b: (b / MANIFEST_NAME).write_text("{not json"), "manifest is not valid JSON"),
+        (lambda b: (b / MANIFEST_NAME).unlink(), "cannot read manifest"),
+        (lambda b: _edit_manifest(b, lambda d: d.update(backbone="resnet")), "manifest backbone: must be one of"),
+        (lambda b: _edit_manifest(b, lambda d: d.pop("classes")), "manifest classes: missing"),
+        (
+            lambda b: _edit_manifest(b, lambda d: d["classes"][3].update(threshold=1.5)),
+            "manifest classes[3].threshold: must be 0..1",
+        ),
+        (lambda b: _edit_manifest(b, lambda d: d["frontend"].update(hop=3)), "unknown front-end parameter(s): hop"),
+        (lambda b: _edit_manifest(b, lambda d: d.update(format_version=9)), "reads version 1, got 9"),
+    ],
+)
+def test_bad_bundles_are_refused_by_name(bundle_copy: Path, damage, message: str):
+    damage(bundle_copy)
+    with pytest.raises(BundleError) as error:
+        Model(load_bundle(bundle_copy))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_tensor_shape_not_as_the_manifest_says(bundle_copy: Path):
+    _edit_manifest(bundle_copy, lambda d: d["models"]["backbone"]["input"].update(shape=[1, 96, 64]))
+    with pytest.raises(BundleError, match=r"input tensor is float32\[15600\], manifest says float32\[1, 96, 64\]"):
+        Model(load_bundle(bundle_copy))
+
+
+def test_truncated_model_with_matching_checksum_is_refused(bundle_copy: Path):
+    """Someone truncated the model and 'fixed' the manifest: the runtime's refusal is still one clear line."""
+    from custom.daemon.bundle import sha256_file
+
+    model_file = bundle_copy / "yamnet.tflite"
+    model_file.write_bytes(model_file.read_bytes()[:5000])
+    _edit_manifest(bundle_copy, lambda d: d["files"]["yamnet.tflite"].update(sha256=sha256_file(model_file)))
+    with pytest.raises(BundleError, match="not a loadable TFLite model"):
+        Model(load_bundle(bundle_copy))
