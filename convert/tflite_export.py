@@ -41,9 +41,13 @@ def export_tflite(
     if mode == "int8" and representative_data is None:
         raise ValueError("int8 quantization needs representative data (real log-mel patches) for calibration")
 
-    signature = [tf.TensorSpec(list(input_shape), tf.float32, name=model.inputs[0].name.split(":")[0])]
-    serve = tf.function(lambda x: model(x, training=False), input_signature=signature)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    serve = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(input_shape, tf.float32)])
+    # Keras 3 variables are not tracked by the converter's own freezing: without this the weights stay behind as
+    # resource variables and the .tflite holds no weights at all. Freezing here also fixes the batch-1 shape.
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     if mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
