@@ -254,7 +254,7 @@ class Publisher:
         try:
             client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
         except OSError as exc:  # includes refused, unreachable, DNS, timeouts and every ssl.SSLError
-            self._problem(_describe_connect_error(exc))
+            self._problem(_describe_connect_error(exc, tls=self._tls is not None))
             _close_socket(client)
             return 0.0
         connack_deadline = time.monotonic() + CONNACK_TIMEOUT_S
@@ -427,8 +427,10 @@ class Publisher:
             log.exception("on_state callback failed")
 
 
-def _describe_connect_error(exc: OSError) -> str:
+def _describe_connect_error(exc: OSError, tls: bool) -> str:
     """A connect failure in words a field technician can act on."""
+    if tls and isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return "TLS handshake failed: the broker reset the connection (is this a TLS port? check mqtt.port/mqtt.tls)"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate check failed: {exc.verify_message} (check mqtt.tls.ca and mqtt.host)"
     if isinstance(exc, ssl.SSLError):

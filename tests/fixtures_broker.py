@@ -128,6 +128,7 @@ class Message:
     payload: bytes
     retain: bool
     qos: int
+    dup: bool = False  # set by the broker when it re-delivers to a persistent session (QoS 1 redelivery)
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -154,7 +155,7 @@ class Subscriber:
 
     def _on_message(self, client, userdata, msg) -> None:
         with self._cond:
-            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
+            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, bool(msg.dup)))
             self._cond.notify_all()
 
     def start(self, timeout: float = 10.0) -> Subscriber:
