@@ -169,7 +169,14 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
 class Client:
     """A paho 2.x MQTT v5 client whose callbacks feed events a test can wait on, each with a timeout."""
 
-    def __init__(self, broker: SecureBroker, user: str, password: str | None = None, ca: Path | None = None) -> None:
+    def __init__(
+        self,
+        broker: SecureBroker,
+        user: str,
+        password: str | None = None,
+        ca: Path | None = None,
+        client_id: str | None = None,
+    ) -> None:
         self.connected = threading.Event()
         self.connack: ReasonCode | None = None
         self.messages: list[mqtt.MQTTMessage] = []
@@ -177,7 +184,9 @@ class Client:
         self.pubacks: dict[int, ReasonCode] = {}
         self.puback_done = threading.Condition()
         self.subscribed = threading.Event()
-        self.mqtt = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{user}", protocol=mqtt.MQTTv5)
+        self.mqtt = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{user}", protocol=mqtt.MQTTv5
+        )
         self.mqtt.username_pw_set(user, broker.passwords[user] if password is None else password)
         self.mqtt.tls_set(ca_certs=str(ca or broker.ca_cert))
         self.mqtt.on_connect = self._on_connect
@@ -244,8 +253,8 @@ class Client:
 def clients(secure_broker: SecureBroker) -> Iterator[Callable[..., Client]]:
     made: list[Client] = []
 
-    def make(user: str, password: str | None = None, ca: Path | None = None) -> Client:
-        client = Client(secure_broker, user, password, ca)
+    def make(user: str, password: str | None = None, ca: Path | None = None, client_id: str | None = None) -> Client:
+        client = Client(secure_broker, user, password, ca, client_id)
         made.append(client)
         return client
 

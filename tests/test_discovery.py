@@ -1,0 +1,163 @@
+"""Home Assistant discovery: the configs are what HA needs, their templates read real events, and they travel
+retained through the example broker under the sensor's own ACL.
+
+Templates are rendered with Jinja2's sandbox the way HA renders MQTT value templates (`value_json` is the parsed
+payload), against events made by the daemon's own event builder and checked against event.schema.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from custom.convert.classes import CLASS_NAMES
+from custom.daemon.discovery import DeviceInfo, discovery_messages, ha_id, removal_messages
+from custom.daemon.event import EventContext
+from tests.test_deploy_broker import clients, secure_broker  # noqa: F401  (fixtures: the example TLS broker)
+
+SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "daemon" / "event.schema.json").read_text())
+# What HA's MQTT discovery requires or this project promises for every entity, per platform.
+COMMON_KEYS = {"name", "unique_id", "state_topic", "value_template", "availability_topic", "payload_available",
+               "payload_not_available", "device"}  # fmt: skip
+PLATFORM_KEYS = {"sensor": set(), "binary_sensor": {"payload_on", "payload_off"}}
+DEVICE_KEYS = {"identifiers", "name", "model", "manufacturer", "sw_version"}
+HA_TOPIC = re.compile(r"^homeassistant/(sensor|binary_sensor)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
+
+
+def make_event(sensor_id: str, scores: list[float], level_db: float, unit: str = "dBFS") -> dict:
+    context = EventContext(
+        sensor_id=sensor_id,
+        location={"lat": 40.4, "lon": -3.7},
+        class_names=CLASS_NAMES,
+        thresholds=tuple(0.5 for _ in CLASS_NAMES),
+        bundle_id="test",
+        bundle_sha256="0" * 64,
+        level_unit=unit,
+    )
+    event = context.build(scores, start=1_700_000_000.0, end=1_700_000_010.0, level_db=level_db, processing_ms=12.0)
+    jsonschema.validate(event, SCHEMA)
+    return event
+
+
+def render(template: str, payload: dict) -> str:
+    env = ImmutableSandboxedEnvironment()
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True}
+    return env.from_string(template).render(value_json=payload, value=json.dumps(payload)).strip()
+
+
+def configs(**kwargs) -> dict[str, dict]:
+    return {
+        topic: json.loads(payload)
+        for topic, payload in discovery_messages("sensor-01", "custom", CLASS_NAMES, **kwargs)
+    }
+
+
+def test_every_config_has_the_fields_home_assistant_requires() -> None:
+    found = configs()
+    assert len(found) == 2 + len(CLASS_NAMES)
+    for topic, config in found.items():
+        platform = HA_TOPIC.match(topic).group(1)
+        missing = (COMMON_KEYS | PLATFORM_KEYS[platform]) - config.keys()
+        assert not missing, f"{topic} lacks {missing}"
+        assert config["state_topic"] == "custom/sensor-01/events"
+        assert config["availability_topic"] == "custom/sensor-01/status"
+        assert (config["payload_available"], config["payload_not_available"]) == ("online", "offline")
+        assert config["device"].keys() >= DEVICE_KEYS
+        assert config["device"]["identifiers"] == ["custom_sensor_sensor-01"]
+    assert len({c["unique_id"] for c in found.values()}) == len(found), "unique_id must be unique"
+    platforms = sorted(HA_TOPIC.match(t).group(1) for t in found)
+    assert platforms.count("sensor") == 2 and platforms.count("binary_sensor") == len(CLASS_NAMES)
+
+
+def test_sound_level_is_a_sound_pressure_only_when_calibrated() -> None:
+    level = "homeassistant/sensor/sensor-01/sound_level/config"
+    uncalibrated = configs(level_unit="dBFS")[level]
+    assert uncalibrated["unit_of_measurement"] == "dBFS" and "device_class" not in uncalibrated
+    calibrated = configs(level_unit="dB(A)")[level]
+    assert calibrated["unit_of_measurement"] == "dBA" and calibrated["device_class"] == "sound_pressure"
+    assert calibrated["state_class"] == "measurement"
+
+
+def test_templates_read_real_events() -> None:
+    found = configs()
+    scores = [0.0] * len(CLASS_NAMES)
+    scores[CLASS_NAMES.index("Siren")] = 0.9
+    scores[CLASS_NAMES.index("Subway/metro")] = 0.6
+    scores[CLASS_NAMES.index("Dog")] = 0.3  # below its threshold: not a label
+    event = make_event("sensor-01", scores, level_db=-31.24)
+
+    assert render(found["homeassistant/sensor/sensor-01/top_class/config"]["value_template"], event) == "Siren"
+    top = found["homeassistant/sensor/sensor-01/top_class/config"]
+    assert "Siren" in top["options"]
+    assert json.loads(render(top["json_attributes_template"], event)) == event["scores"]
+    assert render(found["homeassistant/sensor/sensor-01/sound_level/config"]["value_template"], event) == "-31.2"
+    states = {
+        config["name"]: render(config["value_template"], event)
+        for topic, config in found.items()
+        if topic.startswith("homeassistant/binary_sensor/")
+    }
+    assert states == {name: "ON" if name in ("Siren", "Subway/metro") else "OFF" for name in CLASS_NAMES}
+
+
+def test_a_window_without_level_renders_none() -> None:
+    event = make_event("sensor-01", [0.1] * len(CLASS_NAMES), level_db=float("-inf"))
+    template = configs()["homeassistant/sensor/sensor-01/sound_level/config"]["value_template"]
+    assert render(template, event) == "None"  # HA's MQTT sensor takes "None" as unknown
+
+
+def test_device_info_and_odd_sensor_ids() -> None:
+    messages = discovery_messages("kiosk.3", "city", ["Dog"], "ha", device=DeviceInfo(name="Kiosk 3", sw_version="9"))
+    topics = [t for t, _ in messages]
+    assert topics[0] == "ha/sensor/kiosk_3/top_class/config"
+    config = json.loads(messages[0][1])
+    assert config["device"]["name"] == "Kiosk 3" and config["device"]["sw_version"] == "9"
+    assert config["state_topic"] == "city/kiosk.3/events"  # the sensor's own topics keep the real id
+    with pytest.raises(ValueError):
+        discovery_messages("s", "custom", [])
+    with pytest.raises(ValueError):
+        discovery_messages("s", "custom", ["Dog", "dog"])  # same HA id
+    with pytest.raises(ValueError):
+        ha_id("///")
+
+
+def test_removal_empties_every_config_topic() -> None:
+    removal = removal_messages("sensor-01", CLASS_NAMES)
+    assert [t for t, _ in removal] == list(configs())
+    assert all(payload == "" for _, payload in removal)
+
+
+def test_configs_travel_retained_through_the_example_broker(clients) -> None:  # noqa: F811
+    """Published by the sensor's own account (the ACL lets it write only homeassistant/+/<sensor_id>/#), read by
+    HA's account after the fact: retained, valid JSON, then gone after removal."""
+    messages = discovery_messages("sensor-a", "custom", CLASS_NAMES)
+    sensor = clients("sensor-a")
+    assert not sensor.connect().is_failure
+    for topic, payload in messages:
+        assert not sensor.publish(topic, payload, retain=True).is_failure, topic
+    # Another sensor's device must not be forgeable.
+    forged = discovery_messages("sensor-b", "custom", ["Dog"])[0]
+    assert sensor.publish(*forged, retain=True).value == 135
+
+    ha = clients("homeassistant")
+    assert not ha.connect().is_failure
+    ha.subscribe("homeassistant/#")
+    got = ha.wait_messages(len(messages))
+    assert all(m.retain for m in got), "discovery configs must be retained"
+    assert {m.topic: json.loads(m.payload) for m in got} == {t: json.loads(p) for t, p in messages}
+
+    for topic, payload in removal_messages("sensor-a", CLASS_NAMES):
+        assert not sensor.publish(topic, payload, retain=True).is_failure
+    late = clients("homeassistant", client_id="test-homeassistant-late")
+    late.connect()
+    late.subscribe("homeassistant/#")
+    # A sentinel after the subscription: every retained config still there would have come before it.
+    sensor_status = "custom/sensor-a/status"
+    late.subscribe(sensor_status)
+    assert not sensor.publish(sensor_status, "online").is_failure
+    seen = late.wait_until(lambda m: m.topic == sensor_status)
+    assert [t for t, _ in seen if t.startswith("homeassistant/")] == []
