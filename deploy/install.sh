@@ -140,6 +140,8 @@ EOF
 # custom-sensor directories (written by deploy/install.sh)
 d $ETC_DIR 0750 root $NAME -
 z $ETC_DIR/config.yaml 0640 root $NAME -
+z $ETC_DIR/mqtt-password 0640 root $NAME -
+z $ETC_DIR/*.key 0640 root $NAME -
 d $STATE_DIR 0750 $NAME $NAME -
 Z $STATE_DIR/bundle - $NAME $NAME -
 EOF
@@ -163,11 +165,23 @@ create_user() {
     fi
 }
 
+make_dirs() {
+    install -d -m 0750 "$(r "$ETC_DIR")" "$(r "$STATE_DIR")"
+}
+
+# Ownership and modes come from the tmpfiles.d snippet, in both modes: with --root, systemd-tmpfiles resolves the
+# user from DIR/etc/passwd, so the tree gets the ids the image will have.
 apply_tmpfiles() {
-    if live; then
-        systemd-tmpfiles --create "$TMPFILES_PATH"
-    else
-        install -d -m 0750 "$(r "$ETC_DIR")" "$(r "$STATE_DIR")"
+    if command -v systemd-tmpfiles >/dev/null; then
+        if live; then
+            systemd-tmpfiles --create "$TMPFILES_PATH"
+        elif [[ -f $(r /etc/passwd) ]] && grep -q "^$NAME:" "$(r /etc/passwd)"; then
+            systemd-tmpfiles --root="$ROOT" --create "$(r "$TMPFILES_PATH")"
+        fi
+    elif live; then
+        chown root:"$NAME" "$ETC_DIR" "$ETC_DIR/config.yaml"
+        chmod 0750 "$ETC_DIR"
+        chown -R "$NAME:$NAME" "$STATE_DIR"
     fi
 }
 
@@ -231,8 +245,6 @@ install_config() {
         install -m 0640 "$src" "$dest.dist"
         say "config: kept your edited $ETC_DIR/config.yaml; the new default is $ETC_DIR/config.yaml.dist"
     fi
-    live && chgrp "$NAME" "$dest" "$(dirname "$dest")" && chmod 0750 "$(dirname "$dest")"
-    return 0
 }
 
 # Refuse a corrupt or foreign bundle here, not at the first start: the same checks the daemon makes on the
@@ -273,7 +285,6 @@ install_bundle() {
     [[ -e $dest ]] && mv "$dest" "$dest.old"
     mv "$staging" "$dest"
     rm -rf "$dest.old"
-    live && chown -R "$NAME:$NAME" "$dest"
     say "bundle: $STATE_DIR/bundle"
 }
 
@@ -365,11 +376,12 @@ main() {
     install_apt_packages
     write_system_snippets
     create_user
-    apply_tmpfiles
+    make_dirs
     install_venv
     install_files
     install_config
     install_bundle
+    apply_tmpfiles
     enable_service
     say "installed into ${ROOT:-/} ($ARCH)"
 }
