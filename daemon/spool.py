@@ -222,7 +222,7 @@ class Spool:
         except (OSError, sqlite3.Error) as exc:
             if db is not None:
                 db.close()
-            self._disk_failed("open", exc)
+            self._disk_failed("open", f"{exc}{self._folder_problem()}")
             return
         self._db = db
         self._disk_rows, self._disk_bytes = int(rows), int(size)
@@ -320,7 +320,17 @@ class Spool:
         except sqlite3.Error:
             pass
 
-    def _disk_failed(self, what: str, exc: BaseException) -> None:
+    def _folder_problem(self) -> str:
+        """SQLite says only "unable to open database file": find out what the OS says about the folder."""
+        probe = self.path.parent / f".{self.path.name}.probe"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return f" (folder {self.path.parent}: {exc.strerror or exc})"
+        return ""
+
+    def _disk_failed(self, what: str, exc: BaseException | str) -> None:
         """Log once per distinct problem (not per event), remember it for health, and schedule a retry."""
         message = f"cannot {what} spool {self.path}: {exc}"
         if message != self._last_error:
