@@ -18,6 +18,7 @@ falls back to memory at run time rather than refusing to start.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import textwrap
@@ -255,10 +256,10 @@ def _reject_duplicate_keys(node: yaml.Node, prefix: str) -> None:
 
 def _build(cls: type, data: Mapping[Any, Any], prefix: str, base_dir: Path) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for key in data:
         if not isinstance(key, str) or key not in fields:
-            where = _join(prefix, str(key))
+            where = _join(prefix, _key(key))
             known = ", ".join(fields)
             raise ConfigError(where, f"unknown key (known here: {known})")
     values = {}
@@ -266,6 +267,11 @@ def _build(cls: type, data: Mapping[Any, Any], prefix: str, base_dir: Path) -> A
         if name in data:
             values[name] = _convert(data[name], hints[name], f.metadata, _join(prefix, name), base_dir)
     return cls(**values)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _convert(value: Any, tp: Any, rules: Mapping[str, Any], path: str, base_dir: Path) -> Any:
@@ -323,13 +329,14 @@ def _as_type(value: Any, tp: Any, rules: Mapping[str, Any], path: str, base_dir:
             return _NO_MATCH
         out: dict[str, float] = {}
         for k, v in value.items():
+            where = f"{path}.{_key(k)}"
             if not isinstance(k, str) or not k.strip():
-                raise ConfigError(f"{path}.{k}", "keys must be non-empty strings")
+                raise ConfigError(where, "keys must be non-empty strings")
             item_rules = {"lo": rules.get("value_lo"), "hi": rules.get("value_hi")}
-            item = _as_type(v, float, {}, f"{path}.{k}", base_dir)
+            item = _as_type(v, float, {}, where, base_dir)
             if item is _NO_MATCH:
-                raise ConfigError(f"{path}.{k}", f"must be a number, got {_type_name(v)} {_show(v)}")
-            _check_rules(item, item_rules, f"{path}.{k}")
+                raise ConfigError(where, f"must be a number, got {_type_name(v)} {_show(v)}")
+            _check_rules(item, item_rules, where)
             out[k] = item
         return types.MappingProxyType(out)
     raise TypeError(f"config field type {tp!r} not supported")  # a bug in this module, not in the user's file
@@ -392,6 +399,13 @@ def _check_cross_fields(config: Config) -> None:
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
+
+
+def _key(key: Any) -> str:
+    """A key as it appears in a key path: plain if it reads cleanly, repr() if empty, odd or not a string."""
+    if isinstance(key, str) and key and key.isprintable() and key == key.strip():
+        return key
+    return _show(key)
 
 
 def _num(x: float) -> str:
