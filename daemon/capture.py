@@ -52,16 +52,19 @@ def db_to_gain(gain_db: float) -> float:
 class _ClockTracker:
     """Turns "this block arrived now" into anchors on the ring, from the callback thread.
 
-    Keeps the anchor at the lower envelope of (callback time - samples since the anchor / rate): each block only tells
-    us its samples were captured *no later* than that, and scheduling only ever makes a callback late. A new lowest
-    bound moves the anchor earlier (gap=False); a sample clock that falls far behind the wall clock re-anchors, as a
-    gap if samples must have been lost. Allocates one small tuple per re-anchor, never per block.
+    Keeps the segment's anchor at the lower envelope of (callback time - samples since the anchor / rate): each block
+    only tells us its samples were captured *no later* than that, and scheduling only ever makes a callback late. A
+    new lowest bound corrects the anchor in place (the first block of a stream is often late by tens of ms; a sample
+    clock running fast keeps nudging it), so spacing within a segment stays exactly the hop. A sample clock that
+    falls far behind the wall clock (slow crystal, NTP step) re-anchors with gap=False, or as a gap if samples must
+    have been lost. Allocates one small tuple per correction, never per block.
     """
 
     def __init__(self, ring: RingBuffer, rate_hz: float) -> None:
         self.ring = ring
         self.rate_hz = rate_hz
         self.new_segment = True  # next block starts a segment (stream (re)opened)
+        self.corrections = 0
         self.resyncs = 0
         self.gaps = 0  # segments this stream started: its first block, overflows, silent losses
 
@@ -76,7 +79,8 @@ class _ClockTracker:
         expected = self.ring.time_of(sample)
         lag = estimate - expected
         if lag < -EARLY_TOLERANCE_S:
-            self.ring.mark(estimate, self.rate_hz, gap=False)
+            self.ring.correct(self.ring.anchors[-1].unix_time + lag)
+            self.corrections += 1
         elif lag > LOST_SAMPLES_S:
             self.ring.mark(estimate, self.rate_hz, gap=True)
             self.gaps += 1

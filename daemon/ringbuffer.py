@@ -19,10 +19,11 @@ free-threaded Python build would need explicit memory ordering; CPython with the
 
 Anchors give each sample its wall time. An anchor says "sample ``sample`` was captured at ``unix_time``, and the
 samples after it follow at ``rate_hz``". Only the writer adds anchors, and it replaces the whole (immutable) tuple in
-one store, so a reader always sees a consistent snapshot. An anchor with ``gap=True`` starts a new segment: the
+one store, so a reader always sees a consistent snapshot. The writer may also ``correct`` the newest anchor's time
+(a better estimate of when its segment started). An anchor with ``gap=True`` starts a new segment: the
 samples before it and after it are not continuous in time (stream reopened, overflow, file start), so no window may
-straddle it. An anchor with ``gap=False`` only corrects the clock (a better estimate of when capture really started,
-slow drift of the sound card's crystal against the wall clock, an NTP step) and windows may straddle it.
+straddle it. An anchor with ``gap=False`` only re-synchronises the clock (the sound card's crystal running slow against
+the wall clock, an NTP step) and windows may straddle it.
 """
 
 from __future__ import annotations
@@ -94,6 +95,17 @@ class RingBuffer:
         if len(anchors) >= self._max_anchors:
             anchors = anchors[len(anchors) - self._max_anchors + 1 :]
         self._anchors = (*anchors, anchor)
+
+    def correct(self, unix_time: float) -> None:
+        """Move the newest anchor to a better estimate of its time (same sample, rate and gap flag).
+
+        Used when a block proves capture started earlier than first thought: correcting the anchor in place, instead
+        of adding a new one, shifts the whole segment's line at once, so windows stay exactly ``hop`` apart.
+        """
+        anchors = self._anchors
+        if not anchors:
+            raise LookupError("no anchor to correct")
+        self._anchors = (*anchors[:-1], anchors[-1]._replace(unix_time=float(unix_time)))
 
     def close(self) -> None:
         """No more samples will come (end of a replayed file); readers drain what is left and stop."""

@@ -157,13 +157,15 @@ def test_clock_keeps_the_earliest_bound_and_re_anchors_on_loss() -> None:
     callback(T0 + 0.1 + 0.3)  # first block: late by 0.3 s -> anchor T0 + 0.3
     assert ring.anchors[-1].gap and ring.time_of(0) == pytest.approx(T0 + 0.3)
     callback(T0 + 0.2 + 0.01)  # the second block proves sample 1600 was captured by T0 + 0.11
-    assert ring.time_of(1600) == pytest.approx(T0 + 0.11)
-    assert not ring.anchors[-1].gap
+    assert len(ring.anchors) == 1, "a better estimate corrects the segment's anchor, it does not add one"
+    assert ring.time_of(0) == pytest.approx(T0 + 0.01) and ring.time_of(1600) == pytest.approx(T0 + 0.11)
     callback(T0 + 0.3 + 0.05)  # a late callback (scheduling) does not move the anchor
-    assert len(ring.anchors) == 2
-    callback(T0 + 0.4 + 0.01, overflow=True)
-    assert ring.anchors[-1].gap and ring.anchors[-1].sample == 3 * 1600
-    callback(T0 + 0.5 + 0.01 + LOST_SAMPLES_S + 0.5)  # samples vanished without a flag
+    assert len(ring.anchors) == 1 and ring.time_of(0) == pytest.approx(T0 + 0.01)
+    callback(T0 + 0.4 + 0.01 + 0.3)  # the sample clock lags the wall clock by 0.3 s: re-synchronise, no gap
+    assert len(ring.anchors) == 2 and not ring.anchors[-1].gap and clock.resyncs == 1
+    callback(T0 + 0.8 + 0.01, overflow=True)
+    assert ring.anchors[-1].gap and ring.anchors[-1].sample == 4 * 1600
+    callback(T0 + 0.9 + 0.01 + LOST_SAMPLES_S + 0.5)  # samples vanished without a flag
     assert ring.anchors[-1].gap and clock.gaps == 3
 
 
