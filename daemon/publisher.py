@@ -46,6 +46,30 @@ DEFAULT_DRAIN_PER_S = 20.0
 StateCallback = Callable[[bool, str], None]
 
 
+class TokenBucket:
+    """Rate limit for draining a backlog: `rate_per_s` on average, bursts up to `capacity`.
+
+    Keeps a day's backlog from hitting the broker (and the Pi's CPU) as one burst after an outage, while a single new
+    event still goes out at once. The clock is injectable so the arithmetic can be tested without sleeping.
+    """
+
+    def __init__(self, rate_per_s: float, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate_per_s = rate_per_s
+        self.capacity = float(capacity)
+        self._clock = clock
+        self._tokens = float(capacity)
+        self._at = clock()
+
+    def available(self) -> int:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate_per_s)
+        self._at = now
+        return int(self._tokens)
+
+    def take(self, n: int) -> None:
+        self._tokens -= n
+
+
 @dataclass
 class _Session:
     """State of one connection; thrown away with it."""
@@ -92,8 +116,7 @@ class Publisher:
         self._outbox: collections.deque[tuple[str, bytes, int, bool]] = collections.deque(maxlen=OUTBOX_MAX)
         self._session = _Session()
         self._max_sent_id = 0  # highest row id ever sent by this process: re-sending one at or below it is a resend
-        self._tokens = float(max(1, mqtt_config.max_inflight))
-        self._tokens_at = time.monotonic()
+        self._rate = TokenBucket(drain_per_s, capacity=max(1, mqtt_config.max_inflight))
         self._last_error: str | None = None
         self._logged_error: str | None = None
         self._counts = {"published": 0, "acked": 0, "resent": 0, "connects": 0, "attempts": 0}
@@ -284,11 +307,7 @@ class Publisher:
 
     def _send_rows(self, client: mqtt.Client, session: _Session) -> None:
         """Send spool rows after the cursor, oldest first, within the in-flight and rate budgets."""
-        now = time.monotonic()
-        capacity = float(max(1, self.config.max_inflight))
-        self._tokens = min(capacity, self._tokens + (now - self._tokens_at) * self.drain_per_s)
-        self._tokens_at = now
-        room = min(self.config.max_inflight - len(session.inflight), int(self._tokens))
+        room = min(self.config.max_inflight - len(session.inflight), self._rate.available())
         if room <= 0:
             return
         for row in self.spool.pending(session.cursor, room):
@@ -296,7 +315,7 @@ class Publisher:
             if info.rc != mqtt.MQTT_ERR_SUCCESS:  # the connection just went; the loop will notice
                 return
             session.cursor = row.row_id
-            self._tokens -= 1
+            self._rate.take(1)
             with self._lock:
                 self._counts["published"] += 1
                 if row.row_id <= self._max_sent_id:

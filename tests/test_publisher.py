@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from custom.daemon.config import ConfigError, MqttConfig, TlsConfig
-from custom.daemon.publisher import Publisher
+from custom.daemon.publisher import Publisher, TokenBucket
 from custom.daemon.spool import Spool
 
 SENSOR = "s1"
@@ -28,7 +28,7 @@ WAIT_S = 10.0
 CHILD = """
 import sys, time, uuid
 from custom.daemon.config import MqttConfig
-from custom.daemon.publisher import Publisher
+from custom.daemon.publisher import Publisher, TokenBucket
 from custom.daemon.spool import Spool
 host, port, spool_path, connect, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
 spool = Spool(spool_path, max_rows=10000, max_bytes=10**8)
@@ -257,6 +257,35 @@ def test_new_events_wait_behind_the_backlog(broker, subscriber_factory, tmp_path
         got = sub.wait_count(EVENTS, 11, WAIT_S)
         assert [m.json()["n"] for m in got] == list(range(10)) + [99]
         pub.stop(timeout=2.0)
+
+
+def test_publisher_spends_only_its_rate_budget(broker, subscriber_factory, spool, publishers):
+    """At 0.001 events/s after a burst of max_inflight=2, a third send would take 1000 s: exactly 2 go out."""
+    sub = subscriber_factory(broker, [EVENTS])
+    for i in range(5):
+        spool.put(EVENTS, json.dumps(make_event(i)).encode())
+    pub = publishers(mqtt_config(broker, max_inflight=2), SENSOR, spool, drain_per_s=0.001)
+    pub.start()
+    assert len(sub.wait_count(EVENTS, 2, WAIT_S)) == 2
+    deadline = time.monotonic() + WAIT_S
+    while pub.stats()["acked"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stats = pub.stats()
+    assert stats["acked"] == 2 and stats["published"] == 2 and stats["backlog"] == 3, stats
+
+
+def test_token_bucket_limits_the_drain_rate():
+    now = [0.0]
+    bucket = TokenBucket(rate_per_s=2.0, capacity=3, clock=lambda: now[0])
+    assert bucket.available() == 3, "a burst up to capacity goes at once"
+    bucket.take(3)
+    assert bucket.available() == 0
+    now[0] += 0.49
+    assert bucket.available() == 0
+    now[0] += 0.02
+    assert bucket.available() == 1, "then rate_per_s"
+    now[0] += 100.0
+    assert bucket.available() == 3, "idle time does not build a bigger burst than capacity"
 
 
 # ---------------------------------------------------------------------------------------------- security faults
