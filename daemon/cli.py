@@ -55,7 +55,7 @@ def _devices(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .service import run_service
 
-    return run_service(args.config, input_file=args.input, realtime=not args.fast)
+    return run_service(args.config, input_file=args.input, realtime=not args.fast, loop=args.loop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the sensor: capture, classify, publish (systemd starts this)")
     _add_config(p)
     p.add_argument("--input", type=Path, help="replay this recording at real-time pace instead of the microphone")
+    p.add_argument("--loop", action="store_true", help="with --input: replay the recording over and over (demos)")
     p.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # --input as fast as possible (tests)
     p.set_defaults(func=_run)
 

@@ -274,7 +274,7 @@ class Service:
             "version": _version(),
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
             "bundle": {"id": self.pipeline.model.bundle.bundle_id, "sha256": self.pipeline.model.bundle.sha256},
-            "windows": {"done": self.windows_done, **self.windower.stats()},
+            "windows": {**self.windower.stats(), "done": self.windows_done},
             "inference_ms": {
                 "p50": round(float(np.percentile(latencies, 50)), 1),
                 "p95": round(float(np.percentile(latencies, 95)), 1),

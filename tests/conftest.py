@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # Fixtures that start real services live in their own modules: a real mosquitto on loopback, a PulseAudio virtual mic.
-pytest_plugins = ["tests.fixtures_broker", "tests.fixtures_audio"]
+pytest_plugins = ["tests.fixtures_broker", "tests.fixtures_audio", "tests.fixtures_daemon"]
 
 
 def shared_dir() -> Path:
