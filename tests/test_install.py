@@ -268,3 +268,21 @@ def test_with_venv_builds_a_working_entry_point(tmp_path: Path, config: Path) ->
     exe = tree / "opt/custom-sensor/venv/bin/custom-sensord"
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "run" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="needs shellcheck (apt: shellcheck)")
+def test_deploy_scripts_pass_shellcheck() -> None:
+    scripts = [INSTALL, ROOT / "deploy/mosquitto/make-sensor-credentials.sh"]
+    result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+def test_default_config_comes_from_the_project(tmp_path: Path) -> None:
+    tree = tmp_path / "root"
+    default = ROOT / "config.yaml"
+    result = run_install(tree, check=False)
+    if default.is_file():
+        assert result.returncode == 0, result.stderr
+        assert (tree / "etc/custom-sensor/config.yaml").read_bytes() == default.read_bytes()
+    else:
+        assert result.returncode == EX_CONFIG and "pass --config PATH" in result.stderr
