@@ -232,8 +232,8 @@ install_config() {
     fi
     [[ -f $src ]] || die $EX_CONFIG "config not found: $src"
     dest=$(r "$ETC_DIR/config.yaml")
-    stamp=$(r "$PREFIX/share/config.yaml.installed.sha256")
-    install -d -m 0755 "$(dirname "$stamp")"
+    # Beside the config, so it survives --uninstall (which keeps the config) and goes with --purge.
+    stamp=$(r "$ETC_DIR/.config.yaml.installed.sha256")
     if [[ ! -e $dest ]] || { [[ -f $stamp ]] && [[ $(sha256_of "$dest") == "$(cat "$stamp")" ]]; }; then
         install -m 0640 "$src" "$dest"
         sha256_of "$dest" >"$stamp"

@@ -286,3 +286,14 @@ def test_default_config_comes_from_the_project(tmp_path: Path) -> None:
         assert (tree / "etc/custom-sensor/config.yaml").read_bytes() == default.read_bytes()
     else:
         assert result.returncode == EX_CONFIG and "pass --config PATH" in result.stderr
+
+
+def test_reinstall_after_uninstall_still_knows_an_unedited_config(tmp_path: Path, config: Path) -> None:
+    tree = tmp_path / "root"
+    run_install(tree, "--config", str(config))
+    run_install(tree, "--uninstall")
+    new_default = tmp_path / "new-default.yaml"
+    new_default.write_text("sensor_id: test-01\n# a newer default\n")
+    run_install(tree, "--config", str(new_default))
+    assert (tree / "etc/custom-sensor/config.yaml").read_text() == new_default.read_text()
+    assert not (tree / "etc/custom-sensor/config.yaml.dist").exists()
