@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -283,7 +284,15 @@ def test_default_config_comes_from_the_project(tmp_path: Path) -> None:
     result = run_install(tree, check=False)
     if default.is_file():
         assert result.returncode == 0, result.stderr
-        assert (tree / "etc/custom-sensor/config.yaml").read_bytes() == default.read_bytes()
+        installed = tree / "etc/custom-sensor/config.yaml"
+        assert installed.read_bytes() == default.read_bytes()
+        # The daemon accepts what the installer put in place.
+        check = subprocess.run(
+            [sys.executable, "-c", "import sys; from custom.daemon.cli import main; sys.exit(main(sys.argv[1:]))",
+             "check-config", "--config", str(installed)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
     else:
         assert result.returncode == EX_CONFIG and "pass --config PATH" in result.stderr
 
