@@ -222,6 +222,35 @@ def test_broker_outage_loses_nothing_and_keeps_order(broker, subscriber_factory,
     assert len(fresh) - len(set(fresh)) <= pub.stats()["resent"], "publisher duplicates must be counted"
 
 
+def test_rows_without_puback_stay_spooled_and_are_resent(broker, subscriber_factory, spool, publishers):
+    """A frozen broker (SIGSTOP) takes our bytes but never acknowledges: nothing may leave the spool on send alone."""
+    sub = subscriber_factory(broker, [EVENTS])
+    # keepalive 1 s (below what config.yaml allows) so the client gives up on the frozen broker within ~2 s
+    pub = publishers(mqtt_config(broker, keepalive_s=1), SENSOR, spool, drain_per_s=200.0)
+    pub.start()
+    assert pub.wait_connected(WAIT_S)
+    sent = [make_event(i) for i in range(5)]
+    broker.process.send_signal(signal.SIGSTOP)
+    try:
+        for event in sent:
+            pub.publish_event(event)
+        deadline = time.monotonic() + WAIT_S
+        while (pub.stats()["published"] < 5 or pub.connected) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stats = pub.stats()
+        assert stats["published"] == 5 and not stats["connected"], stats
+        assert stats["acked"] == 0 and spool.depth() == 5, "sent is not delivered: rows wait for PUBACK"
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+    assert pub.wait_drained(WAIT_S), pub.stats()
+    assert sub.wait_for(lambda ms: len({m.json()["event_id"] for m in ms}) >= 5, WAIT_S)
+    got = sub.on(EVENTS)
+    assert first_arrivals(event_ids(got)) == [e["event_id"] for e in sent]
+    assert pub.stats()["resent"] == 5, "every unacknowledged row is re-sent after the reconnect, and counted"
+    fresh = [m.json()["event_id"] for m in got if not m.dup]
+    assert len(fresh) - len(set(fresh)) <= pub.stats()["resent"]
+
+
 def test_backlog_survives_kill9_during_outage(make_broker, subscriber_factory, tmp_path, publishers):
     broker = make_broker(persistence=True, start=False)  # the broker is down from the start
     spool_path = tmp_path / "spool.sqlite"
