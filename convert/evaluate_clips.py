@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.CONFIG
     from tqdm import tqdm
 
-    with tqdm(total=len(clips), desc="clips", unit="clip") as bar:
+    with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
         outputs = clip_outputs(model, clips, progress=bar.update)
     scores = np.stack([model.class_scores(o) for o in outputs])  # (clips, classes)
     truth = np.array([c.class_index for c in clips])

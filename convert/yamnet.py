@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             probe = write_bundle(draft(mappings[descendants], aggregation, thresholds), Path(tmp) / "probe")
             model = Model(probe)
-            with tqdm(total=len(clips), desc="clips", unit="clip") as bar:
+            with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
                 outputs = clip_outputs(model, clips, progress=bar.update)
         truth = np.array([c.class_index for c in clips])
         folds = grouped_folds(clips)
