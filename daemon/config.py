@@ -203,14 +203,23 @@ class Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate the YAML file at `path`. An empty file means all defaults."""
+    """Read and validate the YAML file at `path`. An empty file means all defaults.
+
+    Errors from a file end with the line of the key at fault, e.g. `mqtt.port: must be 1..65535, got 70000 (line 40)`.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), f"cannot read config: {_os_reason(exc)}") from None
-    data = _load_yaml(text, str(path))
-    return parse_config({} if data is None else data, path.resolve().parent)
+    data, lines = _load_yaml(text, str(path))
+    try:
+        return parse_config({} if data is None else data, path.resolve().parent)
+    except ConfigError as exc:
+        line = _line_of(exc.key_path, lines)
+        if line is None:
+            raise
+        raise ConfigError(exc.key_path, f"{exc.message} (line {line})") from None
 
 
 def parse_config(data: Any, base_dir: str | Path) -> Config:
@@ -222,14 +231,16 @@ def parse_config(data: Any, base_dir: str | Path) -> Config:
     return config
 
 
-def _load_yaml(text: str, where: str) -> Any:
-    """YAML -> Python, refusing duplicate keys (PyYAML silently keeps the last one, hiding a typo'd override)."""
+def _load_yaml(text: str, where: str) -> tuple[Any, dict[str, int]]:
+    """YAML -> (Python data, key path -> line number), refusing duplicate keys (PyYAML keeps the last one silently,
+    hiding a typo'd override)."""
+    lines: dict[str, int] = {}
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is None:
-            return None
-        _reject_duplicate_keys(node, "")
-        return yaml.safe_load(text)
+            return None, lines
+        _index_keys(node, "", lines)
+        return yaml.safe_load(text), lines
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
@@ -239,19 +250,24 @@ def _load_yaml(text: str, where: str) -> Any:
         raise ConfigError(where, "invalid YAML: nested too deeply") from None
 
 
-def _reject_duplicate_keys(node: yaml.Node, prefix: str) -> None:
+def _index_keys(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
         for key_node, value_node in node.value:
-            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            key = _key(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
             path = f"{prefix}.{key}" if prefix else key
-            if isinstance(key_node, yaml.ScalarNode) and key in seen:
+            if isinstance(key_node, yaml.ScalarNode) and path in lines:
                 raise ConfigError(path, f"duplicate key (line {key_node.start_mark.line + 1})")
-            seen.add(key)
-            _reject_duplicate_keys(value_node, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _reject_duplicate_keys(item, f"{prefix}[{i}]")
+            lines[path] = key_node.start_mark.line + 1
+            _index_keys(value_node, path, lines)
+
+
+def _line_of(key_path: str, lines: Mapping[str, int]) -> int | None:
+    """Line of the key, or of its nearest parent that is in the file (a missing key is reported on its section)."""
+    while key_path:
+        if key_path in lines:
+            return lines[key_path]
+        key_path = key_path.rpartition(".")[0]
+    return None
 
 
 def _build(cls: type, data: Mapping[Any, Any], prefix: str, base_dir: Path) -> Any:

@@ -165,6 +165,15 @@ def test_errors_name_the_key_path(tmp_path, text, expected):
     assert error_of(tmp_path, text).startswith(expected)
 
 
+def test_errors_from_a_file_give_the_line(tmp_path):
+    text = "sensor_id: a\nmqtt:\n  host: x\n  port: 70000\n"
+    assert error_of(tmp_path, text) == "mqtt.port: must be 1..65535, got 70000 (line 4)"
+    assert error_of(tmp_path, "mqtt:\n  tls:\n    enable: true\n").endswith("(line 3)")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"mqtt": {"port": 70000}}, tmp_path)
+    assert str(info.value) == "mqtt.port: must be 1..65535, got 70000", "no line without a file"
+
+
 def test_tls_files_need_tls_enabled_and_cert_needs_key(tmp_path):
     (tmp_path / "c.pem").write_text("x")
     assert error_of(tmp_path, "mqtt: {tls: {ca: c.pem}}").startswith("mqtt.tls.ca: is set but mqtt.tls.enabled")
