@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# From a fresh Debian machine to a running sensor that publishes to a local MQTT broker, in one command:
+#   sudo bash deploy/quickstart.sh                # runs until Ctrl-C, printing every event it publishes
+#   sudo bash deploy/quickstart.sh --for 60       # stop by itself after 60 s
+#   sudo bash deploy/quickstart.sh --input my.wav # replay a recording instead of the microphone
+# It installs the system packages, a venv in .venv, builds the default model bundle (YAMNet, thresholds
+# calibrated on ../shared/data/clips) into .quickstart/bundle, starts a loopback broker if none listens on
+# 127.0.0.1:1883, and runs `custom-sensord run`. Without a microphone it replays a siren recording in a loop.
+# For a real deployment under systemd use deploy/install.sh (see deploy/OPERATING.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SHARED=${CUSTOM_SHARED:-$ROOT/../shared}
+YAMNET=$SHARED/models/yamnet_classification.tflite
+WORK=$ROOT/.quickstart
+VENV=$ROOT/.venv
+INPUT=""
+DURATION=""
+
+while (($#)); do
+    case $1 in
+    --yamnet) YAMNET=${2:?--yamnet needs the TF-Hub YAMNet .tflite}; shift ;;
+    --input) INPUT=${2:?--input needs an audio file}; shift ;;
+    --for) DURATION=${2:?--for needs seconds}; shift ;;
+    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "quickstart: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ -f $YAMNET ]] || { echo "quickstart: $YAMNET not found: pass --yamnet PATH (TF-Hub YAMNet TFLite)" >&2; exit 66; }
+
+echo "== system packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends python3-venv libportaudio2 libsndfile1 mosquitto mosquitto-clients >/dev/null
+
+echo "== python environment ($VENV)"
+[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q -e .
+mkdir -p "$WORK"
+
+echo "== default model bundle ($WORK/bundle)"
+if ! "$VENV/bin/python" -c "from custom.daemon.bundle import load_bundle; load_bundle('$WORK/bundle')" 2>/dev/null; then
+    args=(yamnet --tflite "$YAMNET" --class-map "$(dirname "$YAMNET")/yamnet_class_map.csv" --out "$WORK/bundle")
+    [[ -f $SHARED/data/audioset/ontology.json ]] && args+=(--ontology "$SHARED/data/audioset/ontology.json")
+    [[ -f $SHARED/data/clips/manifest.csv ]] && args+=(--clips "$SHARED/data/clips/manifest.csv")
+    "$VENV/bin/custom-convert" "${args[@]}"
+fi
+
+echo "== local broker (127.0.0.1:1883)"
+BROKER_PID=""
+if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+    printf 'listener 1883 127.0.0.1\nallow_anonymous true\n' >"$WORK/mosquitto.conf"
+    mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+    BROKER_PID=$!
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 0.1; done
+fi
+
+cat >"$WORK/config.yaml" <<CONF
+# quickstart config: see config.yaml in the repo for every key
+sensor_id: quickstart
+model:
+  bundle: $WORK/bundle
+mqtt:
+  host: 127.0.0.1
+  port: 1883
+spool:
+  path: $WORK/spool.sqlite
+health_interval_s: 30
+CONF
+"$VENV/bin/custom-sensord" check-config --config "$WORK/config.yaml"
+
+run_args=(run --config "$WORK/config.yaml")
+if [[ -n $INPUT ]]; then
+    run_args+=(--input "$INPUT" --loop)
+elif ! "$VENV/bin/custom-sensord" devices >/dev/null 2>&1; then
+    echo "== no microphone found: replaying a siren recording instead (use --input FILE for your own)"
+    run_args+=(--input "$SHARED/data/clips/siren/us8k_102871-8-0-8.flac" --loop)
+fi
+
+echo "== events on custom/quickstart/events (one every 10 s; Ctrl-C stops)"
+mosquitto_sub -h 127.0.0.1 -p 1883 -t 'custom/quickstart/#' -v &
+SUB_PID=$!
+cleanup() {
+    kill "$SUB_PID" 2>/dev/null || true
+    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+if [[ -n $DURATION ]]; then
+    "$VENV/bin/custom-sensord" "${run_args[@]}" &
+    DAEMON_PID=$!
+    sleep "$DURATION"
+    kill -TERM "$DAEMON_PID"
+    wait "$DAEMON_PID"
+else
+    "$VENV/bin/custom-sensord" "${run_args[@]}"
+fi

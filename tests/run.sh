@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh Debian 12 machine and run them. Run as root (CI does):
+#   sudo bash tests/run.sh            # the default suite (what CI runs)
+#   sudo bash tests/run.sh -m slow    # the long checks kept out of CI (full-size VGGish conversion, ...)
+# Extra arguments go to pytest. Real parts only: mosquitto and a PulseAudio virtual microphone are started by the
+# test fixtures themselves (each test gets its own broker port and audio server); ../shared must sit beside the
+# repo (or set CUSTOM_SHARED).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export CUSTOM_SHARED=${CUSTOM_SHARED:-$ROOT/../shared}
+VENV=${CUSTOM_VENV:-$ROOT/.venv}
+TFLITE214_VENV=${CUSTOM_TFLITE214_VENV:-$ROOT/.venv-tflite214}
+
+if [ ! -d "$CUSTOM_SHARED/models" ]; then
+  echo "tests/run.sh: $CUSTOM_SHARED has no models/: put ../shared beside the repo or set CUSTOM_SHARED" >&2
+  exit 2
+fi
+
+echo "== system packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
+  mosquitto mosquitto-clients \
+  pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 \
+  openssl sox shellcheck >/dev/null
+
+echo "== python environment ($VENV)"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q -e ".[convert,systemd,test]"
+
+echo "== tflite-runtime 2.14 environment ($TFLITE214_VENV; needs numpy<2)"
+[ -x "$TFLITE214_VENV/bin/python" ] || python3 -m venv "$TFLITE214_VENV"
+"$TFLITE214_VENV/bin/pip" install -q "numpy<2" "tflite-runtime==2.14.0"
+export CUSTOM_TFLITE214_PYTHON="$TFLITE214_VENV/bin/python"
+
+echo "== lint"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+
+echo "== tests"
+set +e
+"$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "tests/run.sh: pytest collected no tests: that is a failure here" >&2
+  exit 1
+fi
+exit "$status"
