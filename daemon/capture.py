@@ -43,6 +43,7 @@ SUPERVISE_PERIOD_S = 0.2
 EARLY_TOLERANCE_S = 0.002  # a block that proves the anchor late by more than this moves the anchor earlier
 LATE_TOLERANCE_S = 0.25  # the sample clock lags the wall clock by more than this: re-anchor (drift, NTP step)
 LOST_SAMPLES_S = 1.0  # ... by more than this: samples were lost without an overflow flag, treat as a gap
+CONFIRM_S = 1.0  # lateness must last this long (in audio) before it counts: a stall followed by a burst does not
 
 
 def db_to_gain(gain_db: float) -> float:
@@ -55,9 +56,13 @@ class _ClockTracker:
     Keeps the segment's anchor at the lower envelope of (callback time - samples since the anchor / rate): each block
     only tells us its samples were captured *no later* than that, and scheduling only ever makes a callback late. A
     new lowest bound corrects the anchor in place (the first block of a stream is often late by tens of ms; a sample
-    clock running fast keeps nudging it), so spacing within a segment stays exactly the hop. A sample clock that
-    falls far behind the wall clock (slow crystal, NTP step) re-anchors with gap=False, or as a gap if samples must
-    have been lost. Allocates one small tuple per correction, never per block.
+    clock running fast keeps nudging it), so spacing within a segment stays exactly the hop.
+
+    Lateness is acted on only when it persists for ``CONFIRM_S`` of audio: a stalled process (GIL, swap) delivers
+    late blocks followed by a burst that proves nothing was lost, while a slow crystal, an NTP step or silently lost
+    samples keep every block late. Then the clock re-anchors at the smallest lag seen, with gap=False, or as a gap if
+    that lag means samples were lost. An overflow flag is a gap at once. One small tuple per anchor change, never per
+    block.
     """
 
     def __init__(self, ring: RingBuffer, rate_hz: float) -> None:
@@ -67,6 +72,8 @@ class _ClockTracker:
         self.corrections = 0
         self.resyncs = 0
         self.gaps = 0  # segments this stream started: its first block, overflows, silent losses
+        self._late_from: int | None = None  # first sample of the current run of late blocks
+        self._late_min_s = 0.0
 
     def before_write(self, frames: int, now: float, overflow: bool) -> None:
         sample = self.ring.written
@@ -75,18 +82,28 @@ class _ClockTracker:
             self.ring.mark(estimate, self.rate_hz, gap=True)
             self.new_segment = False
             self.gaps += 1
+            self._late_from = None
             return
-        expected = self.ring.time_of(sample)
-        lag = estimate - expected
-        if lag < -EARLY_TOLERANCE_S:
-            self.ring.correct(self.ring.anchors[-1].unix_time + lag)
-            self.corrections += 1
-        elif lag > LOST_SAMPLES_S:
-            self.ring.mark(estimate, self.rate_hz, gap=True)
+        lag = estimate - self.ring.time_of(sample)
+        if lag <= LATE_TOLERANCE_S:
+            self._late_from = None
+            if lag < -EARLY_TOLERANCE_S:
+                self.ring.correct(self.ring.anchors[-1].unix_time + lag)
+                self.corrections += 1
+            return
+        if self._late_from is None:
+            self._late_from, self._late_min_s = sample, lag
+            return
+        self._late_min_s = min(self._late_min_s, lag)
+        if sample - self._late_from < CONFIRM_S * self.rate_hz:
+            return
+        gap = self._late_min_s > LOST_SAMPLES_S
+        self.ring.mark(self.ring.time_of(sample) + self._late_min_s, self.rate_hz, gap=gap)
+        if gap:
             self.gaps += 1
-        elif lag > LATE_TOLERANCE_S:
-            self.ring.mark(estimate, self.rate_hz, gap=False)
+        else:
             self.resyncs += 1
+        self._late_from = None
 
 
 def _rescan() -> None:
@@ -202,6 +219,7 @@ class MicCapture:
         self._opens = 0
         self._last_error: str | None = None
         self._down_since_mono: float | None = None
+        self._failures = 0  # consecutive failed opens/streams, for the log only
         self._segments_before = 0  # segments started by streams already closed
 
     # ---- public -----------------------------------------------------------------------------------------------------
@@ -230,7 +248,8 @@ class MicCapture:
         self._mic = "stopped"
 
     def state(self) -> dict[str, Any]:
-        """Health snapshot: safe to call from any thread."""
+        """Health snapshot, safe from any thread. ``mic``: "opening" (never up yet), "up" (audio flowing), "down"
+        (lost or failing, being retried), "stopped"."""
         clock = self._clock
         return {
             "source": "mic",
@@ -280,18 +299,18 @@ class MicCapture:
             reason = self._watch()
             if reason is None:  # stopped
                 break
+            if self._blocks:  # it worked for a while: retry quickly; a stream that never delivered backs off further
+                backoff = BACKOFF_INITIAL_S
             self._close()
             self._set_down(reason)
-            if self._stop.wait(_jittered(BACKOFF_INITIAL_S)):
+            if self._stop.wait(_jittered(backoff)):
                 break
-            backoff = BACKOFF_INITIAL_S if self._blocks else backoff
+            backoff = min(backoff * 2.0, self.backoff_max_s)
         self._close()
 
     def _open(self) -> None:
         import sounddevice as sd
 
-        if self._mic != "opening":
-            self._mic = "opening"
         if self.rescan:
             _rescan()
         info = sd.query_devices(self.device, kind="input")
@@ -357,10 +376,15 @@ class MicCapture:
             log.debug("closing input stream: %s", exc)
 
     def _set_up(self) -> None:
+        """Logged once per transition: a sensor left without its mic for a day must not fill the journal."""
+        down_for = None if self._down_since_mono is None else time.monotonic() - self._down_since_mono
         self._mic = "up"
         self._down_since_mono = None
+        self._failures = 0
+        after = "" if down_for is None else f" after {down_for:.1f} s down"
         log.info(
-            "microphone up: %s at %.0f Hz (%d channel(s), gain %.2f)",
+            "microphone up%s: %s at %.0f Hz, %d channel(s), gain %.2f",
+            after,
             self._device_name,
             self._rate_hz or 0,
             self.channels,
@@ -368,13 +392,16 @@ class MicCapture:
         )
 
     def _set_down(self, reason: str) -> None:
-        changed = self._mic != "down" or reason != self._last_error
+        """State "down" from the first failure until audio flows again (retries do not flip it to "opening")."""
+        self._failures += 1
         if self._mic != "down":
             self._down_since_mono = time.monotonic()
+            log.warning("microphone down: %s; retrying with backoff", reason)
+        elif reason != self._last_error:
+            log.info("microphone still down (attempt %d): %s", self._failures, reason)
+        else:
+            log.debug("microphone still down (attempt %d): %s", self._failures, reason)
         self._mic = "down"
-        if changed:
-            level = logging.WARNING if reason != self._last_error else logging.DEBUG
-            log.log(level, "microphone down: %s; retrying", reason)
         self._last_error = reason
 
 
@@ -404,8 +431,8 @@ class FileSource:
         loop: bool = False,
         backpressure: Callable[[int], bool] | None = None,
     ) -> None:
-        """``backpressure(written)`` (only used when not realtime) returns True while the writer must wait, e.g. so
-        a fast test never laps its own reader."""
+        """``backpressure(written)`` (only used when not realtime) returns True while the writer must wait, so a fast
+        replay never laps its reader, e.g. ``lambda w: w - (windower.next_sample or 0) > ring.capacity - block``."""
         import soundfile as sf
 
         self.path = Path(path)

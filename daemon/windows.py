@@ -76,6 +76,12 @@ class Windower:
         """The ring is closed and no complete window is left: the input has ended."""
         return self._exhausted
 
+    @property
+    def next_sample(self) -> int | None:
+        """Ring index where the next window starts (None before the first anchor); a non-real-time writer can hold
+        back until this is within reach, so that a fast replay loses nothing (see FileSource ``backpressure``)."""
+        return self._next
+
     def stats(self) -> dict[str, int]:
         return {
             "windows": self._index,

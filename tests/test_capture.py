@@ -68,10 +68,10 @@ def live():
     """A started MicCapture (defaults: 16 kHz if possible, 0.1 s blocks) with a 2 s windower collecting windows."""
     started: list[tuple[MicCapture, Collector]] = []
 
-    def make(**kwargs) -> tuple[MicCapture, Collector]:
-        ring = RingBuffer.for_duration(3 * WINDOW_S)
+    def make(window_s: float = WINDOW_S, **kwargs) -> tuple[MicCapture, Collector]:
+        ring = RingBuffer.for_duration(3 * window_s)
         capture = MicCapture(ring, **kwargs)
-        collector = Collector(Windower(ring, None, WINDOW_S))
+        collector = Collector(Windower(ring, None, window_s))
         capture.start()
         started.append((capture, collector))
         return capture, collector
@@ -124,7 +124,7 @@ def test_device_vanishes_and_returns(virtual_mic, shared: Path, live) -> None:
     """Microphone unplugged (PulseAudio killed) for ~3 s: health says down, nothing crashes, capture resumes within
     5 s of its return, and the outage shows as a jump in the window timestamps."""
     virtual_mic.play(shared / CLIP, loop=True)
-    capture, collector = live()
+    capture, collector = live(window_s=1.0)
     wait_for(lambda: len(collector.windows) >= 2, 15.0, "two windows before the fault")
 
     virtual_mic.stop()
@@ -148,7 +148,7 @@ def test_device_vanishes_and_returns(virtual_mic, shared: Path, live) -> None:
     assert max(jumps) > 2.5, f"the outage does not show in the timestamps: {jumps}"
     after = windows[before:]
     spacing = [b.start_time - a.start_time for a, b in zip(after, after[1:], strict=False)]
-    assert spacing == pytest.approx([WINDOW_S] * len(spacing), abs=0.02), f"windows after the outage: {spacing}"
+    assert spacing == pytest.approx([1.0] * len(spacing), abs=0.02), f"windows after the outage: {spacing}"
     assert rms(after[-1].samples) > 0.01, "after the reopen the windows must carry the clip again, not silence"
 
 
@@ -166,7 +166,7 @@ def test_capture_started_before_the_device_exists(virtual_mic, live) -> None:
 
 def test_gain_is_applied(virtual_mic, shared: Path, live) -> None:
     virtual_mic.play(shared / CLIP, loop=True)
-    capture, collector = live(gain_db=-20.0)
+    capture, collector = live(window_s=1.0, gain_db=-20.0)
     wait_for(lambda: len(collector.windows) >= 2, 15.0, "two windows")
     level = rms(collector.windows[-1][0].samples)
     assert 0.002 < level < 0.012, f"babble at -20 dB should be ~0.0067 RMS, got {level}"
@@ -247,6 +247,22 @@ def test_file_replay_fast_is_exact(shared: Path) -> None:
     for k, w in enumerate(windows):
         np.testing.assert_array_equal(w.samples, clip[k * rate : k * rate + 32000])
         assert (w.start_time, w.end_time) == (1000.0 + k, 1002.0 + k)
+
+
+def test_fast_replay_with_backpressure_loses_nothing(shared: Path) -> None:
+    """A ring of only 3 windows and a writer far faster than real time: backpressure keeps every window."""
+    clip, _ = sf.read(shared / CLIP, dtype="float32")
+    ring = RingBuffer(3 * 16000)
+    windower = Windower(ring, 16000, 1.0)
+    block = 1600
+
+    def hold_back(written: int) -> bool:
+        return written + block - (windower.next_sample or 0) > ring.capacity
+
+    FileSource(shared / CLIP, ring, realtime=False, block_size=block, start_time=0.0, backpressure=hold_back).start()
+    windows = drain(windower)
+    assert windower.skipped_behind == 0 and len(windows) == 10
+    np.testing.assert_array_equal(np.concatenate([w.samples for w in windows]), clip[:160000])
 
 
 def test_file_replay_at_another_rate_round_trips(shared: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from custom.daemon.capture import LOST_SAMPLES_S, _ClockTracker
+from custom.daemon.capture import _ClockTracker
 from custom.daemon.ringbuffer import RingBuffer
 from custom.daemon.windows import Windower
 
@@ -145,27 +145,39 @@ def test_anchor_history_is_bounded() -> None:
 
 
 def test_clock_keeps_the_earliest_bound_and_re_anchors_on_loss() -> None:
-    """Callback times only ever arrive late: the anchor follows the lowest bound; overflow or a big lag is a gap."""
-    ring = RingBuffer(10 * RATE)
+    """Callback times only ever arrive late: the anchor follows the lowest bound; lasting lateness re-anchors, as a
+    gap when it means lost samples; a stall followed by a burst changes nothing."""
+    ring = RingBuffer(30 * RATE)
     clock = _ClockTracker(ring, RATE)
-    block = np.zeros(1600, np.float32)
+    block = np.zeros(1600, np.float32)  # 0.1 s
+    audio_s = [0.0]  # wall time the next block's first sample was really captured
 
-    def callback(now: float, overflow: bool = False) -> None:
-        clock.before_write(len(block), now, overflow)
+    def callback(late_s: float, overflow: bool = False) -> None:
+        """Deliver one block `late_s` after its last sample was captured."""
+        clock.before_write(len(block), T0 + audio_s[0] + 0.1 + late_s, overflow)
         ring.write(block)
+        audio_s[0] += 0.1
 
-    callback(T0 + 0.1 + 0.3)  # first block: late by 0.3 s -> anchor T0 + 0.3
+    callback(0.3)  # the first block of a stream is late: anchor T0 + 0.3
     assert ring.anchors[-1].gap and ring.time_of(0) == pytest.approx(T0 + 0.3)
-    callback(T0 + 0.2 + 0.01)  # the second block proves sample 1600 was captured by T0 + 0.11
+    callback(0.01)  # the second block proves an earlier start
     assert len(ring.anchors) == 1, "a better estimate corrects the segment's anchor, it does not add one"
-    assert ring.time_of(0) == pytest.approx(T0 + 0.01) and ring.time_of(1600) == pytest.approx(T0 + 0.11)
-    callback(T0 + 0.3 + 0.05)  # a late callback (scheduling) does not move the anchor
+    assert ring.time_of(0) == pytest.approx(T0 + 0.01)
+    for late in (0.6, 0.5, 0.4, 0.3, 0.2, 0.01, 0.01):  # a 0.6 s stall, then the backlog arrives in a burst
+        callback(late)
     assert len(ring.anchors) == 1 and ring.time_of(0) == pytest.approx(T0 + 0.01)
-    callback(T0 + 0.4 + 0.01 + 0.3)  # the sample clock lags the wall clock by 0.3 s: re-synchronise, no gap
+
+    for _ in range(12):  # the sample clock now lags by 0.4 s for good (an NTP step, a slow crystal)
+        callback(0.4 + 0.01)
     assert len(ring.anchors) == 2 and not ring.anchors[-1].gap and clock.resyncs == 1
-    callback(T0 + 0.8 + 0.01, overflow=True)
-    assert ring.anchors[-1].gap and ring.anchors[-1].sample == 4 * 1600
-    callback(T0 + 0.9 + 0.01 + LOST_SAMPLES_S + 0.5)  # samples vanished without a flag
+    sample = ring.written
+    assert ring.time_of(sample) == pytest.approx(T0 + audio_s[0] + 0.4)
+
+    callback(0.41, overflow=True)
+    assert ring.anchors[-1].gap and ring.anchors[-1].sample == sample
+    audio_s[0] += 2.0  # two seconds of samples vanish without a flag
+    for _ in range(12):
+        callback(0.41)
     assert ring.anchors[-1].gap and clock.gaps == 3
 
 
