@@ -36,20 +36,16 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from .capture import list_input_devices
+    from .capture import format_devices, list_input_devices
 
     devices = list_input_devices()
     if args.json:
         import json
 
         print(json.dumps(devices, indent=2))
-        return exitcodes.OK
-    if not devices:
-        print("no audio input devices found (is a microphone plugged in and is the user in group 'audio'?)")
-        return exitcodes.UNAVAILABLE
-    for d in devices:
-        print("  ".join(f"{k}={v}" for k, v in d.items()))
-    return exitcodes.OK
+    else:
+        print(format_devices(devices))
+    return exitcodes.OK if devices else exitcodes.UNAVAILABLE
 
 
 def _run(args: argparse.Namespace) -> int:

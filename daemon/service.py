@@ -319,6 +319,18 @@ class Service:
         ):
             self.publisher.publish(topic, payload, qos=1, retain=True)
 
+    def _remove_discovery(self, old: Config) -> None:
+        """Discovery switched off on reload: empty retained configs make Home Assistant delete the entities."""
+        from .discovery import removal_messages
+
+        if self.publisher is None or self.pipeline is None:
+            return
+        for topic, payload in removal_messages(
+            old.sensor_id, self.pipeline.context.class_names, old.home_assistant.prefix
+        ):
+            self.publisher.publish(topic, payload, qos=1, retain=True)
+        log.info("Home Assistant discovery removed for sensor %s", old.sensor_id)
+
     # ------------------------------------------------------------------------------------------------ reload
 
     def reload(self) -> None:
@@ -335,6 +347,8 @@ class Service:
             return
         setup_logging(config.log_level)
         self.pipeline = pipeline
+        if old.home_assistant.discovery and not config.home_assistant.discovery:
+            self._remove_discovery(old)
         if (config.mqtt, config.spool, config.sensor_id) != (old.mqtt, old.spool, old.sensor_id):
             self._stop_transport()
             self._start_transport(config)

@@ -147,3 +147,25 @@ def test_sighup_reload_keeps_the_old_bundle_when_the_new_one_is_bad(
     subscriber.wait_count("custom/test-sensor/events", count + 2, timeout=30)
     assert "Siren" not in [label["name"] for label in _events(subscriber)[-1]["labels"]]
     assert daemon.stop() == 0
+
+
+def test_home_assistant_discovery_announced_then_removed_on_reload(
+    yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path
+):
+    config = daemon_config(
+        yamnet_bundle, broker.port, tmp_path / "spool.sqlite", home_assistant={"discovery": True},
+        window={"length_s": 2, "hop_s": 2},
+    )  # fmt: skip
+    daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"]).start()
+    watcher = subscriber_factory(broker, ["homeassistant/#"])
+    assert watcher.wait_for(lambda ms: len({m.topic for m in ms if m.payload}) >= 12, timeout=30), daemon.log()
+    configs = {m.topic: m.json() for m in watcher.messages if m.payload}
+    assert all(c["availability_topic"] == "custom/test-sensor/status" for c in configs.values())
+
+    daemon.write_config({**config, "home_assistant": {"discovery": False}})
+    daemon.signal(signal.SIGHUP)
+    assert daemon.wait_log("discovery removed", timeout=20), daemon.log()
+    late = subscriber_factory(broker, ["homeassistant/#"])
+    time.sleep(1.0)  # retained messages arrive right after subscribing; none must be left
+    assert [m.topic for m in late.messages if m.payload] == []
+    assert daemon.stop() == 0
