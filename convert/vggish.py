@@ -140,9 +140,11 @@ def calibration_patches(folder: Path, limit: int) -> np.ndarray:
     if not files:
         raise InputError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found for calibration")
     frontend = Frontend(VGGISH)
-    per_file = max(1, -(-limit // len(files)))
+    if len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    per_file = -(-limit // len(files))  # ceil: every file contributes, together about `limit` patches
     chosen: list[np.ndarray] = []
-    for path in files[:: max(1, len(files) // limit)] if len(files) > limit else files:
+    for path in files:
         try:
             audio = read_audio(path, VGGISH.sample_rate_hz)
         except AudioFileError as exc:
@@ -311,12 +313,8 @@ def build(args: argparse.Namespace, arch: Architecture) -> int:
             provenance=_provenance(args, arch, classifier, result, calibration),
         )
         try:
+            check_bundle(write_bundle(draft, work / "bundle"))  # a bad bundle never replaces a good one at --out
             bundle = write_bundle(draft, args.out)
-            # the daemon's own path, end to end, on seeded noise: a classifier or PCA that yields NaN stops here
-            noise = np.random.default_rng(0).normal(0.0, 0.1, VGGISH.patch_samples * 2).astype(np.float32)
-            scores = Model(bundle).scores(noise).scores
-            if not np.all(np.isfinite(scores)):
-                raise BundleError(f"{bundle.path}: the bundle scores NaN/inf on noise: {scores.tolist()}")
         except BundleError as exc:
             print(f"custom-convert vggish: {exc}")
             return exitcodes.CONFIG
@@ -326,6 +324,15 @@ def build(args: argparse.Namespace, arch: Architecture) -> int:
 
     _summary(bundle, args, arch, result, time.monotonic() - started)
     return exitcodes.OK
+
+
+def check_bundle(bundle: Any) -> None:
+    """Run the bundle through the daemon's own code path on seeded noise; NaN/inf scores (a broken classifier or
+    PCA file) are a BundleError, found here rather than on the sensor."""
+    noise = np.random.default_rng(0).normal(0.0, 0.1, VGGISH.patch_samples * 2).astype(np.float32)
+    scores = Model(bundle).scores(noise).scores
+    if not np.all(np.isfinite(scores)):
+        raise BundleError(f"{bundle.path}: the bundle scores NaN/inf on noise: {scores.tolist()}")
 
 
 def _provenance(

@@ -112,10 +112,11 @@ def clip_patches(paths: Iterable[Path]) -> np.ndarray:
     return np.concatenate(patches).astype(np.float32)
 
 
-def write_classifier(folder: Path, input_dtype: str = "uint8", seed: int = 0) -> Path:
+def write_classifier(folder: Path, input_dtype: str = "uint8", seed: int = 0, broken: bool = False) -> Path:
     """A tiny classifier in the `custom-convert train` format: classifier.tflite + classifier.json in `folder`.
 
     (1, 10, 128) raw 0..255 embeddings -> (1, 10) sigmoid scores; weights are random, the tests only need it to run.
+    `broken` puts NaN in its weights, the kind of damage a diverged training run leaves.
     """
     import tensorflow as tf
 
@@ -128,6 +129,9 @@ def write_classifier(folder: Path, input_dtype: str = "uint8", seed: int = 0) ->
     x = tf.keras.layers.GlobalAveragePooling1D()(x)
     outputs = tf.keras.layers.Dense(len(URBAN_CLASSES), activation="sigmoid")(x)
     model = tf.keras.Model(inputs, outputs)
+    if broken:
+        dense = model.layers[-1]
+        dense.set_weights([np.full_like(w, np.nan) for w in dense.get_weights()])
     tflite = export_tflite(model, (1, 10, 128), "float32")
     if input_dtype == "uint8":
         tflite = _uint8_input(model)

@@ -299,6 +299,20 @@ def test_command_line_errors(tmp_path: Path, small_checkpoint: Path, pca_file: P
     assert not (tmp_path / "b").exists()
 
 
+def test_broken_classifier_never_replaces_a_bundle(
+    tmp_path: Path, small_checkpoint: Path, pca_file: Path, classifier_dir: Path, capsys
+) -> None:
+    out = tmp_path / "bundle"
+    args = convert_args(small_checkpoint, pca_file, classifier_dir / "classifier.tflite", out, "--quantize", "float32")
+    assert vggish.build(args, SMALL) == exitcodes.OK
+    before = load_bundle(out).sha256
+    broken = write_classifier(tmp_path / "broken", broken=True)
+    args = convert_args(small_checkpoint, pca_file, broken, out, "--quantize", "float32")
+    assert vggish.build(args, SMALL) == exitcodes.CONFIG
+    assert "scores NaN/inf" in capsys.readouterr().out
+    assert load_bundle(out).sha256 == before
+
+
 def _full_size_conversion(
     tmp_path: Path, modes: tuple[str, ...], pca_file: Path, classifier_dir: Path, clips_dir: Path, shared: Path
 ) -> None:
