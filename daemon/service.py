@@ -108,7 +108,6 @@ class Service:
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.last_progress_mono = time.monotonic()
         self.last_event: dict[str, Any] | None = None
-        self._consumed_sample = 0  # ring sample index up to which windows were processed (fast replay only)
         self._next_health = 0.0
         self._next_watchdog = 0.0
         fault = os.environ.get(FAULT_STALL_ENV)
@@ -168,11 +167,10 @@ class Service:
 
     def _reader_behind(self, written: int) -> bool:
         """Fast replay (--fast, tests) must not lap the window reader: hold the writer a window short of it."""
-        if self.windower is None:
+        windower = self.windower
+        if windower is None:
             return False
-        window_samples = int(self.windower.length_s * 48000)
-        return written - self._consumed_sample > self.windower.ring.capacity - 2 * window_samples
-
+        return written - (windower.next_sample or 0) > windower.ring.capacity // RING_WINDOWS
     def _stop_audio(self) -> None:
         if self.source is not None:
             self.source.stop()
@@ -238,7 +236,6 @@ class Service:
         self.windows_done += 1
         self.last_progress_mono = time.monotonic()
         self.last_event = event
-        self._consumed_sample = window.start_sample + len(window.samples)
         log.debug("window %s: top %s %.2f, %.1f ms", event["window"]["start"], event["top"]["name"],
                   event["top"]["score"], elapsed_ms)  # fmt: skip
 
