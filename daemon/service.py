@@ -171,17 +171,20 @@ class Service:
         if windower is None:
             return False
         return written - (windower.next_sample or 0) > windower.ring.capacity // RING_WINDOWS
+
     def _stop_audio(self) -> None:
         if self.source is not None:
             self.source.stop()
             self.source = None
 
-    def shutdown(self) -> None:
-        """One order: audio off, transport says `offline` and flushes, spool closed."""
+    def shutdown(self, quiet: bool = False) -> None:
+        """One order: audio off, transport says `offline` and flushes, spool closed. `quiet` after a refused start,
+        so the refusal stays the only line the operator sees (exit 78)."""
         self.notifier.stopping()
         self._stop_audio()
         self._stop_transport()
-        log.info("stopped after %d windows", self.windows_done)
+        if not quiet:
+            log.info("stopped after %d windows", self.windows_done)
 
     # ------------------------------------------------------------------------------------------------ main loop
 
@@ -381,10 +384,10 @@ def run_service(config_path: Path, input_file: Path | None = None, realtime: boo
         service.start(config)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
-        service.shutdown()
+        service.shutdown(quiet=True)
         return exitcodes.CONFIG
     except RuntimeMissingError as exc:
         log.error("cannot start: %s", exc)
-        service.shutdown()
+        service.shutdown(quiet=True)
         return exitcodes.UNAVAILABLE
     return service.run()
