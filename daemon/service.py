@@ -70,9 +70,9 @@ def build_pipeline(config: Config) -> Pipeline:
     """Load the bundle and check config against it; ConfigError/BundleError name what is wrong (exit 78)."""
     try:
         bundle = load_bundle(config.model.bundle)
+        model = Model(bundle, threads=config.model.threads)  # the runtime checks the file and tensor shapes
     except BundleError as exc:
         raise ConfigError("model.bundle", str(exc)) from None
-    model = Model(bundle, threads=config.model.threads)
     unknown = sorted(set(config.model.thresholds) - set(bundle.class_names))
     if unknown:
         raise ConfigError(
