@@ -1,0 +1,51 @@
+"""Paths and /proc readers shared by the bench orchestrator and its worker subprocesses.
+
+Kept free of TensorFlow and of the daemon's imports: the workers measure their own process's memory, so anything
+imported here is charged to every pipeline alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+WORK_DIR = Path(os.environ.get("CUSTOM_BENCH_WORK", BENCH_DIR / ".work"))  # cached bundles, checkpoints, windows
+INPUT_RATE_HZ = 44100  # every pipeline gets the same 44.1 kHz windows, so (a)/(b) pay soxr as (c) pays resampy
+WINDOW_S = 10.0
+RESULT_PREFIX = "BENCH_RESULT "  # the worker's one machine-readable stdout line
+
+
+def shared_dir() -> Path:
+    """The one setting that points at the real models and data: CUSTOM_SHARED, default ../shared (as the tests)."""
+    return Path(os.environ.get("CUSTOM_SHARED", ROOT.parent / "shared")).resolve()
+
+
+def proc_status_kib(field: str, pid: int | str = "self") -> int:
+    """One `VmXxx:` line of /proc/PID/status in KiB (VmHWM = peak RSS, VmRSS = current RSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (and none of its children) in seconds, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5), counted after "pid (comm)"
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the worker's result as one tagged JSON line, so library chatter on stdout cannot be mistaken for it."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def parse_result(stdout: str) -> dict[str, Any]:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    raise ValueError("worker printed no result line")
