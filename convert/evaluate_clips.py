@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     recall = np.diag(matrix) / np.maximum(1, matrix.sum(axis=1))
     precision = np.diag(matrix) / np.maximum(1, matrix.sum(axis=0))
     detected = scores[np.arange(len(clips)), truth] >= np.asarray(model.bundle.thresholds)[truth]
-    recall_at_threshold = np.array([detected[truth == k].mean() for k in range(len(names))])
+    recall_at_threshold = np.array(
+        [detected[truth == k].mean() if (truth == k).any() else np.nan for k in range(len(names))]
+    )
     top1 = float((predicted == truth).mean())
 
     print(f"bundle {model.bundle.bundle_id} ({model.bundle.sha256[:12]}), {len(clips)} clips: top-1 {top1:.3f}")
