@@ -42,18 +42,9 @@ CLIP = "data/clips/siren/us8k_102871-8-0-8.flac"
 def build_bundle(out: Path) -> Path:
     """The shipped-default YAMNet bundle, made by the real converter (same as the tests' session fixture)."""
     from custom.convert.cli import main as convert
+    from custom.convert.yamnet import shared_layout_args
 
-    shared = shared_dir()
-    status = convert(
-        [
-            "yamnet",
-            "--tflite", str(shared / "models/yamnet_classification.tflite"),
-            "--class-map", str(shared / "models/yamnet_class_map.csv"),
-            "--ontology", str(shared / "data/audioset/ontology.json"),
-            "--clips", str(shared / "data/clips/manifest.csv"),
-            "--out", str(out),
-        ]
-    )  # fmt: skip
+    status = convert(["yamnet", *shared_layout_args(shared_dir()), "--out", str(out)])
     if status != 0:
         raise SystemExit(f"soak: bundle conversion failed with {status}")
     return out

@@ -58,6 +58,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default="1.0.0")
 
 
+def shared_layout_args(shared: Path) -> list[str]:
+    """`custom-convert yamnet` arguments for the default bundle, from a folder laid out like ../shared.
+
+    Tests, benchmarks and the soak all build the shipped default this one way, so they measure the same bundle.
+    """
+    return [
+        "--tflite", str(shared / "models/yamnet_classification.tflite"),
+        "--class-map", str(shared / "models/yamnet_class_map.csv"),
+        "--ontology", str(shared / "data/audioset/ontology.json"),
+        "--clips", str(shared / "data/clips/manifest.csv"),
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Variant:
     aggregation: str

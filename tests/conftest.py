@@ -30,17 +30,9 @@ def shared() -> Path:
 def yamnet_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped-default YAMNet bundle, built once per test session with the real converter command."""
     from custom.convert.cli import main as convert
+    from custom.convert.yamnet import shared_layout_args
 
     out = tmp_path_factory.mktemp("bundles") / "yamnet"
-    status = convert(
-        [
-            "yamnet",
-            "--tflite", str(shared / "models/yamnet_classification.tflite"),
-            "--class-map", str(shared / "models/yamnet_class_map.csv"),
-            "--ontology", str(shared / "data/audioset/ontology.json"),
-            "--clips", str(shared / "data/clips/manifest.csv"),
-            "--out", str(out),
-        ]
-    )  # fmt: skip
+    status = convert(["yamnet", *shared_layout_args(shared), "--out", str(out)])
     assert status == 0
     return out
