@@ -188,17 +188,9 @@ def _convert_vggish(args: argparse.Namespace) -> int:
 def _convert_yamnet(out: Path) -> int:
     from custom.convert.cli import main as convert
 
-    shared = shared_dir()
-    return convert(
-        [
-            "yamnet",
-            "--tflite", str(shared / "models/yamnet_classification.tflite"),
-            "--class-map", str(shared / "models/yamnet_class_map.csv"),
-            "--ontology", str(shared / "data/audioset/ontology.json"),
-            "--clips", str(shared / "data/clips/manifest.csv"),
-            "--out", str(out),
-        ]
-    )  # fmt: skip
+    from custom.convert.yamnet import shared_layout_args
+
+    return convert(["yamnet", *shared_layout_args(shared_dir()), "--out", str(out)])
 
 
 def main(argv: list[str] | None = None) -> int:
