@@ -29,7 +29,7 @@ apt-get install -y -qq --no-install-recommends \
 echo "== python environment ($VENV)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q -e ".[convert,systemd,test]"
+"$VENV/bin/pip" install -q -e ".[convert,systemd,test,bench]"
 
 echo "== tflite-runtime 2.14 environment ($TFLITE214_VENV; needs numpy<2)"
 [ -x "$TFLITE214_VENV/bin/python" ] || python3 -m venv "$TFLITE214_VENV"
