@@ -148,7 +148,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def load_bundle(path: Path | str, verify_checksums: bool = True) -> Bundle:
+def load_bundle(path: Path | str) -> Bundle:
     """Read and check a bundle folder (or its manifest.json); raise BundleError naming the first problem found."""
     path = Path(path)
     if path.name == MANIFEST_NAME:
@@ -244,7 +244,7 @@ def load_bundle(path: Path | str, verify_checksums: bool = True) -> Bundle:
         file_path = path / name
         if not file_path.is_file():
             raise BundleError(f"{file_path}: bundle file missing")
-        if verify_checksums and sha256_file(file_path) != digest:
+        if sha256_file(file_path) != digest:
             raise BundleError(
                 f"{file_path}: checksum mismatch (file altered or truncated; manifest says {digest[:12]}…)"
             )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -131,6 +130,3 @@ class Model:
         t0 = time.perf_counter()
         scores = self.class_scores(outputs)
         return WindowScores(scores, len(outputs), frontend_ms, backbone_ms + (time.perf_counter() - t0) * 1e3)
-
-    def describe(self) -> dict[str, Any]:
-        return {"bundle_id": self.bundle.bundle_id, "sha256": self.bundle.sha256, "backbone": self.bundle.backbone}

@@ -107,7 +107,6 @@ class Service:
         self.windows_done = 0
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.last_progress_mono = time.monotonic()
-        self.last_event: dict[str, Any] | None = None
         self._next_health = 0.0
         self._next_watchdog = 0.0
         fault = os.environ.get(FAULT_STALL_ENV)
@@ -238,7 +237,6 @@ class Service:
         self.latencies_ms.append(elapsed_ms)
         self.windows_done += 1
         self.last_progress_mono = time.monotonic()
-        self.last_event = event
         log.debug("window %s: top %s %.2f, %.1f ms", event["window"]["start"], event["top"]["name"],
                   event["top"]["score"], elapsed_ms)  # fmt: skip
 
