@@ -164,13 +164,21 @@ def build_keras(weights: dict[str, np.ndarray], arch: Architecture = OFFICIAL) -
         activation = "relu" if layer.relu else None
         if layer.kind == "conv":
             keras_layer: Any = keras.layers.Conv2D(
-                layer.outputs, KERNEL_SIZE, strides=1, padding="same", activation=activation, name=layer.keras_name
+                layer.outputs,
+                KERNEL_SIZE,
+                strides=1,
+                padding="same",
+                activation=activation,
+                kernel_initializer="zeros",  # replaced by the checkpoint's values right below: no random init
+                name=layer.keras_name,
             )
         else:
             if not flattened:
                 net = keras.layers.Flatten(name="flatten")(net)
                 flattened = True
-            keras_layer = keras.layers.Dense(layer.outputs, activation=activation, name=layer.keras_name)
+            keras_layer = keras.layers.Dense(
+                layer.outputs, activation=activation, kernel_initializer="zeros", name=layer.keras_name
+            )
         net = keras_layer(net)
         keras_layer.set_weights([weights[layer.weights_name], weights[layer.biases_name]])
         if layer.pool_after:

@@ -412,8 +412,8 @@ class Publisher:
     # --------------------------------------------------------------------------------------------------- helpers
 
     def _acked(self, row_id: int) -> None:
-        self.spool.ack(row_id)
-        with self._progress:
+        with self._progress:  # ack and count together: wait_drained() must never see the row gone but uncounted
+            self.spool.ack(row_id)
             self._counts["acked"] += 1
             self._progress.notify_all()
 

@@ -49,7 +49,13 @@ def write_checkpoint(path: Path, weights: Mapping[str, np.ndarray], extra: Mappi
     with graph.as_default():
         variables, feeds = [], {}
         for name, value in values.items():
-            var = tf.compat.v1.get_variable(name, shape=value.shape, dtype=tf.as_dtype(value.dtype), use_resource=False)
+            var = tf.compat.v1.get_variable(  # zeros: the real value is assigned below (and no random op to seed)
+                name,
+                shape=value.shape,
+                dtype=tf.as_dtype(value.dtype),
+                initializer=tf.compat.v1.zeros_initializer(),
+                use_resource=False,
+            )
             placeholder = tf.compat.v1.placeholder(var.dtype.base_dtype, shape=value.shape)
             variables.append((var.assign(placeholder), placeholder, value))
             feeds[name] = var
@@ -71,6 +77,8 @@ def reference_embeddings(checkpoint: Path, patches: np.ndarray, arch: Architectu
 
     graph = tf.Graph()
     with graph.as_default():
+        tf.compat.v1.set_random_seed(0)  # initializers are overwritten by the restore; a seed keeps them
+        # legal when another test in this process enabled TF op determinism (training does)
         features = tf.compat.v1.placeholder(tf.float32, shape=(None, NUM_FRAMES, NUM_BANDS))
         net = tf.reshape(features, [-1, NUM_FRAMES, NUM_BANDS, 1])
         with tf.compat.v1.variable_scope(SCOPE):
