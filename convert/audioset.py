@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from custom.daemon.bundle import sha256_file
+
 from .classes import URBAN_CLASSES, UrbanClass
 from .ontology import Ontology
 
@@ -112,11 +114,11 @@ class LabelMap:
 
 def sha256_of(path: Path) -> str:
     """sha256 of a file, or of a folder's tfrecords (their relative names and contents, in sorted order)."""
+    if path.is_file():
+        return sha256_file(path)
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob(f"*{TFRECORD_SUFFIX}") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
+    for file in sorted(p for p in path.rglob(f"*{TFRECORD_SUFFIX}") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
         with open(file, "rb") as handle:
             for block in iter(lambda h=handle: h.read(1 << 20), b""):
                 digest.update(block)

@@ -407,18 +407,13 @@ def train(
 
 def check_tflite(path: Path, keras_model: Any, embeddings: np.ndarray) -> dict[str, Any]:
     """Run the written .tflite on the TFLite runtime and compare with Keras; raise if they disagree."""
-    from custom.daemon.runtime import load_interpreter, runtime_name
+    from custom.daemon.runtime import runtime_name
 
-    interpreter = load_interpreter(path)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    got = []
-    for window in embeddings:
-        interpreter.set_tensor(inp["index"], window[None].astype(np.float32))
-        interpreter.invoke()
-        got.append(interpreter.get_tensor(out["index"])[0].copy())
+    from .evaluate import tflite_scores
+
+    got = tflite_scores(path, embeddings)
     want = np.asarray(keras_model(embeddings.astype(np.float32), training=False))
-    diff = float(np.max(np.abs(np.stack(got) - want)))
+    diff = float(np.max(np.abs(got - want)))
     if not diff < 1e-4:
         raise RuntimeError(f"{path}: TFLite scores differ from Keras by {diff:g}")
     return {"runtime": runtime_name(), "windows": int(len(embeddings)), "max_abs_diff": diff}

@@ -26,8 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.bundle import AGGREGATIONS, BundleDraft, BundleError, ClassSpec, ModelSpec, TensorSpec, write_bundle
-from custom.daemon.bundle import sha256_file as file_sha256
+from custom.daemon.bundle import (
+    AGGREGATIONS,
+    BundleDraft,
+    BundleError,
+    ClassSpec,
+    ModelSpec,
+    TensorSpec,
+    sha256_file,
+    write_bundle,
+)
 from custom.daemon.frontend import YAMNET
 from custom.daemon.model import Model, aggregate_patches
 from custom.daemon.runtime import load_interpreter
@@ -194,8 +202,8 @@ def run(args: argparse.Namespace) -> int:
             provenance={
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "tool": "custom-convert yamnet",
-                "source_model": {"file": args.tflite.name, "sha256": file_sha256(args.tflite)},
-                "class_map": {"file": class_map_path.name, "sha256": file_sha256(class_map_path)},
+                "source_model": {"file": args.tflite.name, "sha256": sha256_file(args.tflite)},
+                "class_map": {"file": class_map_path.name, "sha256": sha256_file(class_map_path)},
                 "descendants_pooled": descendants,
                 "thresholds": calibration,
             },
@@ -222,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         thresholds, cv = calibrate_thresholds(scores, truth, folds)
         calibration = {
             "rule": "per class, the threshold with the best F1 on the clips (one-vs-rest), clamped to 0.05..0.95",
-            "clips": {"manifest": str(args.clips), "count": len(clips), "sha256": file_sha256(args.clips)},
+            "clips": {"manifest": str(args.clips), "count": len(clips), "sha256": sha256_file(args.clips)},
             "chosen": {"aggregation": aggregation, "descendants": descendants, "top1": best.top1},
             "variants": [v.__dict__ for v in variants],
             "cross_validated": {"folds": "2, grouped by source recording", **cv},
