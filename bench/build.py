@@ -33,13 +33,13 @@ def architecture(name: str) -> Architecture:
 
     if name == "official":
         return OFFICIAL
-    from tests.helpers_vggish import SMALL
+    from custom.testing.vggish import SMALL
 
     return SMALL
 
 
 def subprocess_env(threads: int | None = None) -> dict[str, str]:
-    """Environment for bench subprocesses: the repo importable (bench, tests), BLAS threads pinned if asked."""
+    """Environment for bench subprocesses: the repo importable (bench), BLAS threads pinned if asked."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     if threads is not None:
@@ -160,7 +160,7 @@ def yamnet_bundle(work: Path) -> Path:
 
 
 def _write_inputs(arch_name: str, out: Path) -> None:
-    from tests.helpers_vggish import random_weights, write_checkpoint, write_classifier
+    from custom.testing.vggish import random_weights, write_checkpoint, write_classifier
 
     arch = architecture(arch_name)
     write_classifier(out / "classifier")

@@ -11,17 +11,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from custom.testing.shared import shared_dir
+
+__all__ = ["shared_dir"]
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = Path(os.environ.get("CUSTOM_BENCH_WORK", BENCH_DIR / ".work"))  # cached bundles, checkpoints, windows
 INPUT_RATE_HZ = 44100  # every pipeline gets the same 44.1 kHz windows, so (a)/(b) pay soxr as (c) pays resampy
 WINDOW_S = 10.0
 RESULT_PREFIX = "BENCH_RESULT "  # the worker's one machine-readable stdout line
-
-
-def shared_dir() -> Path:
-    """The one setting that points at the real models and data: CUSTOM_SHARED, default ../shared (as the tests)."""
-    return Path(os.environ.get("CUSTOM_SHARED", ROOT.parent / "shared")).resolve()
 
 
 def proc_status_kib(field: str, pid: int | str = "self") -> int:

@@ -326,7 +326,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         "- (a) VGGish bundles: `custom-convert vggish` (each quantization mode; int8 calibrated on 200 patches of "
         "the shared clips) from a TF1 checkpoint with random He-scaled weights under the official names and shapes "
-        "(`tests/helpers_vggish.py`; the official file cannot be downloaded here). Latency and memory do not depend "
+        "(`testing/vggish.py`; the official file cannot be downloaded here). Latency and memory do not depend "
         "on the weight values: every layer is a dense conv or matmul whose cost is fixed by its shapes, and no "
         "runtime used exploits sparsity. The classifier is the tests' tiny one (`write_classifier`: 10x128 uint8 -> "
         "mean -> Dense(10)); a `custom-convert train` head of this size costs microseconds either way.",

@@ -28,13 +28,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import shared_dir  # noqa: E402 - after the path tweak, so `tests` imports from a checkout
-from tests.fixtures_audio import VirtualMic  # noqa: E402
-from tests.fixtures_broker import Broker, Subscriber, free_port  # noqa: E402
-from tests.fixtures_daemon import Daemon, daemon_config  # noqa: E402
+from custom.testing.audio import VirtualMic
+from custom.testing.broker import Broker, Subscriber, free_port
+from custom.testing.daemon import Daemon, daemon_config
+from custom.testing.shared import ROOT, shared_dir
 
 CLIP = "data/clips/siren/us8k_102871-8-0-8.flac"
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from custom.testing.shared import ROOT, shared_dir
+
+__all__ = ["ROOT", "shared_dir"]
 
 # Fixtures that start real services live in their own modules: a real mosquitto on loopback, a PulseAudio virtual mic.
-pytest_plugins = ["tests.fixtures_broker", "tests.fixtures_audio", "tests.fixtures_daemon"]
-
-
-def shared_dir() -> Path:
-    """The one setting that points tests at the real models and data: CUSTOM_SHARED, default ../shared."""
-    return Path(os.environ.get("CUSTOM_SHARED", ROOT.parent / "shared")).resolve()
+pytest_plugins = ["custom.testing.broker", "custom.testing.audio", "custom.testing.daemon"]
 
 
 @pytest.fixture(scope="session")

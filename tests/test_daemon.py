@@ -10,8 +10,8 @@ from datetime import datetime
 
 import jsonschema
 
+from custom.testing.daemon import daemon_config
 from tests.conftest import ROOT
-from tests.fixtures_daemon import daemon_config
 
 SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"

@@ -120,7 +120,7 @@ def test_evaluate_a_bundle_through_the_daemon_loader(shared: Path, tmp_path: Pat
     from custom.convert.cli import main as convert
     from custom.daemon.bundle import BundleDraft, ClassSpec, ModelSpec, TensorSpec, write_bundle
     from custom.daemon.frontend import VGGISH
-    from tests.helpers_vggish import write_classifier
+    from custom.testing.vggish import write_classifier
 
     clf_dir = tmp_path / "clf"
     write_classifier(clf_dir)

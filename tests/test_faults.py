@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from custom.daemon import cli
 from custom.daemon.bundle import sha256_file
 from custom.daemon.config import _key
-from tests.fixtures_daemon import Daemon, daemon_config
+from custom.testing.daemon import Daemon, daemon_config
 from tests.test_bundle import _edit_manifest
 from tests.test_config import keys, trees
 from tests.test_publisher import certs, password_broker, tls_broker  # noqa: F401 - fixtures reused, not copied

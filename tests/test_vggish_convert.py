@@ -26,8 +26,7 @@ from custom.daemon.bundle import load_bundle
 from custom.daemon.model import Model
 from custom.daemon.postprocess import AudioSetPCA
 from custom.daemon.runtime import load_interpreter
-
-from .helpers_vggish import (
+from custom.testing.vggish import (
     SMALL,
     clip_patches,
     clip_paths,
