@@ -17,6 +17,7 @@ from custom.daemon import exitcodes
 SUBCOMMANDS = {
     "yamnet": "yamnet",
     "vggish": "vggish",
+    "efficientat": "efficientat",
     "train": "train",
     "evaluate": "evaluate",
     "evaluate-clips": "evaluate_clips",

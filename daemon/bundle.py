@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from .frontend import FrontendParams
+from .frontend_efficientat import EfficientATParams
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "custom-sensor-bundle"
 FORMAT_VERSION = 1
-BACKBONES = ("vggish", "yamnet")
-INPUT_KINDS = ("waveform", "log_mel")
+BACKBONES = ("vggish", "yamnet", "efficientat")  # efficientat: 32 kHz log-mel in, 527 AudioSet logits out
+INPUT_KINDS = ("waveform", "log_mel", "efficientat_log_mel")
 AGGREGATIONS = ("max", "mean", "top3_mean")
 POSTPROCESS_KINDS = ("audioset_pca",)
 DTYPES = ("float32", "uint8", "int8", "int16")
@@ -48,7 +49,8 @@ class ModelSpec:
     file: str
     input: TensorSpec
     output: TensorSpec
-    input_kind: str = "log_mel"  # what feeds the input: "waveform" (0.975 s mono 16 kHz) or "log_mel" (one patch)
+    # what feeds the input: "waveform" (0.975 s mono 16 kHz), "log_mel" (one patch) or "efficientat_log_mel" (10 s)
+    input_kind: str = "log_mel"
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class ClassSpec:
     audioset_name: str  # the AudioSet display name, e.g. "Vehicle horn, car horn, honking"
     mid: str  # AudioSet machine id, e.g. "/m/03kmc9"
     threshold: float
-    backbone_outputs: tuple[int, ...] = ()  # YAMNet output indices pooled into this class (max); empty for VGGish
+    backbone_outputs: tuple[int, ...] = ()  # YAMNet/EfficientAT output indices pooled into this class; empty for VGGish
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Bundle:
     bundle_id: str
     version: str
     backbone: str
-    frontend: FrontendParams
+    frontend: FrontendParams | EfficientATParams
     backbone_model: ModelSpec
     classifier_model: ModelSpec | None
     postprocess: Mapping[str, str] | None  # {"kind": "audioset_pca", "file": "..."} for VGGish
@@ -201,7 +203,8 @@ def load_bundle(path: Path | str) -> Bundle:
         raise r.fail("models.classifier", "a vggish bundle needs a classifier model and an audioset_pca postprocess")
 
     try:
-        frontend = FrontendParams.from_dict(r.get(data, "frontend", dict, ""))
+        params_type = EfficientATParams if backbone == "efficientat" else FrontendParams
+        frontend = params_type.from_dict(r.get(data, "frontend", dict, ""))
     except (TypeError, ValueError) as exc:
         raise r.fail("frontend", str(exc)) from None
 
@@ -217,8 +220,8 @@ def load_bundle(path: Path | str) -> Bundle:
         if not 0.0 <= threshold <= 1.0:
             raise r.fail(f"{where}.threshold", f"must be 0..1, got {threshold}")
         outputs = tuple(r.get(entry, "backbone_outputs", list, where, default=[]))
-        if backbone == "yamnet" and not outputs:
-            raise r.fail(f"{where}.backbone_outputs", "a yamnet class needs at least one YAMNet output index")
+        if backbone in ("yamnet", "efficientat") and not outputs:
+            raise r.fail(f"{where}.backbone_outputs", f"a {backbone} class needs at least one backbone output index")
         classes.append(
             ClassSpec(
                 name=r.get(entry, "name", str, where),
@@ -286,7 +289,7 @@ class BundleDraft:
     bundle_id: str
     version: str
     backbone: str
-    frontend: FrontendParams
+    frontend: FrontendParams | EfficientATParams
     backbone_model: ModelSpec
     classes: list[ClassSpec]
     sources: dict[str, Path]  # file name in the bundle -> where to copy it from

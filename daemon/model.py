@@ -13,6 +13,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, ModelSpec
 from .frontend import Frontend
+from .frontend_efficientat import EfficientATFrontend, EfficientATParams
 from .postprocess import AudioSetPCA
 from .runtime import load_interpreter
 
@@ -74,7 +75,11 @@ class Model:
 
     def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None) -> None:
         self.bundle = bundle
-        self.frontend = Frontend(bundle.frontend)
+        if isinstance(bundle.frontend, EfficientATParams):
+            self.frontend: Frontend | EfficientATFrontend = EfficientATFrontend(bundle.frontend)
+        else:
+            self.frontend = Frontend(bundle.frontend)
+        self._logits = bundle.backbone == "efficientat"  # EfficientAT outputs logits: sigmoid before pooling
         self.backbone = _Tflite(bundle, bundle.backbone_model, threads, runtime)
         self.classifier = None
         self.pca = None
@@ -111,6 +116,8 @@ class Model:
         patches = self._patches(waveform)
         t1 = time.perf_counter()
         outputs = np.stack([self.backbone(p).reshape(-1) for p in patches])
+        if self._logits:
+            outputs = 1.0 / (1.0 + np.exp(-outputs))
         return outputs, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
 
     def class_scores(self, outputs: np.ndarray) -> np.ndarray:
@@ -125,7 +132,7 @@ class Model:
         return np.where(self._class_mask, pooled[:, None], 0.0).max(axis=0).astype(np.float32)
 
     def scores(self, waveform: np.ndarray) -> WindowScores:
-        """Score one window of mono float32 16 kHz audio."""
+        """Score one window of mono float32 audio at the bundle's rate (bundle.frontend.sample_rate_hz)."""
         outputs, frontend_ms, backbone_ms = self.backbone_outputs(waveform)
         t0 = time.perf_counter()
         scores = self.class_scores(outputs)
