@@ -1,6 +1,6 @@
 """Check the numpy EfficientAT front end against EfficientAT's own torch preprocessing, on real clips.
 
-    python -m custom.bench.efficientat_frontend_check [--clips N]      # needs torch (any CPU build); not in CI
+    python -m bench.efficientat_frontend_check [--clips N]  # repo root; needs torch (CPU build); not in CI
 
 The reference below is EfficientAT's `AugmentMelSTFT.forward` in eval mode (fschmid56/EfficientAT, commit
 bcaaae82530fc70fa3ce1274fd6278fe6aaaa008, models/preprocess.py), run in torch: conv1d pre-emphasis, torch.stft,
