@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from custom.daemon.audiofile import read_audio
-from custom.daemon.frontend import SAMPLE_RATE_HZ
 from custom.daemon.model import Model
 
 from .classes import URBAN_CLASSES
@@ -57,10 +56,11 @@ def clip_outputs(
 ) -> list[np.ndarray]:
     """Backbone outputs (patches, outputs) of each clip's first window, computed once so that every aggregation
     and class mapping can be scored without running the network again."""
-    limit = int(window_s * SAMPLE_RATE_HZ)
+    rate_hz = model.bundle.frontend.sample_rate_hz  # 16 kHz for YAMNet/VGGish, 32 kHz for EfficientAT
+    limit = int(window_s * rate_hz)
     results = []
     for clip in clips:
-        waveform = read_audio(clip.path).waveform[:limit]
+        waveform = read_audio(clip.path, rate_hz).waveform[:limit]
         outputs, _, _ = model.backbone_outputs(waveform)
         results.append(outputs)
         if progress is not None:

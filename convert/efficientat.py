@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.audiofile import read_audio
 from custom.daemon.bundle import AGGREGATIONS, BundleDraft, BundleError, ClassSpec, sha256_file, write_bundle
 from custom.daemon.frontend_efficientat import EFFICIENTAT
 from custom.daemon.model import Model
 
 from .classes import URBAN_CLASSES
-from .clips import Clip, grouped_folds, read_manifest
+from .clips import clip_outputs, grouped_folds, read_manifest
 from .efficientat_embed import inspect_model
 from .ontology import Ontology
 from .yamnet import DEFAULT_THRESHOLD, _pool, calibrate_thresholds, choose_variant, class_outputs, read_class_map
@@ -56,18 +55,6 @@ def shared_layout_args(shared: Path) -> list[str]:
         "--ontology", str(shared / "data/audioset/ontology.json"),
         "--clips", str(shared / "data/clips/manifest.csv"),
     ]  # fmt: skip
-
-
-def clip_outputs_32k(model: Model, clips: list[Clip], window_s: float = 10.0, progress=None) -> list[np.ndarray]:  # noqa: ANN001
-    """Backbone outputs of each clip's first window, read at the bundle's rate (32 kHz, not the 16 kHz default)."""
-    rate = model.bundle.frontend.sample_rate_hz
-    results = []
-    for clip in clips:
-        outputs, _, _ = model.backbone_outputs(read_audio(clip.path, rate).waveform[: int(window_s * rate)])
-        results.append(outputs)
-        if progress is not None:
-            progress(1)
-    return results
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             model = Model(write_bundle(draft(mappings[descendants], aggregation, thresholds), Path(tmp) / "probe"))
             with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
-                outputs = clip_outputs_32k(model, clips, progress=bar.update)
+                outputs = clip_outputs(model, clips, progress=bar.update)
         truth = np.array([c.class_index for c in clips])
         variants = choose_variant(outputs, truth, mappings)
         print(f"{'aggregation':<12} {'descendants':<12} {'top-1':>6} {'macro AP':>9}   (on {len(clips)} clips)")
