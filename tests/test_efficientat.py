@@ -184,3 +184,29 @@ def test_efficientat_class_without_backbone_outputs_is_refused(efficientat_bundl
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"classes\[3\]\.backbone_outputs.*efficientat"):
         load_bundle(bad)
+
+
+def test_frontend_matches_efficientat_torch_reference(shared: Path) -> None:
+    """EfficientAT's own preprocessing in torch, where torch is installed (never in CI: it is not a dependency)."""
+    torch = pytest.importorskip("torch")
+    from bench.efficientat_frontend_check import reference_log_mel
+
+    waveform = read_audio(shared / CHATTER, EFFICIENTAT.sample_rate_hz).waveform[: EFFICIENTAT.patch_samples]
+    assert np.abs(EfficientATFrontend().log_mel(waveform) - reference_log_mel(torch, waveform)).max() < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("model", "code", "needle"),
+    [("models/missing.tflite", 66, "no such file"), ("models/yamnet_classification.tflite", 78, "not a 10 s")],
+)
+def test_converter_bad_model_is_one_line(shared: Path, tmp_path: Path, model: str, code: int, needle: str) -> None:
+    from custom.convert.efficientat import shared_layout_args
+
+    args = shared_layout_args(shared)
+    args[args.index("--tflite") + 1] = str(shared / model)
+    command = [sys.executable, "-m", "custom.convert.cli", "efficientat", *args, "--out", str(tmp_path / "b")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == code
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "b").exists()
