@@ -210,3 +210,22 @@ def test_converter_bad_model_is_one_line(shared: Path, tmp_path: Path, model: st
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in done.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_daemon_runs_the_bundle_to_the_broker(
+    efficientat_bundle: Path, shared: Path, broker, subscriber_factory, make_daemon, tmp_path: Path
+) -> None:
+    """`custom-sensord run` on a replayed siren recording: windows resampled to 32 kHz, events on a real broker."""
+    from custom.testing.daemon import daemon_config
+
+    subscriber = subscriber_factory(broker, ["custom/test-sensor/events"])
+    config = daemon_config(efficientat_bundle, broker.port, tmp_path / "spool.sqlite")
+    daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"]).start()
+    messages = subscriber.wait_count("custom/test-sensor/events", 2, timeout=120)
+    assert len(messages) >= 2, daemon.log()
+    schema = json.loads((ROOT / "daemon/event.schema.json").read_text())
+    for event in (m.json() for m in messages[:2]):
+        jsonschema.validate(event, schema)
+        assert event["model"]["bundle_id"] == "efficientat-mn04-urban10"
+        assert event["top"]["name"] == "Siren"
+    assert daemon.stop() == 0
