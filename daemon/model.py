@@ -1,4 +1,4 @@
-"""Run a bundle on one window of 16 kHz mono audio and return one score per class.
+"""Run a bundle on one window of mono audio at the bundle's rate and return one score per class.
 
 This is the code path shared by `custom-sensord classify` and the live daemon. All per-bundle work (interpreters,
 tensor checks, PCA, index tables) happens once in `Model.__init__`; `Model.scores` is the per-window hot path.
