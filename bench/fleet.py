@@ -64,12 +64,16 @@ def score_table(bundle: Path, clips: list[Path]) -> ScoreTable:
 
     loaded = load_bundle(bundle)
     command = [sys.executable, "-m", "custom.daemon.cli", "classify", "--json", "--bundle", str(bundle)]
-    out = subprocess.run([*command, *map(str, clips)], check=True, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([*command, *map(str, clips)], capture_output=True, text=True, timeout=600)
+    if out.returncode not in (0, 66):  # 66: a clip classify refuses (too short, silent) is skipped, not fatal
+        raise RuntimeError(f"custom-sensord classify failed ({out.returncode}): {out.stderr.strip()[-500:]}")
     rows = []
     for line in out.stdout.splitlines():
         event = json.loads(line)
         scores = tuple(float(event["scores"][name]) for name in loaded.class_names)
         rows.append((scores, event["level"]["laeq"]))
+    if not rows:
+        raise RuntimeError(f"custom-sensord classify produced no windows: {out.stderr.strip()[-500:]}")
     return ScoreTable(loaded.class_names, loaded.thresholds, loaded.bundle_id, loaded.sha256, tuple(rows))
 
 
