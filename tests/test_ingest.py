@@ -195,3 +195,34 @@ def test_migrate_retention_and_bad_config(ingest_db, capsys, tmp_path):
     assert ingest_cli(["run", "--config", str(bad)]) == 78
     assert "ingest.batch_rowz: unknown key" in capsys.readouterr().err
     assert ingest_cli(["migrate", "--dsn", "host=127.0.0.1 port=1 dbname=x connect_timeout=1"]) == 69
+
+
+def test_end_to_end_from_the_daemon_to_a_row(
+    yamnet_bundle, shared, virtual_mic, broker, subscriber_factory, make_daemon, ingest_db, make_ingest, tmp_path
+):
+    """A real clip through the virtual mic, the real daemon, mosquitto and the ingest into `events` and `sensors`."""
+    from custom.testing.daemon import daemon_config
+
+    ingest = make_ingest(ingest_db, broker.port).start()
+    _wait_subscribed(ingest)
+    listener = subscriber_factory(broker, ["custom/test-sensor/events"])
+    virtual_mic.play(shared / "data/clips" / CLIPS[0], loop=True)
+    daemon = make_daemon(daemon_config(yamnet_bundle, broker.port, tmp_path / "spool.sqlite"), env=virtual_mic.env)
+    daemon.start()
+    heard = "SELECT count(*) FROM events WHERE sensor_id = 'test-sensor' AND labels @> '{Siren}'"
+    assert wait_rows(ingest_db, heard, lambda n: n >= 1, timeout=120) >= 1, f"{daemon.log()}\n{ingest.log()}"
+    assert listener.wait_for(lambda ms: len(ms) >= _count(ingest_db), timeout=10)
+    published = {m.json()["event_id"]: m.json() for m in listener.messages}
+    with psycopg.connect(ingest_db) as conn:
+        rows = conn.execute(
+            "SELECT event_id::text, scores, labels, laeq, window_start FROM events ORDER BY window_start"
+        ).fetchall()
+        sensor = conn.execute("SELECT ST_Y(location), ST_X(location), name FROM sensors").fetchall()
+    for event_id, stored_scores, labels, laeq, _ in rows:
+        sent = published[event_id]  # every row is an event the daemon published, with its scores and level intact
+        assert stored_scores == sent["scores"]
+        assert labels == [label["name"] for label in sent["labels"]]
+        assert laeq == pytest.approx(sent["level"]["laeq"], abs=0.05)
+    assert sensor == [(pytest.approx(40.4169), pytest.approx(-3.7035), "Puerta del Sol")]
+    assert daemon.stop() == 0
+    assert ingest.stop() == 0
