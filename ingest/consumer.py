@@ -257,9 +257,11 @@ class Ingest:
                 else:
                     store.write([], [row], [])
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-                kind = "events" if isinstance(row, EventRow) else "summary"
-                topic = f"{self.config.mqtt.topic_prefix}/{row.sensor_id}/{kind}"
-                rejections.append(rejection(topic, repr(row).encode(), f"database refused it: {_one_line(exc)}"))
+                if isinstance(row, EventRow):
+                    topic, payload = row.topic, row.payload.encode()
+                else:
+                    topic, payload = f"{self.config.mqtt.topic_prefix}/{row.sensor_id}/summary", row.payload.encode()
+                rejections.append(rejection(topic, payload, f"database refused it: {_one_line(exc)}"))
         store.write([], [], rejections)
         return inserted
 

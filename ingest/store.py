@@ -18,30 +18,44 @@ from .records import EventRow, Rejection, SummaryRow
 PARTITION_NAME = re.compile(r"^events_(\d{8})$")
 PARTITION_LOCK = 7_215_001  # pg_advisory_xact_lock key: two ingests never create the same partition at once
 
-_STAGE_COLUMNS = (
-    "event_id, window_start, window_end, sensor_id, schema_version, top_class, top_score, labels, scores, "
-    "laeq, lafmax, la10, la50, la90, level_unit, clock_synced, bundle_id, bundle_sha256, processing_ms, "
-    "lat, lon, location_name, street"
-)
+_CREATE_STAGE = "CREATE TEMPORARY TABLE IF NOT EXISTS stage_raw (payload jsonb) ON COMMIT DELETE ROWS"
 
-_CREATE_STAGE = """
-CREATE TEMPORARY TABLE IF NOT EXISTS stage_events (
-    event_id uuid, window_start timestamptz, window_end timestamptz, sensor_id text, schema_version smallint,
-    top_class text, top_score real, labels text[], scores jsonb, laeq real, lafmax real, la10 real, la50 real,
-    la90 real, level_unit text, clock_synced boolean, bundle_id text, bundle_sha256 text, processing_ms real,
-    lat double precision, lon double precision, location_name text, street text
-) ON COMMIT DELETE ROWS
+# Columns out of validated event JSON. Fields the schema does not pin (levels added by issue #14, the clock flag, a
+# top that names no class) are taken only when they have the expected JSON type, else NULL: never an error.
+_EXTRACT = """
+SELECT (p->>'event_id')::uuid AS event_id, (p->'window'->>'start')::timestamptz AS window_start,
+       (p->'window'->>'end')::timestamptz AS window_end, p->>'sensor_id' AS sensor_id,
+       (p->>'schema_version')::smallint AS schema_version,
+       ingest_text(p->'top'->'name') AS top_class, ingest_num(p->'top'->'score') AS top_score,
+       ARRAY(SELECT l->>'name' FROM jsonb_array_elements(p->'labels') AS l
+              WHERE jsonb_typeof(l->'name') = 'string') AS labels,
+       p->'scores' AS scores,
+       ingest_num(p->'level'->'laeq') AS laeq,
+       ingest_num(coalesce(p->'level'->'lafmax', p->'level'->'LAFmax', p->'level'->'la_fmax')) AS lafmax,
+       ingest_num(coalesce(p->'level'->'la10', p->'level'->'LA10')) AS la10,
+       ingest_num(coalesce(p->'level'->'la50', p->'level'->'LA50')) AS la50,
+       ingest_num(coalesce(p->'level'->'la90', p->'level'->'LA90')) AS la90,
+       ingest_text(p->'level'->'unit') AS level_unit,
+       ingest_bool(coalesce(p->'clock_synced', p->'clock'->'synced', p->'level'->'clock_synced')) AS clock_synced,
+       ingest_text(p->'model'->'bundle_id') AS bundle_id, ingest_text(p->'model'->'sha256') AS bundle_sha256,
+       ingest_num(p->'processing_ms') AS processing_ms,
+       ingest_num(p->'location'->'lat') AS lat, ingest_num(p->'location'->'lon') AS lon,
+       ingest_text(p->'location'->'name') AS location_name, ingest_text(p->'location'->'street') AS street
+  FROM (SELECT payload AS p FROM stage_raw) AS raw
 """
 
-# Inserted rows feed the rollup in the same statement; ORDER BY keeps row-lock order stable across ingests.
-_INSERT_EVENTS = """
-WITH ins AS (
+
+# One statement per batch: columns extracted once (src), new rows inserted, their rollup and the sensors updated.
+# ORDER BY keeps row-lock order stable across concurrent ingests.
+_INSERT_EVENTS = f"""
+WITH src AS MATERIALIZED ({_EXTRACT}
+), ins AS (
     INSERT INTO events (event_id, window_start, window_end, sensor_id, schema_version, top_class, top_score,
                         labels, scores, laeq, lafmax, la10, la50, la90, level_unit, clock_synced, bundle_id,
                         processing_ms)
     SELECT event_id, window_start, window_end, sensor_id, schema_version, top_class, top_score, labels, scores,
            laeq, lafmax, la10, la50, la90, level_unit, clock_synced, bundle_id, processing_ms
-      FROM stage_events
+      FROM src
     ON CONFLICT DO NOTHING
     RETURNING sensor_id, date_trunc('hour', window_start) AS hour_start, top_class, labels, laeq
 ), per_sensor AS (
@@ -61,31 +75,29 @@ WITH ins AS (
      GROUP BY sensor_id, hour_start, class ORDER BY sensor_id, hour_start, class
     ON CONFLICT (sensor_id, hour_start, class) DO UPDATE
        SET events = h.events + excluded.events, top_events = h.top_events + excluded.top_events
+), sensors_seen AS (
+    INSERT INTO sensors AS s (id, location, name, street, first_seen, last_seen, bundle_id, bundle_sha256)
+    SELECT sensor_id,
+           CASE WHEN (array_agg(lat ORDER BY window_end DESC))[1] IS NOT NULL
+                THEN ST_SetSRID(ST_MakePoint((array_agg(lon ORDER BY window_end DESC))[1],
+                                             (array_agg(lat ORDER BY window_end DESC))[1]), 4326) END,
+           (array_agg(location_name ORDER BY window_end DESC))[1],
+           (array_agg(street ORDER BY window_end DESC))[1],
+           min(window_end), max(window_end),
+           (array_agg(bundle_id ORDER BY window_end DESC))[1],
+           (array_agg(bundle_sha256 ORDER BY window_end DESC))[1]
+      FROM src GROUP BY sensor_id ORDER BY sensor_id
+    ON CONFLICT (id) DO UPDATE SET
+        first_seen = least(s.first_seen, excluded.first_seen),
+        last_seen = greatest(s.last_seen, excluded.last_seen),
+        location = CASE WHEN excluded.last_seen >= s.last_seen THEN coalesce(excluded.location, s.location)
+                        ELSE s.location END,
+        name = CASE WHEN excluded.last_seen >= s.last_seen THEN excluded.name ELSE s.name END,
+        street = CASE WHEN excluded.last_seen >= s.last_seen THEN excluded.street ELSE s.street END,
+        bundle_id = CASE WHEN excluded.last_seen >= s.last_seen THEN excluded.bundle_id ELSE s.bundle_id END,
+        bundle_sha256 = CASE WHEN excluded.last_seen >= s.last_seen THEN excluded.bundle_sha256 ELSE s.bundle_sha256 END
 )
 SELECT count(*) FROM ins
-"""
-
-_UPSERT_SENSORS = """
-INSERT INTO sensors AS s (id, location, name, street, first_seen, last_seen, bundle_id, bundle_sha256)
-SELECT sensor_id,
-       CASE WHEN (array_agg(lat ORDER BY window_end DESC))[1] IS NOT NULL
-            THEN ST_SetSRID(ST_MakePoint((array_agg(lon ORDER BY window_end DESC))[1],
-                                         (array_agg(lat ORDER BY window_end DESC))[1]), 4326) END,
-       (array_agg(location_name ORDER BY window_end DESC))[1],
-       (array_agg(street ORDER BY window_end DESC))[1],
-       min(window_end), max(window_end),
-       (array_agg(bundle_id ORDER BY window_end DESC))[1],
-       (array_agg(bundle_sha256 ORDER BY window_end DESC))[1]
-  FROM stage_events GROUP BY sensor_id ORDER BY sensor_id
-ON CONFLICT (id) DO UPDATE SET
-    first_seen = least(s.first_seen, excluded.first_seen),
-    last_seen = greatest(s.last_seen, excluded.last_seen),
-    location = CASE WHEN excluded.last_seen >= s.last_seen THEN coalesce(excluded.location, s.location)
-                    ELSE s.location END,
-    name = CASE WHEN excluded.last_seen >= s.last_seen THEN excluded.name ELSE s.name END,
-    street = CASE WHEN excluded.last_seen >= s.last_seen THEN excluded.street ELSE s.street END,
-    bundle_id = CASE WHEN excluded.last_seen >= s.last_seen THEN excluded.bundle_id ELSE s.bundle_id END,
-    bundle_sha256 = CASE WHEN excluded.last_seen >= s.last_seen THEN excluded.bundle_sha256 ELSE s.bundle_sha256 END
 """
 
 
@@ -134,18 +146,10 @@ class Store:
         with self.conn.transaction():
             cur = self.conn.cursor()
             if events:
-                with cur.copy(f"COPY stage_events ({_STAGE_COLUMNS}) FROM STDIN") as copy:
+                with cur.copy("COPY stage_raw (payload) FROM STDIN") as copy:
                     for e in events:
-                        copy.write_row(
-                            (
-                                e.event_id, e.window_start, e.window_end, e.sensor_id, e.schema_version,
-                                e.top_class, e.top_score, e.labels, e.scores, *e.levels, e.level_unit,
-                                e.clock_synced, e.bundle_id, e.bundle_sha256, e.processing_ms, e.lat, e.lon,
-                                e.location_name, e.street,
-                            )
-                        )  # fmt: skip
+                        copy.write_row((e.payload,))
                 inserted = cur.execute(_INSERT_EVENTS).fetchone()[0]
-                cur.execute(_UPSERT_SENSORS)
             if summaries:
                 cur.executemany(
                     "INSERT INTO summaries (sensor_id, hour_start, payload) VALUES (%s, %s, %s::jsonb) "

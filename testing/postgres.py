@@ -34,6 +34,7 @@ class PgCluster:
     run_as: str | None  # initdb and postgres refuse root: run them as this system user
     host: str = "127.0.0.1"
     user: str = "postgres"
+    durable: bool = False  # tests trade crash safety for speed (fsync off); the fleet bench measures a durable server
 
     def _cmd(self, *args: str) -> list[str]:
         command = [str(PG_BIN / args[0]), *args[1:]]
@@ -48,9 +49,10 @@ class PgCluster:
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.write(
                 f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.datadir}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 50\n"
-                "shared_buffers = 64MB\nlog_min_messages = warning\n"
+                "max_connections = 50\nshared_buffers = 128MB\nlog_min_messages = warning\n"
             )
+            if not self.durable:
+                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
     def start(self) -> None:
         subprocess.run(

@@ -2,6 +2,15 @@
 -- Applied once, in a transaction, by `custom-ingest migrate` (schema_migrations records it).
 CREATE EXTENSION IF NOT EXISTS postgis;
 
+-- A JSON value as a column only when it has the expected type (NULL otherwise): used by the ingest to pull columns
+-- out of events without ever failing on a field a newer sensor sends differently.
+CREATE FUNCTION ingest_num(j jsonb) RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+    $$ SELECT CASE WHEN jsonb_typeof(j) = 'number' THEN (j #>> '{}')::double precision END $$;
+CREATE FUNCTION ingest_text(j jsonb) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+    $$ SELECT CASE WHEN jsonb_typeof(j) = 'string' THEN j #>> '{}' END $$;
+CREATE FUNCTION ingest_bool(j jsonb) RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+    $$ SELECT CASE WHEN jsonb_typeof(j) = 'boolean' THEN (j #>> '{}')::boolean END $$;
+
 CREATE TABLE sensors (
     id          text PRIMARY KEY,
     location    geometry(Point, 4326),          -- NULL when an event carried no lat/lon
