@@ -316,14 +316,14 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, load_before:
         "publishers and ingests all on this one machine.",
         "",
         "| ingests | offered ev/s | live committed ev/s | p50 latency s | p95 latency s | drain ev/s (backlog) "
-        "| lost | duplicated | DB bytes per sensor-day |",
+        "| lost | duplicated | DB MB per sensor-day |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         drain = f"{r['drain_per_s']:.0f} ({r['backlog']})" if "drain_per_s" in r else "-"
         lines.append(
             f"| {r['ingests']} | {r['offered_per_s']:.0f} | {r['live_committed_per_s']:.0f} | {r['p50_s']:.3f} "
-            f"| {r['p95_s']:.3f} | {drain} | {r['lost']} | {r['duplicates']} | {r['bytes_per_sensor_day']:.0f} |"
+            f"| {r['p95_s']:.3f} | {drain} | {r['lost']} | {r['duplicates']} | {r['bytes_per_sensor_day'] / 1e6:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -118,8 +118,11 @@ def test_bad_input_duplicates_and_schema_versions(scores, broker, ingest_db, mak
     client.loop_stop()
 
 
-def test_kill9_mid_batch_then_restart_every_event_exactly_once(scores, make_broker, ingest_db, make_ingest):
+def test_kill9_mid_batch_then_restart_every_event_exactly_once(
+    scores, make_broker, ingest_db, make_ingest, subscriber_factory
+):
     broker = make_broker(persistence=True, extra_config=QUEUE_ALL)
+    health = subscriber_factory(broker, ["custom/_ingest/+/health"])
     a = make_ingest(ingest_db, broker.port, client_id="ingest-a").start("--batch-rows", "500")
     b = make_ingest(ingest_db, broker.port, client_id="ingest-b").start("--batch-rows", "500")
     _wait_subscribed(a)
@@ -138,6 +141,11 @@ def test_kill9_mid_batch_then_restart_every_event_exactly_once(scores, make_brok
     _assert_exactly_once(ingest_db, sent)
     assert _count(ingest_db, "SELECT count(DISTINCT sensor_id) FROM events") == 100
     assert a.stop() == 0 and b.stop() == 0
+    last = {m.topic: m.json() for m in health.messages}  # the final health of each ingest, sent as it stops
+    print(
+        f"\nkill -9: {len(sent)} published, {stored} stored, 0 lost, 0 duplicated rows; redeliveries dropped by "
+        f"ON CONFLICT after the restart: {sum(h['duplicates'] for h in last.values())}"
+    )
 
 
 def test_database_outage_pauses_then_resumes_without_loss(
@@ -168,6 +176,7 @@ def test_database_outage_pauses_then_resumes_without_loss(
     _assert_exactly_once(ingest_db, sent)
     assert "database back" in ingest.log()
     assert ingest.stop() == 0
+    print(f"\ndatabase outage: {len(sent)} published, {stored} stored, 0 lost, 0 duplicated rows")
 
 
 def test_migrate_retention_and_bad_config(ingest_db, capsys, tmp_path):
