@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -77,6 +78,8 @@ class Ingest:
         self._generation = 0
         self._subscribed = threading.Event()
         self._client = self._new_client()
+        fault = os.environ.get("CUSTOM_INGEST_FAULT", "")
+        self._crash_countdown = int(fault.split(":")[1]) if fault.startswith("exit-after-commit:") else None
 
     # ---- MQTT side (paho's network thread)
     def _new_client(self) -> mqtt.Client:
@@ -227,6 +230,7 @@ class Ingest:
             inserted = store.write(events, summaries, rejections)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
             inserted = self._commit_one_by_one(store, events, summaries, rejections)
+        self._maybe_crash_after_commit()
         generation = self._generation
         for item in batch:
             if item.qos > 0 and item.generation == generation:
@@ -243,6 +247,16 @@ class Ingest:
             log.warning(
                 "rejected %d message(s), e.g. %s: %s", len(rejections), rejections[0].topic, rejections[0].reason
             )
+
+    def _maybe_crash_after_commit(self) -> None:
+        """Test-only fault: CUSTOM_INGEST_FAULT=exit-after-commit:N dies (exit 137, no cleanup) right after the Nth
+        commit and before its acknowledgements, the one crash point a real kill -9 cannot be aimed at."""
+        if self._crash_countdown is None:
+            return
+        self._crash_countdown -= 1
+        if self._crash_countdown <= 0:
+            log.warning("fault injection: exiting between commit and acknowledgement")
+            os._exit(137)
 
     def _commit_one_by_one(
         self, store: Store, events: list[EventRow], summaries: list[SummaryRow], rejections: list[Rejection]

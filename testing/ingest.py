@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -21,13 +22,15 @@ class IngestProcess:
         self.log_path = workdir / f"{client_id}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, *extra: str) -> IngestProcess:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> IngestProcess:
         command = [
             sys.executable, "-m", "custom.ingest.cli", "run", "--dsn", self.dsn, "--mqtt-host", "127.0.0.1",
             "--mqtt-port", str(self.broker_port), "--client-id", self.client_id, "--group", self.group, *extra,
         ]  # fmt: skip
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         return self
 
     def kill(self) -> None:

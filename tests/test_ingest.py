@@ -148,6 +148,44 @@ def test_kill9_mid_batch_then_restart_every_event_exactly_once(
     )
 
 
+def test_crash_between_commit_and_ack_is_redelivered_and_stored_once(
+    scores, make_broker, ingest_db, make_ingest, subscriber_factory
+):
+    """The worst moment to die: rows committed, PUBACKs not sent. The broker redelivers; ON CONFLICT drops them."""
+    broker = make_broker(persistence=True, extra_config=QUEUE_ALL)
+    health = subscriber_factory(broker, ["custom/_ingest/+/health"])
+    ingest = make_ingest(ingest_db, broker.port)
+    ingest.start("--batch-rows", "100", env={"CUSTOM_INGEST_FAULT": "exit-after-commit:3"})
+    _wait_subscribed(ingest)
+    result: dict = {}
+    fleet = _fleet_in_background(broker.port, scores, sensors=20, windows=30, period=0.2, result=result)
+    assert ingest.proc.wait(60) == 137, ingest.log()
+    committed_before_crash = _count(ingest_db)
+    assert committed_before_crash > 0
+    ingest.start("--batch-rows", "100")
+    fleet.join(60)
+    sent = result["sent"]
+    stored = wait_rows(ingest_db, "SELECT count(*) FROM events", lambda n: n >= len(sent), timeout=60)
+    if stored != len(sent):
+        with psycopg.connect(ingest_db) as conn:
+            have = {r[0] for r in conn.execute("SELECT event_id::text FROM events")}
+            last = conn.execute("SELECT extract(epoch FROM max(ingested_at)) FROM events").fetchone()[0]
+        t0 = min(sent.values())
+        print(
+            "MISSING",
+            sorted(round(t - t0, 3) for e, t in sent.items() if e not in have),
+            "crash commit",
+            float(last) - t0,
+        )
+        print(broker.log_tail(60))
+    assert stored == len(sent), f"{stored} of {len(sent)} stored\n{ingest.log()}"
+    _assert_exactly_once(ingest_db, sent)
+    assert ingest.stop() == 0
+    redelivered = health.messages[-1].json()["duplicates"]
+    assert redelivered > 0, "the committed but unacknowledged batch should have come back from the broker"
+    print(f"\ncrash after commit: {len(sent)} published, {stored} stored, {redelivered} redelivered and dropped")
+
+
 def test_database_outage_pauses_then_resumes_without_loss(
     scores, make_broker, pg_cluster, ingest_db, make_ingest, tmp_path
 ):
