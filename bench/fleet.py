@@ -226,7 +226,7 @@ def run_scenario(
     pg.init()
     pg.start()
     (top / "broker").mkdir()
-    broker = Broker(top / "broker", free_port(), extra_config="max_queued_messages 0")
+    broker = Broker(top / "broker", free_port(), extra_config="max_queued_messages 1000000")
     broker.start()
     procs: list[IngestProcess] = []
     try:
