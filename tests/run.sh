@@ -24,12 +24,13 @@ apt-get install -y -qq --no-install-recommends \
   python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
   mosquitto mosquitto-clients \
   pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 \
-  openssl sox shellcheck >/dev/null
+  openssl sox shellcheck \
+  postgresql postgresql-15-postgis-3 >/dev/null  # ingest tests: a throwaway cluster per session (testing/postgres.py)
 
 echo "== python environment ($VENV)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q -e ".[convert,systemd,test,bench]"
+"$VENV/bin/pip" install -q -e ".[convert,systemd,test,bench,ingest]"
 
 echo "== tflite-runtime 2.14 environment ($TFLITE214_VENV; needs numpy<2)"
 [ -x "$TFLITE214_VENV/bin/python" ] || python3 -m venv "$TFLITE214_VENV"

@@ -1,0 +1,275 @@
+"""The fleet ingest with real parts: mosquitto on loopback, a throwaway PostgreSQL + PostGIS, `custom-ingest run` as
+a subprocess (so it can be killed -9), events built by the daemon's own event code from real YAMNet scores."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+
+from bench.fleet import ScoreTable, publish_fleet, score_table
+from custom.daemon.event import EventContext
+from custom.ingest.cli import main as ingest_cli
+from custom.testing.ingest import wait_rows
+
+CLIPS = ["siren/us8k_102871-8-0-8.flac", "dog", "horn", "jackhammer", "children"]
+QUEUE_ALL = "max_queued_messages 1000000"  # keep the whole backlog; 0 ("no limit") is buggy in mosquitto 2.0
+
+
+@pytest.fixture(scope="module")
+def scores(yamnet_bundle: Path, shared: Path) -> ScoreTable:
+    """Real per-window YAMNet outputs on real clips: what the simulated sensors 'hear'."""
+    clips = []
+    for name in CLIPS:
+        path = shared / "data/clips" / name
+        clips.extend(sorted(path.glob("*.flac"))[:2] if path.is_dir() else [path])
+    return score_table(yamnet_bundle, clips)
+
+
+def _count(dsn: str, sql: str = "SELECT count(*) FROM events", args: tuple | None = None) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, args).fetchone()[0]
+
+
+def _publisher(port: int) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def _wait_subscribed(ingest, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while "consuming" not in ingest.log() or "MQTT connected" not in ingest.log():
+        assert ingest.proc.poll() is None, ingest.log()
+        assert time.monotonic() < deadline, ingest.log()
+        time.sleep(0.05)
+
+
+def _fleet_in_background(port: int, table: ScoreTable, sensors: int, windows: int, period: float, result: dict):
+    def run() -> None:
+        result["sent"] = publish_fleet("127.0.0.1", port, table, range(sensors), windows, period, time.time() - 7200)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _assert_exactly_once(dsn: str, sent: dict[str, float]) -> None:
+    with psycopg.connect(dsn) as conn:
+        ids = [row[0] for row in conn.execute("SELECT event_id::text FROM events")]
+        rolled = conn.execute("SELECT coalesce(sum(events), 0) FROM hourly_sensor").fetchone()[0]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} duplicated rows"
+    missing = set(sent) - set(ids)
+    assert not missing, f"{len(missing)} of {len(sent)} events lost"
+    assert rolled == len(ids), f"hourly rollup counts {rolled} events, table has {len(ids)}"
+
+
+def test_bad_input_duplicates_and_schema_versions(scores, broker, ingest_db, make_ingest, subscriber_factory):
+    ingest = make_ingest(ingest_db, broker.port).start()
+    _wait_subscribed(ingest)
+    health = subscriber_factory(broker, ["custom/_ingest/+/health"])
+    context = EventContext(
+        "s1", {"lat": 40.42, "lon": -3.70}, scores.class_names, scores.thresholds, "b", "0" * 64, "dB(A)"
+    )
+    v1 = context.build(scores.rows[0][0], 1764500000.0, 1764500010.0, 61.0, 4.0)
+    v2 = context.build(scores.rows[1][0], 1764500010.0, 1764500020.0, 65.0, 4.0)
+    v2["schema_version"] += 1  # a sensor already on the bumped schema (issue #14): levels it may add are stored
+    v2["level"].update(lafmax=71.5, la10=66.0, la50=63.0, la90=60.5)
+    too_new = {**v1, "event_id": "00000000-0000-4000-8000-000000000001", "schema_version": v1["schema_version"] + 2}
+    no_sensor = {k: v for k, v in v1.items() if k != "sensor_id"}
+    client = _publisher(broker.port)
+    for payload in (json.dumps(v1), json.dumps(v1), json.dumps(v2), b"\xff not json", json.dumps(no_sensor),
+                    json.dumps(too_new), "[1, 2]"):  # fmt: skip
+        client.publish("custom/s1/events", payload, qos=1).wait_for_publish(5)
+    summary = {"sensor_id": "s1", "hour_start": "2025-11-30T10:00:00.000Z", "laeq": 63.1}
+    client.publish("custom/s1/summary", json.dumps(summary), qos=1).wait_for_publish(5)
+
+    assert wait_rows(ingest_db, "SELECT count(*) FROM rejected", lambda n: n >= 4, timeout=20) == 4, ingest.log()
+    assert wait_rows(ingest_db, "SELECT count(*) FROM summaries", lambda n: n >= 1, timeout=20) == 1, ingest.log()
+    with psycopg.connect(ingest_db) as conn:
+        rows = conn.execute(
+            "SELECT event_id::text, schema_version, laeq, lafmax, la90, top_class FROM events ORDER BY window_start"
+        ).fetchall()
+        reasons = [r[0] for r in conn.execute("SELECT reason FROM rejected ORDER BY reason")]
+        hourly = conn.execute("SELECT events, laeq FROM hourly").fetchall()
+        sensor = conn.execute("SELECT ST_X(location), ST_Y(location) FROM sensors WHERE id = 's1'").fetchone()
+    assert [r[0] for r in rows] == [v1["event_id"], v2["event_id"]], "duplicate stored or valid event lost"
+    assert rows[0][1:5] == (v1["schema_version"], 61.0, None, None)
+    assert rows[1][1:5] == (v2["schema_version"], 65.0, 71.5, 60.5)
+    assert rows[0][5] == v1["top"]["name"]
+    assert any(r.startswith("not JSON") for r in reasons), reasons
+    assert any("sensor_id" in r for r in reasons), reasons
+    assert any("schema_version" in r for r in reasons), reasons
+    assert sum(r.startswith("fails event schema") for r in reasons) == 3, reasons  # incl. the JSON array
+    energy_mean = 10 * math.log10((10**6.1 + 10**6.5) / 2)  # 63.45 dB, not the arithmetic 63.0
+    assert hourly == [(2, pytest.approx(energy_mean, abs=0.01))], "rollup: 2 events, energy mean of 61 and 65 dB"
+    assert sensor == (pytest.approx(-3.70), pytest.approx(40.42))
+    assert health.wait_for(
+        lambda ms: any(m.json()["rejected"] == 4 and m.json()["duplicates"] == 1 for m in ms), timeout=20
+    ), [m.json() for m in health.messages]
+    assert ingest.stop() == 0, ingest.log()
+    client.loop_stop()
+
+
+def test_kill9_mid_batch_then_restart_every_event_exactly_once(
+    scores, make_broker, ingest_db, make_ingest, subscriber_factory
+):
+    broker = make_broker(persistence=True, extra_config=QUEUE_ALL)
+    health = subscriber_factory(broker, ["custom/_ingest/+/health"])
+    a = make_ingest(ingest_db, broker.port, client_id="ingest-a").start("--batch-rows", "500")
+    b = make_ingest(ingest_db, broker.port, client_id="ingest-b").start("--batch-rows", "500")
+    _wait_subscribed(a)
+    _wait_subscribed(b)
+    result: dict = {}
+    fleet = _fleet_in_background(broker.port, scores, sensors=100, windows=60, period=0.25, result=result)
+    assert wait_rows(ingest_db, "SELECT count(*) FROM events", lambda n: n >= 1000, timeout=60) >= 1000, a.log()
+    a.kill()  # mid-stream: batches in flight, rows committed but not yet acknowledged
+    assert wait_rows(ingest_db, "SELECT count(*) FROM events", lambda n: n >= 2500, timeout=60) >= 2500, b.log()
+    a.start("--batch-rows", "500")
+    fleet.join(120)
+    assert "sent" in result, "the simulated fleet did not finish publishing"
+    sent = result["sent"]
+    stored = wait_rows(ingest_db, "SELECT count(*) FROM events", lambda n: n >= len(sent), timeout=120)
+    assert stored == len(sent), f"{stored} of {len(sent)} stored\n{a.log()}\n{b.log()}"
+    _assert_exactly_once(ingest_db, sent)
+    assert _count(ingest_db, "SELECT count(DISTINCT sensor_id) FROM events") == 100
+    assert a.stop() == 0 and b.stop() == 0
+    last = {m.topic: m.json() for m in health.messages}  # the final health of each ingest, sent as it stops
+    print(
+        f"\nkill -9: {len(sent)} published, {stored} stored, 0 lost, 0 duplicated rows; redeliveries dropped by "
+        f"ON CONFLICT after the restart: {sum(h['duplicates'] for h in last.values())}"
+    )
+
+
+def test_crash_between_commit_and_ack_is_redelivered_and_stored_once(
+    scores, make_broker, ingest_db, make_ingest, subscriber_factory
+):
+    """The worst moment to die: rows committed, PUBACKs not sent. The broker redelivers; ON CONFLICT drops them."""
+    broker = make_broker(persistence=True, extra_config=QUEUE_ALL)
+    health = subscriber_factory(broker, ["custom/_ingest/+/health"])
+    ingest = make_ingest(ingest_db, broker.port)
+    ingest.start("--batch-rows", "100", env={"CUSTOM_INGEST_FAULT": "exit-after-commit:3"})
+    _wait_subscribed(ingest)
+    result: dict = {}
+    fleet = _fleet_in_background(broker.port, scores, sensors=20, windows=30, period=0.2, result=result)
+    assert ingest.proc.wait(60) == 137, ingest.log()
+    committed_before_crash = _count(ingest_db)
+    assert committed_before_crash > 0
+    ingest.start("--batch-rows", "100")
+    fleet.join(60)
+    sent = result["sent"]
+    stored = wait_rows(ingest_db, "SELECT count(*) FROM events", lambda n: n >= len(sent), timeout=60)
+    if stored != len(sent):
+        with psycopg.connect(ingest_db) as conn:
+            have = {r[0] for r in conn.execute("SELECT event_id::text FROM events")}
+            last = conn.execute("SELECT extract(epoch FROM max(ingested_at)) FROM events").fetchone()[0]
+        t0 = min(sent.values())
+        print(
+            "MISSING",
+            sorted(round(t - t0, 3) for e, t in sent.items() if e not in have),
+            "crash commit",
+            float(last) - t0,
+        )
+        print(broker.log_tail(60))
+    assert stored == len(sent), f"{stored} of {len(sent)} stored\n{ingest.log()}"
+    _assert_exactly_once(ingest_db, sent)
+    assert ingest.stop() == 0
+    redelivered = health.messages[-1].json()["duplicates"]
+    assert redelivered > 0, "the committed but unacknowledged batch should have come back from the broker"
+    print(f"\ncrash after commit: {len(sent)} published, {stored} stored, {redelivered} redelivered and dropped")
+
+
+def test_database_outage_pauses_then_resumes_without_loss(
+    scores, make_broker, pg_cluster, ingest_db, make_ingest, tmp_path
+):
+    broker = make_broker(persistence=True, extra_config=QUEUE_ALL)
+    config = tmp_path / "ingest.yaml"
+    config.write_text("mqtt:\n  receive_maximum: 200\n")  # small window: the broker, not the ingest, holds the rest
+    ingest = make_ingest(ingest_db, broker.port).start("--config", str(config))
+    _wait_subscribed(ingest)
+    result: dict = {}
+    fleet = _fleet_in_background(broker.port, scores, sensors=50, windows=40, period=1.0, result=result)
+    assert wait_rows(ingest_db, "SELECT count(*) FROM events", lambda n: n >= 200, timeout=30) >= 200, ingest.log()
+    pg_cluster.stop()
+    try:
+        deadline = time.monotonic() + 20
+        while "database unavailable" not in ingest.log():
+            assert time.monotonic() < deadline, ingest.log()
+            time.sleep(0.1)
+        time.sleep(30)  # the outage itself: the fleet keeps publishing meanwhile
+        assert ingest.proc.poll() is None, "the ingest must pause, not exit, while the database is away"
+    finally:
+        pg_cluster.start()
+    fleet.join(120)
+    sent = result["sent"]
+    stored = wait_rows(ingest_db, "SELECT count(*) FROM events", lambda n: n >= len(sent), timeout=120)
+    assert stored == len(sent), f"{stored} of {len(sent)} stored\n{ingest.log()}"
+    _assert_exactly_once(ingest_db, sent)
+    assert "database back" in ingest.log()
+    assert ingest.stop() == 0
+    print(f"\ndatabase outage: {len(sent)} published, {stored} stored, 0 lost, 0 duplicated rows")
+
+
+def test_migrate_retention_and_bad_config(ingest_db, capsys, tmp_path):
+    assert ingest_cli(["migrate", "--dsn", ingest_db]) == 0
+    assert "schema up to date" in capsys.readouterr().out
+    with psycopg.connect(ingest_db) as conn:
+        for day in ("2020-01-01", "2020-01-02"):
+            conn.execute(
+                f"CREATE TABLE events_{day.replace('-', '')} PARTITION OF events FOR VALUES FROM ('{day}') TO "
+                f"('{day}'::date + 1)"
+            )
+        conn.execute(
+            "CREATE TABLE events_29990101 PARTITION OF events FOR VALUES FROM ('2999-01-01') TO ('2999-01-02')"
+        )
+    assert ingest_cli(["retention", "--dsn", ingest_db, "--days", "30"]) == 0
+    assert "events_20200101 events_20200102" in capsys.readouterr().out
+    assert _count(ingest_db, "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname LIKE 'events_2%'") == 1
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mqtt:\n  receive_maximum: 0\n")
+    assert ingest_cli(["run", "--config", str(bad)]) == 78
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ingest.mqtt.receive_maximum" in err
+    bad.write_text("batch_rowz: 5\n")
+    assert ingest_cli(["run", "--config", str(bad)]) == 78
+    assert "ingest.batch_rowz: unknown key" in capsys.readouterr().err
+    assert ingest_cli(["migrate", "--dsn", "host=127.0.0.1 port=1 dbname=x connect_timeout=1"]) == 69
+
+
+def test_end_to_end_from_the_daemon_to_a_row(
+    yamnet_bundle, shared, virtual_mic, broker, subscriber_factory, make_daemon, ingest_db, make_ingest, tmp_path
+):
+    """A real clip through the virtual mic, the real daemon, mosquitto and the ingest into `events` and `sensors`."""
+    from custom.testing.daemon import daemon_config
+
+    ingest = make_ingest(ingest_db, broker.port).start()
+    _wait_subscribed(ingest)
+    listener = subscriber_factory(broker, ["custom/test-sensor/events"])
+    virtual_mic.play(shared / "data/clips" / CLIPS[0], loop=True)
+    daemon = make_daemon(daemon_config(yamnet_bundle, broker.port, tmp_path / "spool.sqlite"), env=virtual_mic.env)
+    daemon.start()
+    heard = "SELECT count(*) FROM events WHERE sensor_id = 'test-sensor' AND labels @> '{Siren}'"
+    assert wait_rows(ingest_db, heard, lambda n: n >= 1, timeout=120) >= 1, f"{daemon.log()}\n{ingest.log()}"
+    assert listener.wait_for(lambda ms: len(ms) >= _count(ingest_db), timeout=10)
+    published = {m.json()["event_id"]: m.json() for m in listener.messages}
+    with psycopg.connect(ingest_db) as conn:
+        rows = conn.execute(
+            "SELECT event_id::text, scores, labels, laeq, window_start FROM events ORDER BY window_start"
+        ).fetchall()
+        sensor = conn.execute("SELECT ST_Y(location), ST_X(location), name FROM sensors").fetchall()
+    for event_id, stored_scores, labels, laeq, _ in rows:
+        sent = published[event_id]  # every row is an event the daemon published, with its scores and level intact
+        assert stored_scores == sent["scores"]
+        assert labels == [label["name"] for label in sent["labels"]]
+        assert laeq == pytest.approx(sent["level"]["laeq"], abs=0.05)
+    assert sensor == [(pytest.approx(40.4169), pytest.approx(-3.7035), "Puerta del Sol")]
+    assert daemon.stop() == 0
+    assert ingest.stop() == 0

@@ -1,0 +1,92 @@
+"""The city team's documented queries (ingest/queries/*.sql, quoted in ingest/README.md) on a known fixture fleet,
+stored through the ingest's own write path into a real PostgreSQL + PostGIS."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from custom.daemon.event import EventContext
+from custom.ingest.queries import NAMES, query
+from custom.ingest.records import Judge
+from custom.ingest.store import Store, connect
+from tests.conftest import ROOT
+
+CLASSES = ("Siren", "Dog", "Vehicle horn")
+HOUR = datetime(2026, 11, 25, 13, tzinfo=UTC)
+T13 = HOUR.timestamp()
+
+
+def _event(sensor: str, lat: float, lon: float, heard: str, start: float, laeq: float) -> bytes:
+    context = EventContext(sensor, {"lat": lat, "lon": lon}, CLASSES, (0.5, 0.5, 0.5), "b", "0" * 64, "dB(A)")
+    scores = [0.9 if name == heard else 0.01 for name in CLASSES]
+    return json.dumps(context.build(scores, start, start + 10.0, laeq, 3.0)).encode()
+
+
+@pytest.fixture
+def fleet_db(ingest_db: str) -> str:
+    """A: two sirens at 13:00 (60 and 70 dB), a dog at 14:00 (50 dB); B: a dog at 13:30 (80 dB); C: a horn at 13:05."""
+    messages = [
+        _event("A", 40.4169, -3.7035, "Siren", T13, 60.0),
+        _event("A", 40.4169, -3.7035, "Siren", T13 + 10, 70.0),
+        _event("A", 40.4169, -3.7035, "Dog", T13 + 3600, 50.0),
+        _event("B", 40.4200, -3.7050, "Dog", T13 + 1800, 80.0),
+        _event("C", 40.4100, -3.6900, "Vehicle horn", T13 + 300, 55.0),
+    ]
+    judge = Judge()
+    rows = [judge.judge("custom/x/events", m) for m in messages]
+    with connect(ingest_db) as conn:
+        Store(conn).write(rows, [], [])
+    return ingest_db
+
+
+def _run(dsn: str, name: str, **params) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        return conn.execute(query(name), params).fetchall()
+
+
+def test_events_per_class_per_hour(fleet_db):
+    rows = _run(fleet_db, "events_per_class_per_hour", sensor_id="A", since=HOUR, until=HOUR.replace(hour=15))
+    assert [(h.hour, c, n) for h, c, n in rows] == [(13, "Siren", 2), (14, "Dog", 1)]
+
+
+def test_loudest_hours_energy_averaged(fleet_db):
+    rows = _run(fleet_db, "loudest_hours", since=HOUR, limit=2)
+    a_13 = round(10 * math.log10((10**6 + 10**7) / 2), 1)  # 67.4, not the arithmetic 65
+    assert [(s, h.hour, float(db), n) for s, h, db, n in rows] == [("B", 13, 80.0, 1), ("A", 13, a_13, 2)]
+
+
+def test_silent_sensors(fleet_db):
+    at = datetime(2026, 11, 25, 14, 5, tzinfo=UTC)  # A's last window ended 14:00:10: 4 min 50 s, still alive
+    rows = _run(fleet_db, "silent_sensors", at=at)
+    assert [(s, int(silent.total_seconds())) for s, _, silent in rows] == [("C", 3590), ("B", 2090)]
+
+
+def test_sensor_map_geojson(fleet_db):
+    (geojson,) = _run(fleet_db, "sensor_map")[0]
+    assert geojson["type"] == "FeatureCollection"
+    got = {
+        f["properties"]["sensor_id"]: (
+            f["geometry"]["coordinates"],
+            f["properties"]["top_class"],
+            f["properties"]["laeq"],
+            f["properties"]["hour_start"][:13],
+        )
+        for f in geojson["features"]
+    }
+    assert got == {
+        "A": ([-3.7035, 40.4169], "Dog", 50.0, "2026-11-25T14"),
+        "B": ([-3.705, 40.42], "Dog", 80.0, "2026-11-25T13"),
+        "C": ([-3.69, 40.41], "Vehicle horn", 55.0, "2026-11-25T13"),
+    }
+
+
+def test_readme_quotes_the_tested_sql():
+    readme = (ROOT / "ingest/README.md").read_text()
+    for name in NAMES:
+        assert query(name).strip() in readme, f"ingest/README.md does not quote ingest/queries/{name}.sql verbatim"
