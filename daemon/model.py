@@ -13,6 +13,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, ModelSpec
 from .frontend import Frontend
+from .head import EmbeddingReader, pool_features
 from .postprocess import AudioSetPCA
 from .runtime import load_interpreter
 
@@ -96,6 +97,10 @@ class Model:
             self._class_mask = np.zeros((width, len(bundle.classes)), dtype=bool)
             for j, c in enumerate(bundle.classes):
                 self._class_mask[list(c.backbone_outputs), j] = True
+        self.head = self.embedding = None
+        if bundle.head is not None:
+            self.embedding = EmbeddingReader(bundle, bundle.head, self.backbone.interpreter)
+            self.head = _Tflite(bundle, bundle.head.model, threads, runtime)
         self.min_samples = bundle.frontend.patch_samples
 
     def _patches(self, waveform: np.ndarray) -> np.ndarray:
@@ -106,11 +111,16 @@ class Model:
         return self.frontend.log_mel_patches(waveform)
 
     def backbone_outputs(self, waveform: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """(patches, backbone outputs) for a window, plus front-end and model time in ms."""
+        """(patches, backbone outputs) for a window, plus front-end and model time in ms.
+
+        With a head, each patch's row is its scores followed by its dequantised embedding."""
         t0 = time.perf_counter()
         patches = self._patches(waveform)
         t1 = time.perf_counter()
-        outputs = np.stack([self.backbone(p).reshape(-1) for p in patches])
+        if self.embedding is not None:
+            outputs = np.stack([np.concatenate([self.backbone(p).reshape(-1), self.embedding()]) for p in patches])
+        else:
+            outputs = np.stack([self.backbone(p).reshape(-1) for p in patches])
         return outputs, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
 
     def class_scores(self, outputs: np.ndarray) -> np.ndarray:
@@ -121,7 +131,13 @@ class Model:
             frames = np.zeros((CLASSIFIER_FRAMES, embeddings.shape[1]), dtype=np.uint8)
             frames[: len(embeddings)] = embeddings
             return self.classifier(frames).reshape(-1).astype(np.float32)
-        pooled = aggregate_patches(outputs, self.bundle.aggregation)  # (521,)
+        if self.head is not None:
+            assert self.bundle.head is not None
+            width = self.bundle.backbone_model.output.shape[-1]
+            spec = self.bundle.head
+            features = pool_features(outputs[:, width:], outputs[:, :width], spec.pooling, spec.with_scores)
+            return self.head(features).reshape(-1).astype(np.float32)
+        pooled = aggregate_patches(outputs[:, : self._class_mask.shape[0]], self.bundle.aggregation)  # (521,)
         return np.where(self._class_mask, pooled[:, None], 0.0).max(axis=0).astype(np.float32)
 
     def scores(self, waveform: np.ndarray) -> WindowScores:
