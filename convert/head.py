@@ -226,7 +226,9 @@ def _draft(args, spec: ModelSpec, head: HeadSpec, sources: dict[str, Path], cuts
 
 
 def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
-    """Train and write the headed bundle; returns its path and what was measured. Raises DataError on bad data."""
+    """Train and write the headed bundle to args.out; returns its path and what was measured.
+
+    Raises DataError (one line naming the file, with the exit code) on bad data."""
     from tqdm import tqdm
 
     started = time.monotonic()
