@@ -84,7 +84,8 @@ def write_report(out: Path, result: HeadResult, headed: Path, shared: Path | Non
         "on the same windows in the same run; its thresholds are best-F1 on all clips, as shipped (optimistic).",
         "",
         f"Chosen features: pooling `{result.chosen['pooling']}`, "
-        f"YAMNet scores appended: {result.chosen['with_scores']}.",
+        f"YAMNet scores appended: {result.chosen['with_scores']}, augmented mixes used: {result.chosen['augmented']}, "
+        f"L2 {result.chosen['l2']}.",
         "",
         "## Headline",
         "",
@@ -128,9 +129,13 @@ def write_report(out: Path, result: HeadResult, headed: Path, shared: Path | Non
         "",
         "## Pooling and features (grouped CV)",
         "",
-        "| pooling | + YAMNet scores | top-1 | macro AP |",
-        "| --- | --- | --- | --- |",
-        *[f"| {v['pooling']} | {v['with_scores']} | {v['top1']:.3f} | {v['macro_ap']:.3f} |" for v in result.variants],
+        "| pooling | + YAMNet scores | augmented mixes | top-1 | macro AP | 'other' with a label |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {v['pooling']} | {v['with_scores']} | {v['augmented']} | {v['top1']:.3f} | {v['macro_ap']:.3f} | "
+            f"{v['false_alarm_other']:.3f} |"
+            for v in result.variants
+        ],
         "",
         "## Training set (recordings per label and source; held-out recordings excluded)",
         "",
