@@ -178,3 +178,22 @@ def test_held_out_recordings_are_never_read(shared: Path, tmp_path: Path) -> Non
     fake = _fake_shared(shared, tmp_path, rows, holdout=["test:held-out"])
     recordings, held_out = read_recordings(fake)
     assert held_out == 1 and all(r.group != "test:held-out" for r in recordings)
+
+
+def test_a_class_missing_is_a_data_error(shared: Path, tmp_path: Path, capsys) -> None:
+    fake = _fake_shared(shared, tmp_path, _rows(shared, "other", 2))
+    (fake / "data/clips").unlink()
+    (fake / "data/clips").mkdir()
+    with open(shared / "data/clips/manifest.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [r for r in reader if r["label"] != "bird"]
+        fields = reader.fieldnames
+    for r in rows:
+        r["path"] = str(shared / "data/clips" / r["path"])
+    with open(fake / "data/clips/manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert convert(["head", "--shared", str(fake), "--out", str(tmp_path / "b"), *QUICK]) == 65
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "no training recordings for class(es) bird" in last
