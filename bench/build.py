@@ -187,9 +187,8 @@ def _convert_vggish(args: argparse.Namespace) -> int:
 
 def _convert_yamnet(out: Path) -> int:
     from custom.convert.cli import main as convert
-    from custom.convert.yamnet import shared_layout_args
 
-    return convert(["yamnet", *shared_layout_args(shared_dir()), "--out", str(out)])
+    return convert(["default-bundle", "--shared", str(shared_dir()), "--out", str(out)])
 
 
 def main(argv: list[str] | None = None) -> int:

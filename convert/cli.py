@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
     "evaluate-clips": "evaluate_clips",
+    "head": "head",
+    "default-bundle": "default_bundle",
 }
 
 

@@ -26,10 +26,11 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "custom-sensor-bundle"
 FORMAT_VERSION = 1
 BACKBONES = ("vggish", "yamnet", "efficientat")  # efficientat: 32 kHz log-mel in, 527 AudioSet logits out
-INPUT_KINDS = ("waveform", "log_mel", "efficientat_log_mel")
+INPUT_KINDS = ("waveform", "log_mel", "efficientat_log_mel", "features")  # "features": a head's pooled embedding
 AGGREGATIONS = ("max", "mean", "top3_mean")
 POSTPROCESS_KINDS = ("audioset_pca",)
 DTYPES = ("float32", "uint8", "int8", "int16")
+HEAD_POOLINGS = ("mean", "max", "mean_max")
 
 
 class BundleError(ValueError):
@@ -63,6 +64,20 @@ class ClassSpec:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """A trained head over the backbone's embedding: pooled embedding of a window (+ optionally the backbone's own
+    mean-pooled scores) -> one sigmoid score per class. The backbone model carries the embedding as an extra output,
+    so one invoke per patch feeds both the class mapping and the head."""
+
+    model: ModelSpec  # input_kind "features": float32 [1, features]
+    embedding_output: int  # position of the embedding among the backbone model's outputs
+    embedding: TensorSpec  # that output's shape and dtype (int8 outputs are dequantised with their own scale)
+    pooling: str  # how patch embeddings pool over a window: one of HEAD_POOLINGS
+    with_scores: bool  # the backbone's mean-pooled scores are appended to the pooled embedding
+    classes: tuple[str, ...]  # the head's outputs in order; must equal the bundle's classes
+
+
+@dataclass(frozen=True)
 class Bundle:
     path: Path
     bundle_id: str
@@ -77,6 +92,7 @@ class Bundle:
     files: Mapping[str, str]  # file name -> sha256
     provenance: Mapping[str, Any]
     sha256: str  # of the manifest bytes, which pin every file: one id for the exact bundle
+    head: HeadSpec | None = None  # a trained head replaces the class mapping when present
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -235,7 +251,8 @@ def load_bundle(path: Path | str) -> Bundle:
     if len(set(names)) != len(names):
         raise r.fail("classes", "class names must be unique")
 
-    referenced = [backbone_model.file]
+    head = _read_head(r, data, [c.name for c in classes])
+    referenced = [backbone_model.file] + ([head.model.file] if head is not None else [])
     if classifier_model is not None:
         referenced.append(classifier_model.file)
     if postprocess is not None:
@@ -266,6 +283,30 @@ def load_bundle(path: Path | str) -> Bundle:
         files=files,
         provenance=r.get(data, "provenance", dict, "", default={}),
         sha256=hashlib.sha256(raw).hexdigest(),
+        head=head,
+    )
+
+
+def _read_head(r: _Reader, data: Mapping[str, Any], class_names: list[str]) -> HeadSpec | None:
+    raw = r.get(data, "head", dict, "", default=None)
+    if raw is None:
+        return None
+    output = r.get(raw, "embedding_output", int, "head")
+    if output < 1:
+        raise r.fail("head.embedding_output", f"must be >= 1 (output 0 is the backbone's scores), got {output}")
+    classes = tuple(r.get(raw, "classes", list, "head"))
+    if list(classes) != class_names:
+        raise r.fail("head.classes", f"{list(classes)} do not match the bundle's classes {class_names}")
+    model = r.model(r.get(raw, "model", dict, "head"), "head.model")
+    if model.output.shape[-1] != len(class_names):
+        raise r.fail("head.model.output", f"has {model.output.shape[-1]} scores for {len(class_names)} classes")
+    return HeadSpec(
+        model=model,
+        embedding_output=output,
+        embedding=r.tensor(r.get(raw, "embedding", dict, "head"), "head.embedding"),
+        pooling=r.choice(raw, "pooling", HEAD_POOLINGS, "head"),
+        with_scores=r.get(raw, "with_scores", bool, "head", default=False),
+        classes=classes,
     )
 
 
@@ -297,6 +338,7 @@ class BundleDraft:
     postprocess: dict[str, str] | None = None
     aggregation: str = "max"
     provenance: dict[str, Any] = field(default_factory=dict)
+    head: HeadSpec | None = None
 
     def manifest(self, files: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
         """The manifest dict, given (sha256, size in bytes) of every file as written."""
@@ -327,6 +369,15 @@ class BundleDraft:
         }
         if self.postprocess is not None:
             data["postprocess"] = dict(self.postprocess)
+        if self.head is not None:
+            data["head"] = {
+                "model": model_spec_dict(self.head.model),
+                "embedding_output": self.head.embedding_output,
+                "embedding": tensor_spec_dict(self.head.embedding),
+                "pooling": self.head.pooling,
+                "with_scores": self.head.with_scores,
+                "classes": list(self.head.classes),
+            }
         return data
 
 

@@ -69,7 +69,8 @@ def format_line(event: dict) -> str:
     top = event["top"]
     level = event["level"]["laeq"]
     level_text = f"{level:6.1f} {event['level']['unit']}" if level is not None else "   -inf"
-    return f"{event['file']}  {span}  {level_text}  top {top['name']} {top['score']:.2f}  labels: {labels}"
+    top_text = f"{top['name'] or 'nothing heard'} {top['score']:.2f}"
+    return f"{event['file']}  {span}  {level_text}  top {top_text}  labels: {labels}"
 
 
 def run(args: argparse.Namespace) -> int:

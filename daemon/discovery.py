@@ -23,6 +23,8 @@ from typing import Any
 
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
+NOTHING_HEARD = "none"  # the top-class entity's state when no class reached its threshold (event top.name null)
+
 # HA's allowed characters for node_id and object_id in a discovery topic.
 _HA_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]+")
 # Units HA accepts for device_class sound_pressure; dBFS is relative to full scale, not a sound pressure level.
@@ -130,8 +132,8 @@ def discovery_messages(
                 name="Top class",
                 icon="mdi:waveform",
                 device_class="enum",
-                options=names,
-                value_template="{{ value_json.top.name }}",
+                options=[*names, NOTHING_HEARD],
+                value_template="{{ value_json.top.name or '" + NOTHING_HEARD + "' }}",
                 json_attributes_topic=common["state_topic"],
                 json_attributes_template="{{ value_json.scores | tojson }}",
             )

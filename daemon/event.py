@@ -52,6 +52,9 @@ class EventContext:
         ]
         labels.sort(key=lambda label: -label["score"])
         top = int(np.argmax(scores))
+        # "nothing heard" is an answer: with no class at its threshold, top names no class (its score stays, so a
+        # listener still sees how close the best class came)
+        top_name = self.class_names[top] if labels else None
         event: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "sensor_id": self.sensor_id,
@@ -59,7 +62,7 @@ class EventContext:
             "window": {"start": iso_utc(start), "end": iso_utc(end), "duration_s": round(end - start, 3)},
             "location": dict(self.location),
             "labels": labels,
-            "top": {"name": self.class_names[top], "score": scores[top]},
+            "top": {"name": top_name, "score": scores[top]},
             "scores": dict(zip(self.class_names, scores, strict=True)),
             "level": {"laeq": round(level_db, 1) if np.isfinite(level_db) else None, "unit": self.level_unit},
             "model": {"bundle_id": self.bundle_id, "sha256": self.bundle_sha256},

@@ -14,6 +14,7 @@ import numpy as np
 from .bundle import Bundle, BundleError, ModelSpec
 from .frontend import Frontend
 from .frontend_efficientat import EfficientATFrontend, EfficientATParams
+from .head import EmbeddingReader, pool_features
 from .postprocess import AudioSetPCA
 from .runtime import load_interpreter
 
@@ -101,6 +102,10 @@ class Model:
             self._class_mask = np.zeros((width, len(bundle.classes)), dtype=bool)
             for j, c in enumerate(bundle.classes):
                 self._class_mask[list(c.backbone_outputs), j] = True
+        self.head = self.embedding = None
+        if bundle.head is not None:
+            self.embedding = EmbeddingReader(bundle, bundle.head, self.backbone.interpreter)
+            self.head = _Tflite(bundle, bundle.head.model, threads, runtime)
         self.min_samples = bundle.frontend.patch_samples
 
     def _patches(self, waveform: np.ndarray) -> np.ndarray:
@@ -111,13 +116,19 @@ class Model:
         return self.frontend.log_mel_patches(waveform)
 
     def backbone_outputs(self, waveform: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """(patches, backbone outputs) for a window, plus front-end and model time in ms."""
+        """(patches, backbone outputs) for a window, plus front-end and model time in ms.
+
+        With a head, each patch's row is its scores followed by its dequantised embedding."""
         t0 = time.perf_counter()
         patches = self._patches(waveform)
         t1 = time.perf_counter()
-        outputs = np.stack([self.backbone(p).reshape(-1) for p in patches])
-        if self._logits:
-            outputs = 1.0 / (1.0 + np.exp(-outputs))
+        rows = []
+        for patch in patches:
+            scores = self.backbone(patch).reshape(-1)
+            if self._logits:
+                scores = 1.0 / (1.0 + np.exp(-scores))
+            rows.append(scores if self.embedding is None else np.concatenate([scores, self.embedding()]))
+        outputs = np.stack(rows)
         return outputs, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
 
     def class_scores(self, outputs: np.ndarray) -> np.ndarray:
@@ -128,7 +139,13 @@ class Model:
             frames = np.zeros((CLASSIFIER_FRAMES, embeddings.shape[1]), dtype=np.uint8)
             frames[: len(embeddings)] = embeddings
             return self.classifier(frames).reshape(-1).astype(np.float32)
-        pooled = aggregate_patches(outputs, self.bundle.aggregation)  # (521,)
+        if self.head is not None:
+            assert self.bundle.head is not None
+            width = self.bundle.backbone_model.output.shape[-1]
+            spec = self.bundle.head
+            features = pool_features(outputs[:, width:], outputs[:, :width], spec.pooling, spec.with_scores)
+            return self.head(features).reshape(-1).astype(np.float32)
+        pooled = aggregate_patches(outputs[:, : self._class_mask.shape[0]], self.bundle.aggregation)  # (521,)
         return np.where(self._class_mask, pooled[:, None], 0.0).max(axis=0).astype(np.float32)
 
     def scores(self, waveform: np.ndarray) -> WindowScores:

@@ -33,6 +33,7 @@ START=1
 WITH_VENV=""
 UNINSTALL=0
 PURGE=0
+BUILD_DEFAULT_BUNDLE=0
 ARCH=""
 
 usage() {
@@ -40,6 +41,8 @@ usage() {
 usage: $0 [options]
   --root DIR       install into DIR instead of / (no apt, no systemctl on the host, no host users)
   --bundle PATH    model bundle folder to install as $STATE_DIR/bundle
+  --default-bundle build the default bundle first (custom-convert default-bundle from \$CUSTOM_SHARED, default
+                   ../shared; needs the converter extra on this machine) and install it
   --config PATH    config file to install (default: the project's config.yaml)
   --from PATH      package source (default: $FROM)
   --no-start       install and enable, but do not (re)start the service
@@ -75,6 +78,7 @@ parse_args() {
         --arch) ARCH=${2:?--arch needs a value}; shift ;;
         --arch=*) ARCH=${1#*=} ;;
         --no-start) START=0 ;;
+        --default-bundle) BUILD_DEFAULT_BUNDLE=1 ;;
         --with-venv) WITH_VENV=1 ;;
         --uninstall) UNINSTALL=1 ;;
         --purge) PURGE=1 ;;
@@ -268,9 +272,22 @@ for name, entry in manifest.get("files", {}).items():
 EOF
 }
 
+# --default-bundle: the one documented command that makes the shipped bundle, run with this checkout's converter.
+build_default_bundle() {
+    local convert out
+    convert=$(command -v custom-convert || true)
+    [[ -x $FROM/.venv/bin/custom-convert ]] && convert=$FROM/.venv/bin/custom-convert
+    [[ -n $convert ]] || die $EX_CONFIG "--default-bundle needs custom-convert (pip install '.[convert]')"
+    out=$(mktemp -d)/bundle
+    "$convert" default-bundle --shared "${CUSTOM_SHARED:-$FROM/../shared}" --out "$out" ||
+        die $EX_CONFIG "custom-convert default-bundle failed"
+    BUNDLE=$out
+}
+
 install_bundle() {
     local dest staging
     dest=$(r "$STATE_DIR/bundle")
+    ((BUILD_DEFAULT_BUNDLE)) && build_default_bundle
     if [[ -z $BUNDLE ]]; then
         [[ -f $dest/manifest.json ]] || say "no model bundle installed: pass --bundle PATH (the service exits 78 without one)"
         return

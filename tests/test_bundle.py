@@ -34,7 +34,14 @@ def test_yamnet_bundle_is_complete(yamnet_bundle: Path, shared: Path):
     # classes were mapped by mid: Siren is YAMNet output 390 and Dog 69 in the published class map
     by_name = {c.name: c for c in bundle.classes}
     assert 390 in by_name["Siren"].backbone_outputs and 69 in by_name["Dog"].backbone_outputs
-    assert bundle.provenance["thresholds"]["clips"]["count"] == 277
+    # default-bundle records which candidate shipped and the grouped-CV comparison that decided it
+    choice = bundle.provenance["default_choice"]
+    assert choice["shipped"] == ("head" if bundle.head is not None else "mapping")
+    assert (choice["head"]["top1"] > choice["mapping"]["top1"]) == (bundle.head is not None) or bundle.head is None
+    if bundle.head is None:
+        assert bundle.provenance["thresholds"]["clips"]["count"] == 277
+    else:
+        assert bundle.head.classes == bundle.class_names and "rule" in bundle.provenance["thresholds"]
     assert len(bundle.sha256) == 64
 
 

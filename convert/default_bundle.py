@@ -1,0 +1,114 @@
+"""`custom-convert default-bundle --out DIR`: build the bundle every sensor ships with, from ../shared, in one command.
+
+It builds both candidates in one run: YAMNet with today's class mapping (`custom-convert yamnet` on the shared
+layout) and YAMNet with a trained head (`custom-convert head`). The headed bundle ships if, and only if, it beats
+the mapping on the same run's grouped cross-validation: higher top-1 on the 10 classes, and no more false alarms on
+held-out "other" recordings than max(5%, the mapping's). The comparison is written into the shipped manifest's
+provenance (`default_choice`). The quickstart, the installer, the tests and the benchmarks all build it this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from custom.daemon import exitcodes
+from custom.daemon.bundle import MANIFEST_NAME, load_bundle
+
+from .head import add_arguments as add_head_arguments
+from .head import build as build_head
+from .headdata import DataError
+
+HELP = "build the default bundle from ../shared (headed iff the head beats the mapping on grouped CV)"
+FALSE_ALARM_CAP = 0.05  # share of "other" windows that may get a label, unless the mapping already has more
+
+
+def _default_shared() -> Path:
+    return Path(os.environ.get("CUSTOM_SHARED", "../shared"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_head_arguments(parser)
+    parser.set_defaults(shared=_default_shared())
+    parser.add_argument("--report", type=Path, help="also write the head report (REPORT.md + confusion PNG) here")
+    parser.add_argument(
+        "--quick", action="store_true", help="for tests: 1 mix per thin clip and at most 12 recordings per label"
+    )
+
+
+def decide(figures: dict[str, Any]) -> dict[str, Any]:
+    """Whether the head ships, and why, from the two candidates' grouped-CV figures of one run."""
+    head, mapping = figures["head"], figures["mapping"]
+    cap = max(FALSE_ALARM_CAP, mapping["false_alarm_other"])
+    wins = head["top1"] > mapping["top1"] and head["false_alarm_other"] <= cap
+    return {
+        "shipped": "head" if wins else "mapping",
+        "rule": "head iff grouped-CV top-1 beats the mapping's and its 'other' false-alarm share <= "
+        f"max({FALSE_ALARM_CAP}, mapping's)",
+        "head": {"top1": round(head["top1"], 4), "false_alarm_other": round(head["false_alarm_other"], 4)},
+        "mapping": {"top1": round(mapping["top1"], 4), "false_alarm_other": round(mapping["false_alarm_other"], 4)},
+    }
+
+
+def _record_choice(bundle_dir: Path, choice: dict[str, Any]) -> None:
+    """Add the decision to the manifest's provenance (atomically; the files it pins are unchanged)."""
+    manifest = bundle_dir / MANIFEST_NAME
+    data = json.loads(manifest.read_text())
+    data.setdefault("provenance", {})["default_choice"] = choice
+    staging = manifest.with_name(f".{MANIFEST_NAME}.new")
+    staging.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(staging, manifest)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli import main as convert
+    from .yamnet import shared_layout_args
+
+    if args.quick:
+        args.augment = min(args.augment, 1)
+        args.limit_per_label = args.limit_per_label or 12
+    out = args.out
+    with tempfile.TemporaryDirectory(prefix="default-bundle.") as tmp:
+        work = Path(tmp)
+        args.out = work / "headed"
+        try:
+            headed, result = build_head(args, work)
+        except DataError as exc:
+            print(f"custom-convert default-bundle: {exc}")
+            return exc.code
+        choice = decide(result.figures)
+        if args.report is not None:
+            from .head_report import write_report
+
+            write_report(args.report, result, headed, args.shared)
+        print(
+            f"default bundle: {choice['shipped']} (grouped-CV top-1 head {choice['head']['top1']:.3f} vs mapping "
+            f"{choice['mapping']['top1']:.3f}; 'other' with a label {choice['head']['false_alarm_other']:.3f} vs "
+            f"{choice['mapping']['false_alarm_other']:.3f})",
+            flush=True,
+        )
+        if choice["shipped"] == "head":
+            chosen = headed
+        else:
+            chosen = work / "mapping"
+            status = convert(["yamnet", *shared_layout_args(args.shared), "--out", str(chosen)])
+            if status != exitcodes.OK:
+                return status
+        _record_choice(chosen, choice)
+        load_bundle(chosen)  # still valid after the provenance edit
+        staged = out.with_name(f".{out.name}.new")
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(chosen, staged)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staged, out)
+    bundle = load_bundle(out)
+    print(f"wrote {out} ({bundle.bundle_id}, sha256 {bundle.sha256[:12]}…)")
+    return exitcodes.OK

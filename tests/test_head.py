@@ -1,0 +1,199 @@
+"""The trained head: built from ../shared by the real converter command (small: few recordings, one mix each), run
+end to end through `classify` and the daemon, loaded by tflite-runtime 2.14, and bad data/bundles refused in one
+line with the right exit code."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from custom.convert.cli import main as convert
+from custom.daemon.bundle import load_bundle
+from custom.daemon.model import Model
+from custom.testing.daemon import daemon_config
+from tests.conftest import ROOT
+
+SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
+SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
+QUICK = ["--limit-per-label", "6", "--augment", "1"]  # the documented small build for tests
+
+
+@pytest.fixture(scope="module")
+def headed_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("head") / "bundle"
+    assert convert(["head", "--shared", str(shared), "--out", str(out), *QUICK]) == 0
+    return out
+
+
+def sensord(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "custom.daemon.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_headed_bundle_manifest_and_scores(headed_bundle: Path, shared: Path) -> None:
+    bundle = load_bundle(headed_bundle)
+    assert bundle.head is not None and bundle.head.classes == bundle.class_names
+    provenance = bundle.provenance
+    assert provenance["thresholds"]["rule"] and provenance["cross_validated"]["chosen"]["pooling"]
+    model = Model(bundle)
+    from custom.daemon.audiofile import read_audio
+
+    scores = model.scores(read_audio(shared / SIREN).waveform).scores
+    assert scores.shape == (10,) and np.all((scores >= 0) & (scores <= 1))
+    # the head, not the mapping, made these scores: the mapping on the same backbone outputs differs
+    outputs, _, _ = model.backbone_outputs(read_audio(shared / SIREN).waveform)
+    head = model.head
+    model.head = None
+    try:
+        assert not np.allclose(model.class_scores(outputs), scores)
+    finally:
+        model.head = head
+
+
+def test_classify_runs_the_head(headed_bundle: Path, shared: Path) -> None:
+    done = sensord("classify", "--bundle", str(headed_bundle), "--json", str(shared / SIREN))
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout.splitlines()[0])
+    jsonschema.validate(event, SCHEMA)
+    assert event["model"]["bundle_id"] == "yamnet-head-urban10" and len(event["scores"]) == 10
+
+
+def test_daemon_runs_the_head(headed_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path) -> None:
+    subscriber = subscriber_factory(broker, ["custom/test-sensor/events"])
+    config = daemon_config(headed_bundle, broker.port, tmp_path / "spool.sqlite", window={"length_s": 2, "hop_s": 2})
+    daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"]).start()
+    events = subscriber.wait_count("custom/test-sensor/events", 2, timeout=90)
+    assert len(events) >= 2, daemon.log()
+    for message in events:
+        event = message.json()
+        jsonschema.validate(event, SCHEMA)
+        assert event["model"]["bundle_id"] == "yamnet-head-urban10"
+    assert daemon.stop() == 0
+
+
+def test_head_classes_must_match_the_manifest(headed_bundle: Path, shared: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(headed_bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["head"]["classes"] = list(reversed(manifest["head"]["classes"]))
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    done = sensord("classify", "--bundle", str(broken), str(shared / SIREN))
+    assert done.returncode == 78
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "head.classes" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_headed_models_run_in_tflite_runtime_214(headed_bundle: Path, tmp_path: Path) -> None:
+    python = os.environ.get("CUSTOM_TFLITE214_PYTHON")
+    if not python:
+        pytest.fail("CUSTOM_TFLITE214_PYTHON is not set: tests/run.sh creates the tflite-runtime 2.14 venv")
+    bundle = load_bundle(headed_bundle)
+    assert bundle.head is not None
+    features = np.random.default_rng(0).standard_normal((3, bundle.head.model.input.shape[-1])).astype(np.float32)
+    np.save(tmp_path / "features.npy", features)
+    script = ROOT / "tests/tflite214_check.py"
+    head_file = headed_bundle / bundle.head.model.file
+    done = subprocess.run(
+        [python, str(script), str(tmp_path / "features.npy"), str(tmp_path / "out"), str(head_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = np.load(tmp_path / "out" / f"{head_file.stem}.npy")
+    ours = np.stack([Model(bundle).head(f).reshape(-1) for f in features])
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    waveform = np.random.default_rng(1).standard_normal((2, 15600)).astype(np.float32) * 0.1
+    np.save(tmp_path / "wave.npy", waveform)
+    backbone = headed_bundle / bundle.backbone_model.file
+    done = subprocess.run(
+        [python, str(script), str(tmp_path / "wave.npy"), str(tmp_path / "out2"), str(backbone)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _fake_shared(shared: Path, tmp_path: Path, rows: list[dict[str, str]], holdout: list[str] = ()) -> Path:
+    """A ../shared-shaped folder: real models and clips manifest, a train-audio manifest with the given rows."""
+    fake = tmp_path / "shared"
+    (fake / "data/train-audio").mkdir(parents=True)
+    (fake / "models").symlink_to(shared / "models")
+    (fake / "data/clips").symlink_to(shared / "data/clips")
+    lines = ["# test holdout list", *(hashlib.sha256(r.encode()).hexdigest() for r in holdout)]
+    (fake / "data/holdout-recordings.sha256").write_text("\n".join(lines) + "\n")
+    with open(shared / "data/train-audio/manifest.csv", newline="") as handle:
+        fields = csv.DictReader(handle).fieldnames
+    with open(fake / "data/train-audio/manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    return fake
+
+
+def _rows(shared: Path, label: str, n: int) -> list[dict[str, str]]:
+    with open(shared / "data/train-audio/manifest.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["label"] == label][:n]
+    for r in rows:
+        r["path"] = str(shared / "data/train-audio" / r["path"])
+    return rows
+
+
+def test_training_without_negatives_is_a_data_error(shared: Path, tmp_path: Path, capsys) -> None:
+    fake = _fake_shared(shared, tmp_path, _rows(shared, "dog", 2))
+    assert convert(["head", "--shared", str(fake), "--out", str(tmp_path / "b"), *QUICK]) == 65
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "no 'other' recordings" in out[-1] and "Traceback" not in "\n".join(out)
+
+
+def test_unreadable_audio_names_the_file(shared: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "not-audio.ogg"
+    bad.write_text("this is not audio")
+    rows = _rows(shared, "other", 2)
+    rows[0] = {**rows[0], "path": str(bad), "source_recording": "test:bad"}
+    fake = _fake_shared(shared, tmp_path, rows)
+    assert convert(["head", "--shared", str(fake), "--out", str(tmp_path / "b"), *QUICK]) == 66
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert str(bad) in last and "unreadable audio" in last
+
+
+def test_held_out_recordings_are_never_read(shared: Path, tmp_path: Path) -> None:
+    from custom.convert.headdata import read_recordings
+
+    rows = _rows(shared, "other", 3)
+    rows[0] = {**rows[0], "path": str(tmp_path / "missing.ogg"), "source_recording": "test:held-out"}
+    fake = _fake_shared(shared, tmp_path, rows, holdout=["test:held-out"])
+    recordings, held_out = read_recordings(fake)
+    assert held_out == 1 and all(r.group != "test:held-out" for r in recordings)
+
+
+def test_a_class_missing_is_a_data_error(shared: Path, tmp_path: Path, capsys) -> None:
+    fake = _fake_shared(shared, tmp_path, _rows(shared, "other", 2))
+    (fake / "data/clips").unlink()
+    (fake / "data/clips").mkdir()
+    with open(shared / "data/clips/manifest.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [r for r in reader if r["label"] != "bird"]
+        fields = reader.fieldnames
+    for r in rows:
+        r["path"] = str(shared / "data/clips" / r["path"])
+    with open(fake / "data/clips/manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert convert(["head", "--shared", str(fake), "--out", str(tmp_path / "b"), *QUICK]) == 65
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "no training recordings for class(es) bird" in last
