@@ -3,7 +3,7 @@
     custom-convert evaluate --bundle BUNDLE_DIR --data ../shared/data/audioset/eval.npz [--report DIR]
     custom-convert evaluate --classifier out/classifier --data ../shared/data/audioset/eval.npz
 
-The classifier runs on the TFLite runtime the sensor uses (custom.daemon.runtime.load_interpreter), one window per
+The classifier runs on the TFLite runtime the sensor uses (custom.daemon.runtime.RowRunner), one window per
 invoke, so the figures are those of the file that ships. Thresholds come from the bundle manifest (--bundle) or from
 classifier.json beside the model (--classifier). Labels include ontology descendants ("Bark" counts as Dog), as in
 training; clips with none of our classes are "other".

@@ -98,15 +98,8 @@ class RowRunner:
         """(n, *row_shape) -> (n, *output row); n = 0 gives an empty result without invoking."""
         rows = np.asarray(rows).reshape(-1, *self.row_shape)
         if self.batched and len(rows):
-            try:
-                self._resize(len(rows))
-            except (RuntimeError, ValueError):
-                # a free batch dimension in the signature but a fixed reshape inside (e.g. Coral's patch YAMNet):
-                # the graph cannot take a batch after all, so run it one row at a time from now on
-                self.batched = False
-                self._rows = 0
-            else:
-                return self._invoke(rows).reshape(len(rows), -1).copy()
+            self._resize(len(rows))
+            return self._invoke(rows).reshape(len(rows), -1).copy()
         if self._rows != 1:
             self._resize(1)
         shape = (1, *self.row_shape) if self.has_batch_axis else self.row_shape
