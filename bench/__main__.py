@@ -1,11 +1,14 @@
 """`python -m bench`: per-window cost of our bundles against the seed-style TensorFlow pipeline, in one run.
 
-Every measurement runs in its own subprocess (bench/worker.py) on the same 10 s windows of real audio at 44.1 kHz,
-so peak RSS is each pipeline's own and the ratios come from one machine state. The results table goes to stdout
-and to bench/RESULTS.md (or --out). Pipelines:
+Every measurement runs in its own subprocess (bench/worker.py) on the same 10 s windows of real audio (16 kHz by
+default, so no resampling is counted; --input-rate 44100 for the earlier comparison), so peak RSS is each
+pipeline's own and the ratios come from one machine state. Bundles whose backbone takes a batch are measured twice:
+all patches of a window in one invoke (the daemon's way since issue 13) and one invoke per patch (before). The
+results table goes to stdout and to bench/RESULTS.md (or --out). Pipelines:
 (a) our VGGish bundles, one per quantization mode, converted by `custom-convert vggish` from a random-weight
     checkpoint with the official names and shapes (latency does not depend on the weight values);
-(b) our YAMNet bundle, built by `custom-convert yamnet` from the shared TF-Hub model;
+(b) our YAMNet bundle, built by `custom-convert yamnet` from the shared TF-Hub model (waveform input, one invoke
+    per patch), and the same recipe on Coral's log-mel patch YAMNet (batchable);
 (c) the seed-style baseline: resampy + numpy log-mel + VGGish in full TensorFlow float (same weights) + Keras head.
 """
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import build, report
-from .common import BENCH_DIR, ROOT, WINDOW_S, WORK_DIR, parse_result
+from .common import BENCH_DIR, INPUT_RATE_HZ, ROOT, WINDOW_S, WORK_DIR, parse_result
 
 WORKER_TIMEOUT_S = 900.0
 
@@ -85,6 +88,12 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def takes_batch(bundle: Path) -> bool:
+    """Whether the bundle's backbone input has a free batch dimension (-1 in the manifest)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return manifest["models"]["backbone"]["input"]["shape"][0] == -1
+
+
 def window_patches(backbone: str) -> int:
     """Patches in one 10 s window at 16 kHz, from the daemon's own front end parameters."""
     from custom.daemon.frontend import VGGISH, YAMNET
@@ -106,6 +115,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--live-modes", nargs="*", help="VGGish modes run live besides YAMNet (default int8 dynamic)")
     parser.add_argument("--ready-repeats", type=int, help="daemon starts per bundle for start->READY (0 = skip)")
     parser.add_argument("--yamnet-bundle", type=Path, help="use this YAMNet bundle instead of building one")
+    parser.add_argument("--no-patch-yamnet", action="store_true", help="skip Coral's patch YAMNet")
+    parser.add_argument(
+        "--input-rate", type=int, default=INPUT_RATE_HZ, help="rate of the windows fed to every pipeline"
+    )
     parser.add_argument("--work", type=Path, default=WORK_DIR, help=f"cache of bundles and inputs (default {WORK_DIR})")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md", help="markdown report to write")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
@@ -138,22 +151,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
 
     say(f"preparing inputs and bundles (cached in {work})")
-    windows_file = build.make_windows(work / "windows.npy", max(1, min(args.windows, 8)))
+    windows_file = build.make_windows(
+        work / f"windows-{args.input_rate}.npy", max(1, min(args.windows, 8)), args.input_rate
+    )
     bundles: dict[str, Path] = {}
     for mode in args.modes:
         say(f"VGGish {mode} bundle")
         bundles[f"vggish-{mode}"] = build.vggish_bundle(work, args.arch, mode)
     say("YAMNet bundle")
     bundles["yamnet"] = args.yamnet_bundle or build.yamnet_bundle(work)
+    if not args.no_patch_yamnet:
+        say("YAMNet patch-input bundle (Coral)")
+        bundles["yamnet-patch"] = build.yamnet_patch_bundle(work)
     checkpoint, _ = build.vggish_inputs(work, args.arch)
 
     common = ["--windows-file", str(windows_file), "--warmup", str(args.warmup), "--windows", str(args.windows)]
+    common += ["--input-rate", str(args.input_rate)]
     measurements: list[dict[str, Any]] = []
     peaks: dict[int, dict[str, Any]] = {}
     for threads in args.threads:
         say(f"matmul peak, {threads} thread(s)")
         peaks[threads] = run_worker("bench.flops", ["--threads", str(threads)], threads)
-        jobs = [(name, ["--kind", "bundle", "--bundle", str(path)]) for name, path in bundles.items()]
+        jobs = []
+        for name, path in bundles.items():
+            jobs.append((name, ["--kind", "bundle", "--bundle", str(path)]))
+            if takes_batch(path):  # a fixed input (TF-Hub waveform, Coral patch YAMNet) runs per patch either way
+                jobs.append((f"{name}{report.PER_PATCH}", ["--kind", "bundle", "--bundle", str(path), "--per-patch"]))
         jobs.append(("baseline", ["--kind", "baseline", "--checkpoint", str(checkpoint), "--arch", args.arch]))
         for name, job in jobs:
             say(f"{name}, {threads} thread(s)")

@@ -74,11 +74,11 @@ def clip_files(per_class: int = 1) -> list[Path]:
     return files
 
 
-def make_windows(path: Path, count: int) -> Path:
-    """`count` 10 s windows at 44.1 kHz from real clips end to end, saved as one (count, samples) float32 .npy.
+def make_windows(path: Path, count: int, rate_hz: int = INPUT_RATE_HZ) -> Path:
+    """`count` 10 s windows at `rate_hz` from real clips end to end, saved as one (count, samples) float32 .npy.
 
-    The clips are 16 kHz; they are brought to 44.1 kHz once here so that every pipeline starts from a common
-    consumer-device rate and pays for its own resampler, as the seed did when it read such files.
+    The clips are 16 kHz; at another rate (e.g. 44.1 kHz) they are resampled once here so that every pipeline
+    starts from a common consumer-device rate and pays for its own resampler, as the seed did.
     """
     if path.is_file():
         cached = np.load(path, mmap_mode="r")
@@ -88,13 +88,13 @@ def make_windows(path: Path, count: int) -> Path:
 
     from custom.daemon.frontend import to_model_rate
 
-    samples = int(WINDOW_S * INPUT_RATE_HZ)
+    samples = int(WINDOW_S * rate_hz)
     pieces, total = [], 0
     files = clip_files(per_class=3)
     i = 0
     while total < samples * count:
         audio, rate = soundfile.read(files[i % len(files)], dtype="float32", always_2d=True)
-        piece = to_model_rate(audio, rate, INPUT_RATE_HZ)
+        piece = to_model_rate(audio, rate, rate_hz)
         pieces.append(piece)
         total += len(piece)
         i += 1
@@ -148,6 +148,14 @@ def vggish_bundle(work: Path, arch: str, mode: str) -> Path:
     return out
 
 
+def yamnet_patch_bundle(work: Path) -> Path:
+    """Coral's log-mel patch YAMNet (input [1,96,64], batchable) as a bundle, same classes and calibration."""
+    out = work / "yamnet-patch"
+    if not (out / "manifest.json").is_file():
+        run_step(["yamnet", "--patch", "--out", str(out)], work / "yamnet-patch.log")
+    return out
+
+
 def yamnet_bundle(work: Path) -> Path:
     """The shipped-default YAMNet bundle, built with the real converter exactly as tests/conftest.py does."""
     out = work / "yamnet"
@@ -170,25 +178,30 @@ def _write_inputs(arch_name: str, out: Path) -> None:
 def _convert_vggish(args: argparse.Namespace) -> int:
     from custom.convert import vggish
 
-    calibration_patches = 200 if args.arch == "official" else 16
-    namespace = argparse.Namespace(
+    options = vggish.BuildOptions(
         checkpoint=args.checkpoint,
         pca=shared_dir() / "models" / "vggish_pca_params.npz",
         classifier=args.classifier,
         out=args.out,
         quantize=args.mode,
         calibration_audio=shared_dir() / "data" / "clips",
-        calibration_patches=calibration_patches,
+        calibration_patches=200 if args.arch == "official" else 16,
         bundle_id=f"bench-vggish-{args.mode}",
         version="0.0.0",
     )
-    return vggish.build(namespace, architecture(args.arch))
+    return vggish.build(options, architecture(args.arch))
 
 
-def _convert_yamnet(out: Path) -> int:
+def _convert_yamnet(out: Path, patch: bool = False) -> int:
     from custom.convert.cli import main as convert
 
-    return convert(["default-bundle", "--shared", str(shared_dir()), "--out", str(out)])
+    if not patch:  # what every sensor runs: the documented default-bundle command
+        return convert(["default-bundle", "--shared", str(shared_dir()), "--out", str(out)])
+    from custom.convert.yamnet import shared_layout_args
+
+    args = shared_layout_args(shared_dir())  # the mapping recipe on Coral's patch model (same 521 outputs)
+    args[args.index("--tflite") + 1] = str(shared_dir() / "models/yamnet_spectra_in.tflite")
+    return convert(["yamnet", *args, "--out", str(out)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,13 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("yamnet", help="the YAMNet bundle")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--patch", action="store_true", help="Coral's log-mel patch model instead of the waveform one")
     args = parser.parse_args(argv)
     if args.step == "inputs":
         _write_inputs(args.arch, args.out)
         return 0
     if args.step == "vggish":
         return _convert_vggish(args)
-    return _convert_yamnet(args.out)
+    return _convert_yamnet(args.out, args.patch)
 
 
 if __name__ == "__main__":

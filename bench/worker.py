@@ -4,9 +4,10 @@ Run by the orchestrator as `python -m bench.worker ...`, one subprocess per meas
 is that pipeline's alone, imports included, as the process on a sensor would pay it.
 
 Pipelines:
-- ``bundle``: the sensor's path. soxr 44.1 kHz -> 16 kHz, then `custom.daemon.model.Model.scores` (numpy log-mel,
-  TFLite backbone, PCA + classifier or class mapping). No TensorFlow is imported.
-- ``baseline``: the seed project's way, kept under bench/ only. resampy (kaiser_best, its default) 44.1 kHz -> 16 kHz,
+- ``bundle``: the sensor's path. soxr to 16 kHz (nothing at 16 kHz input), then `custom.daemon.model.Model.scores`
+  (numpy log-mel, TFLite backbone with all patches of the window in one invoke where the model takes a batch, or one
+  per patch with --per-patch as before issue 13, then PCA + classifier or class mapping). No TensorFlow is imported.
+- ``baseline``: the seed project's way, kept under bench/ only. resampy (kaiser_best, its default) to 16 kHz,
   the same numpy log-mel (ours: the seed's mel_features.py computes the same thing at the same cost, the seed's
   extra cost was resampy + TensorFlow), VGGish as a float32 Keras model in full TensorFlow with the same weights,
   the AudioSet PCA postprocess, and a Keras classifier head.
@@ -33,7 +34,7 @@ def _bundle_pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from custom.daemon.runtime import runtime_name
 
     t1 = time.perf_counter()
-    model = Model(load_bundle(args.bundle), threads=args.threads)
+    model = Model(load_bundle(args.bundle), threads=args.threads, batched=not args.per_patch)
     t2 = time.perf_counter()
     rate = model.bundle.frontend.sample_rate_hz
 
@@ -82,7 +83,9 @@ def _baseline_pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     def window(x: np.ndarray) -> tuple[float, float, np.ndarray]:
         s0 = time.perf_counter()
-        waveform = resampy.resample(to_mono_float32(x), args.input_rate, VGGISH.sample_rate_hz)
+        waveform = to_mono_float32(x)
+        if args.input_rate != VGGISH.sample_rate_hz:
+            waveform = resampy.resample(waveform, args.input_rate, VGGISH.sample_rate_hz)
         patches = frontend.log_mel_patches(waveform.astype(np.float32))  # (10, 96, 64)
         s1 = time.perf_counter()
         embeddings = vggish(patches, training=False).numpy()  # (10, 128) float, one batched call as the seed did
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows-file", type=Path, required=True, help=".npy of (n, samples) float32 windows")
     parser.add_argument("--input-rate", type=int, default=INPUT_RATE_HZ)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--per-patch", action="store_true", help="one invoke per patch (kind bundle), as before")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--windows", type=int, default=20)
     args = parser.parse_args(argv)

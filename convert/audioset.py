@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from custom.daemon.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
 from custom.daemon.bundle import sha256_file
 
 from .classes import URBAN_CLASSES, UrbanClass
@@ -36,8 +37,6 @@ from .ontology import Ontology
 
 log = logging.getLogger(__name__)
 
-FRAMES_PER_CLIP = 10  # VGGish frames of 0.96 s in one 10 s AudioSet segment
-EMBEDDING_SIZE = 128  # VGGish PCA embedding width
 ONTOLOGY_NAME = "ontology.json"
 LABEL_INDEX_NAME = "class_labels_indices.csv"
 TFRECORD_SUFFIX = ".tfrecord"

@@ -34,12 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(f"custom.convert.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"custom.convert.{module_name}":
-                raise
-            continue  # subcommand not built yet
+        module = importlib.import_module(f"custom.convert.{module_name}")
         p = sub.add_parser(
             name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
         )

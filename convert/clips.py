@@ -68,7 +68,7 @@ def clip_outputs(
     return results
 
 
-def grouped_folds(clips: Sequence[Clip], folds: int = 2, seed: int = 0) -> np.ndarray:
+def recording_folds(clips: Sequence[Clip], folds: int = 2, seed: int = 0) -> np.ndarray:
     """Fold number per clip; every source recording lands in one fold, folds balanced per class."""
     rng = np.random.default_rng(seed)
     fold_of_recording: dict[str, int] = {}

@@ -3,7 +3,7 @@
     custom-convert evaluate --bundle BUNDLE_DIR --data ../shared/data/audioset/eval.npz [--report DIR]
     custom-convert evaluate --classifier out/classifier --data ../shared/data/audioset/eval.npz
 
-The classifier runs on the TFLite runtime the sensor uses (custom.daemon.runtime.load_interpreter), one window per
+The classifier runs on the TFLite runtime the sensor uses (custom.daemon.runtime.RowRunner), one window per
 invoke, so the figures are those of the file that ships. Thresholds come from the bundle manifest (--bundle) or from
 classifier.json beside the model (--classifier). Labels include ontology descendants ("Bark" counts as Dog), as in
 training; clips with none of our classes are "other".
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from custom.daemon import exitcodes
+from custom.daemon.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE
 
 from .audioset import ClipSet, load_clips, sha256_of
 from .classes import URBAN_CLASSES
@@ -71,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        tflite, thresholds, describe = _classifier(args)
+        tflite, thresholds, describe = _classifier(args.bundle, args.classifier)
     except (ValueError, OSError) as exc:
         print(f"custom-convert evaluate: {exc}")
         return exitcodes.CONFIG
@@ -107,17 +108,17 @@ def run(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def _classifier(args: argparse.Namespace) -> tuple[Path, np.ndarray, dict[str, Any]]:
-    """(tflite path, thresholds, description) from --bundle or --classifier."""
+def _classifier(bundle_dir: Path | None, classifier_path: Path | None) -> tuple[Path, np.ndarray, dict[str, Any]]:
+    """(tflite path, thresholds, description) from a bundle folder or a `train` output (exactly one given)."""
     expected = [c.name for c in URBAN_CLASSES]
-    if args.bundle is not None:
+    if bundle_dir is not None:
         from custom.daemon.bundle import load_bundle
 
-        bundle = load_bundle(args.bundle)
+        bundle = load_bundle(bundle_dir)
         if bundle.classifier_model is None:
-            raise ValueError(f"{args.bundle}: a {bundle.backbone} bundle has no classifier model to evaluate")
+            raise ValueError(f"{bundle_dir}: a {bundle.backbone} bundle has no classifier model to evaluate")
         if list(bundle.class_names) != expected:
-            raise ValueError(f"{args.bundle}: classes {list(bundle.class_names)} are not {expected}")
+            raise ValueError(f"{bundle_dir}: classes {list(bundle.class_names)} are not {expected}")
         path = bundle.file_path(bundle.classifier_model.file)
         describe = {
             "bundle": str(bundle.path),
@@ -128,9 +129,10 @@ def _classifier(args: argparse.Namespace) -> tuple[Path, np.ndarray, dict[str, A
         meta = bundle.provenance.get("classifier", {})
         thresholds = np.asarray(bundle.thresholds, dtype=np.float64)
     else:
-        from .vggish import read_classifier
+        from .classifier_artifact import read_classifier
 
-        classifier = read_classifier(args.classifier)
+        assert classifier_path is not None
+        classifier = read_classifier(classifier_path)
         path = classifier.path
         describe = {"file": str(path)}
         meta = classifier.meta
@@ -147,24 +149,16 @@ def _classifier(args: argparse.Namespace) -> tuple[Path, np.ndarray, dict[str, A
 
 
 def tflite_scores(path: Path, embeddings: np.ndarray, threads: int = 1) -> np.ndarray:
-    """[N, classes] scores from the .tflite on the sensor's runtime, one [1,10,128] window per invoke."""
-    from custom.daemon.runtime import load_interpreter
+    """[N, classes] scores from the .tflite on the sensor's runtime and row runner, one [1,10,128] window per
+    invoke as on the sensor."""
+    from custom.daemon.runtime import RowRunner
 
-    interpreter = load_interpreter(path, threads=threads)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    shape, dtype = tuple(inp["shape"]), np.dtype(inp["dtype"])
-    scores = []
-    for window in embeddings:
-        interpreter.set_tensor(inp["index"], window.reshape(shape).astype(dtype))
-        interpreter.invoke()
-        scores.append(interpreter.get_tensor(out["index"]).reshape(-1).copy())
-    return np.stack(scores).astype(np.float64)
+    return RowRunner(path, threads=threads)(embeddings).astype(np.float64)
 
 
 def pooled_mean_max(embeddings: np.ndarray) -> np.ndarray:
     """[N, 256]: mean and max over the real frames of the de-quantised embeddings."""
-    x = embeddings.astype(np.float64) / 255.0 * 4.0 - 2.0
+    x = embeddings.astype(np.float64) * DEQUANT_SCALE + DEQUANT_OFFSET
     real = (embeddings.max(axis=2) > 0)[:, :, None]
     mean = (x * real).sum(axis=1) / np.maximum(real.sum(axis=1), 1)
     top = np.where(real, x, -np.inf).max(axis=1)

@@ -24,13 +24,15 @@ RepresentativeData = Callable[[], Iterable[Sequence[np.ndarray]]]
 
 def export_tflite(
     model: tf.keras.Model,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int | None],
     mode: str = "float32",
     representative_data: RepresentativeData | None = None,
 ) -> bytes:
-    """Convert `model` at a fixed input shape (batch included) and return the flatbuffer bytes.
+    """Convert `model` at `input_shape` (batch included) and return the flatbuffer bytes.
 
-    A fixed batch-1 shape lets the runtime plan memory once; the daemon feeds one patch per invoke.
+    A None batch dimension makes it free (-1 in the signature): the daemon then runs all patches of a window in one
+    invoke, streaming the weights once per window instead of once per patch, and resizes the input only when the
+    patch count changes. A fixed batch of 1 suits a model fed one row at a time (the classifier: one window).
     Input and output stay float32 in every mode, so a bundle's tensor specs and the daemon's feeding code do not
     depend on the quantization mode.
     """
@@ -45,7 +47,7 @@ def export_tflite(
 
     serve = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(input_shape, tf.float32)])
     # Keras 3 variables are not tracked by the converter's own freezing: without this the weights stay behind as
-    # resource variables and the .tflite holds no weights at all. Freezing here also fixes the batch-1 shape.
+    # resource variables and the .tflite holds no weights at all.
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     if mode == "float16":

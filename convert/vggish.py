@@ -11,7 +11,6 @@ AudioSet postprocess. The converter checks its own output: the TFLite embeddings
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -24,20 +23,20 @@ import numpy as np
 
 from custom.daemon import exitcodes
 from custom.daemon.audiofile import AudioFileError, read_audio
+from custom.daemon.audioset_params import EMBEDDING_SIZE, NUM_BANDS, NUM_FRAMES
 from custom.daemon.bundle import BundleDraft, BundleError, ClassSpec, ModelSpec, TensorSpec, sha256_file, write_bundle
 from custom.daemon.frontend import VGGISH, Frontend
-from custom.daemon.model import CLASSIFIER_FRAMES, Model
+from custom.daemon.model import Model
 from custom.daemon.postprocess import AudioSetPCA
-from custom.daemon.runtime import load_interpreter
+from custom.daemon.runtime import RowRunner
 
 from .classes import URBAN_CLASSES
+from .classifier_artifact import CLASSIFIER_FILE, Classifier, InputError, read_classifier
 from .tflite_export import QUANTIZE_MODES
-from .vggish_model import EMBEDDING_SIZE, NUM_BANDS, NUM_FRAMES, OFFICIAL, Architecture, CheckpointError
+from .vggish_model import OFFICIAL, Architecture, CheckpointError
 
 HELP = "build a bundle from the official VGGish checkpoint + AudioSet PCA file + a trained classifier"
 BACKBONE_FILE = "vggish.tflite"
-CLASSIFIER_FILE = "classifier.tflite"
-CLASSIFIER_META = "classifier.json"
 PCA_FILE = "vggish_pca_params.npz"
 # Chosen from measurements on a full-size checkpoint (README, "VGGish bundle"): a quarter of the float32 size (69 vs
 # 275 MiB, which matters on a 2-4 GB Pi), cosine >= 0.9995 to float on real clips where full int8 reaches only
@@ -46,8 +45,10 @@ DEFAULT_MODE = "dynamic"
 # Below this the embedding no longer matches what the classifier was trained on (AudioSet's float VGGish).
 MIN_COSINE = {"float32": 0.99999, "float16": 0.9999, "dynamic": 0.999, "int8": 0.995}
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
-BACKBONE_INPUT = TensorSpec((1, NUM_FRAMES, NUM_BANDS), "float32")
-BACKBONE_OUTPUT = TensorSpec((1, EMBEDDING_SIZE), "float32")
+# A free batch dimension (-1): the daemon runs the 10 patches of a window in one invoke, streaming fc1's 50 M
+# weights once per window instead of ten times.
+BACKBONE_INPUT = TensorSpec((-1, NUM_FRAMES, NUM_BANDS), "float32")
+BACKBONE_OUTPUT = TensorSpec((-1, EMBEDDING_SIZE), "float32")
 log = logging.getLogger("custom.convert.vggish")
 
 
@@ -77,49 +78,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass(frozen=True)
-class Classifier:
-    """The trained classifier as `custom-convert train` leaves it: model, tensor specs, thresholds."""
+class BuildOptions:
+    """What `custom-convert vggish` is asked to build; the command line maps onto it one to one."""
 
-    path: Path
-    spec: ModelSpec
-    thresholds: tuple[float, ...]
-    meta: dict[str, Any]
-
-
-class InputError(ValueError):
-    """A user-supplied file is missing or wrong; the message names it."""
-
-
-def read_classifier(path: Path) -> Classifier:
-    """Find and check classifier.tflite + classifier.json; the classes must be ours, in our order."""
-    tflite = path / CLASSIFIER_FILE if path.is_dir() else path
-    meta_path = tflite.with_name(CLASSIFIER_META)
-    for p in (tflite, meta_path):
-        if not p.is_file():
-            raise InputError(f"{p}: no such file (--classifier takes the `custom-convert train` output folder)")
-    try:
-        meta = json.loads(meta_path.read_text())
-        classes = [c if isinstance(c, str) else c["name"] for c in meta["classes"]]
-        thresholds = tuple(float(t) for t in meta["thresholds"])
-        spec = ModelSpec(
-            file=CLASSIFIER_FILE,
-            input=TensorSpec(tuple(int(d) for d in meta["input"]["shape"]), str(meta["input"]["dtype"])),
-            output=TensorSpec(tuple(int(d) for d in meta["output"]["shape"]), str(meta["output"]["dtype"])),
-            input_kind="log_mel",  # unused for a classifier: it is fed PCA'd embeddings, never audio
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{meta_path}: not a classifier description: {exc!r}") from None
-    expected = [c.name for c in URBAN_CLASSES]
-    if classes != expected:
-        raise InputError(f"{meta_path}: classes {classes} differ from the sensor's {expected}")
-    if len(thresholds) != len(expected) or not all(0.0 <= t <= 1.0 for t in thresholds):
-        raise InputError(f"{meta_path}: need {len(expected)} thresholds in 0..1, got {list(thresholds)}")
-    if spec.input.shape[-2:] != (CLASSIFIER_FRAMES, EMBEDDING_SIZE) or spec.output.shape[-1] != len(expected):
-        raise InputError(
-            f"{meta_path}: classifier maps {list(spec.input.shape)} -> {list(spec.output.shape)}, "
-            f"the daemon feeds (1, {CLASSIFIER_FRAMES}, {EMBEDDING_SIZE}) and reads {len(expected)} scores"
-        )
-    return Classifier(tflite, spec, thresholds, meta)
+    checkpoint: Path
+    pca: Path
+    classifier: Path
+    out: Path
+    quantize: str = DEFAULT_MODE
+    calibration_audio: Path | None = None
+    calibration_patches: int = 200
+    bundle_id: str = "vggish-urban10"
+    version: str = "1.0.0"
 
 
 def read_pca(path: Path) -> AudioSetPCA:
@@ -172,17 +142,11 @@ def probe_patches(seed: int = 0) -> np.ndarray:
 
 
 def tflite_embeddings(path: Path, patches: np.ndarray, threads: int = 2) -> tuple[np.ndarray, float]:
-    """(n, 128) embeddings from the .tflite on the daemon's runtime, and the mean ms per patch."""
-    interpreter = load_interpreter(path, threads=threads)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    results = []
+    """(n, 128) embeddings from the .tflite on the daemon's runtime and row runner, and the mean ms per patch."""
+    runner = RowRunner(path, threads=threads)
     start = time.perf_counter()
-    for patch in patches:
-        interpreter.set_tensor(inp["index"], patch.reshape(inp["shape"]))
-        interpreter.invoke()
-        results.append(interpreter.get_tensor(out["index"]).reshape(-1).copy())
-    return np.stack(results), (time.perf_counter() - start) * 1e3 / max(1, len(patches))
+    results = runner(patches)
+    return results, (time.perf_counter() - start) * 1e3 / max(1, len(patches))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -237,7 +201,7 @@ def convert(
                 yield [patch[None]]
 
     step(f"exporting {mode} TFLite")
-    tflite = export_tflite(model, BACKBONE_INPUT.shape, mode, representative)
+    tflite = export_tflite(model, (None, *BACKBONE_INPUT.shape[1:]), mode, representative)
     step("checking against float")
     checks = probe_patches() if calibration is None else np.concatenate([probe_patches(), calibration[:64]])
     reference = model.predict(checks, batch_size=16, verbose=0)
@@ -260,10 +224,21 @@ def _checkpoint_sha256(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    return build(args, OFFICIAL)
+    options = BuildOptions(
+        checkpoint=args.checkpoint,
+        pca=args.pca,
+        classifier=args.classifier,
+        out=args.out,
+        quantize=args.quantize,
+        calibration_audio=args.calibration_audio,
+        calibration_patches=args.calibration_patches,
+        bundle_id=args.bundle_id,
+        version=args.version,
+    )
+    return build(options, OFFICIAL)
 
 
-def build(args: argparse.Namespace, arch: Architecture) -> int:
+def build(args: BuildOptions, arch: Architecture = OFFICIAL) -> int:
     """`run` for a given layer-width table; only the official one is reachable from the command line."""
     from tqdm import tqdm
 
@@ -337,7 +312,7 @@ def check_bundle(bundle: Any) -> None:
 
 
 def _provenance(
-    args: argparse.Namespace,
+    args: BuildOptions,
     arch: Architecture,
     classifier: Classifier,
     result: Conversion,
@@ -364,7 +339,7 @@ def _provenance(
     }
 
 
-def _summary(bundle: Any, args: argparse.Namespace, arch: Architecture, result: Conversion, seconds: float) -> None:
+def _summary(bundle: Any, args: BuildOptions, arch: Architecture, result: Conversion, seconds: float) -> None:
     print(f"wrote {bundle.path} ({bundle.bundle_id} {bundle.version}, VGGish {args.quantize})")
     for name in sorted(bundle.files):
         size = bundle.file_path(name).stat().st_size

@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from custom.daemon.audioset_params import EMBEDDING_SIZE, NUM_BANDS, NUM_FRAMES
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
 SCOPE = "vggish"
-NUM_FRAMES = 96  # patch length in 10 ms frames (vggish_params.NUM_FRAMES)
-NUM_BANDS = 64  # mel bands (vggish_params.NUM_BANDS)
-EMBEDDING_SIZE = 128  # vggish_params.EMBEDDING_SIZE
 FC_WIDTH = 4096
 KERNEL_SIZE = 3
 POOL_SIZE = 2

@@ -41,7 +41,7 @@ from custom.daemon.model import Model, aggregate_patches
 from custom.daemon.runtime import load_interpreter
 
 from .classes import URBAN_CLASSES
-from .clips import clip_outputs, grouped_folds, read_manifest
+from .clips import clip_outputs, read_manifest, recording_folds
 from .metrics import best_f1_threshold, per_class_ap
 from .ontology import Ontology
 
@@ -147,7 +147,7 @@ def choose_variant(
     return sorted(variants, key=lambda v: (v.top1, v.macro_ap), reverse=True)
 
 
-def calibrate_thresholds(scores: np.ndarray, truth: np.ndarray, folds: np.ndarray) -> tuple[list[float], dict]:
+def clip_thresholds(scores: np.ndarray, truth: np.ndarray, folds: np.ndarray) -> tuple[list[float], dict]:
     """Shipped thresholds from all clips; a cross-validated estimate of their precision/recall alongside."""
     onehot = np.eye(len(URBAN_CLASSES), dtype=bool)[truth]
     shipped = [best_f1_threshold(onehot[:, k], scores[:, k]) for k in range(len(URBAN_CLASSES))]
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
                 outputs = clip_outputs(model, clips, progress=bar.update)
         truth = np.array([c.class_index for c in clips])
-        folds = grouped_folds(clips)
+        folds = recording_folds(clips)
         variants = choose_variant(outputs, truth, mappings)
         print(f"{'aggregation':<12} {'descendants':<12} {'top-1':>6} {'macro AP':>9}   (on {len(clips)} clips)")
         for v in variants:
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         best = variants[0] if args.aggregation is None else next(v for v in variants if v.aggregation == aggregation)
         aggregation, descendants = best.aggregation, best.descendants
         scores = _pool(outputs, aggregation, mappings[descendants])
-        thresholds, cv = calibrate_thresholds(scores, truth, folds)
+        thresholds, cv = clip_thresholds(scores, truth, folds)
         calibration = {
             "rule": "per class, the threshold with the best F1 on the clips (one-vs-rest), clamped to 0.05..0.95",
             "clips": {"manifest": str(args.clips), "count": len(clips), "sha256": sha256_file(args.clips)},

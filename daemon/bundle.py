@@ -41,7 +41,7 @@ class BundleError(ValueError):
 class TensorSpec:
     """Shape and dtype a model tensor must have; checked against the interpreter when the bundle loads."""
 
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # a leading -1 means any batch size
     dtype: str
 
 
@@ -147,8 +147,14 @@ class _Reader:
 
     def tensor(self, data: Mapping[str, Any], path: str) -> TensorSpec:
         shape = self.get(data, "shape", list, path)
-        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-            raise self.fail(f"{path}.shape", f"must be a list of positive integers, got {shape!r}")
+        # -1 first ("any batch"): a model that runs all patches of a window in one invoke
+        if not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and (d > 0 or (i == 0 and d == -1 and len(shape) > 1))
+            for i, d in enumerate(shape)
+        ):
+            raise self.fail(
+                f"{path}.shape", f"must be a list of positive integers (the first may be -1: any batch), got {shape!r}"
+            )
         return TensorSpec(tuple(shape), self.choice(data, "dtype", DTYPES, path))
 
     def model(self, data: Mapping[str, Any], path: str) -> ModelSpec:

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="one JSON event per window (the daemon's event fields)")
     parser.add_argument("--window", type=float, default=10.0, metavar="SECONDS", help="window length (default 10)")
-    parser.add_argument("--threads", type=int, default=1, help="TFLite CPU threads (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="TFLite CPU threads (default 2, as model.threads)")
     parser.add_argument("--sensor-id", default="classify", help="sensor_id written into JSON events")
 
 

@@ -26,7 +26,7 @@ def pool_features(embeddings: np.ndarray, scores: np.ndarray, pooling: str, with
 
 
 class EmbeddingReader:
-    """Reads the embedding output of a backbone interpreter after invoke, dequantised to float32."""
+    """Finds and checks the embedding output of a backbone interpreter; dequantises what the row runner read."""
 
     def __init__(self, bundle: Bundle, head: HeadSpec, interpreter: Any) -> None:
         outputs = interpreter.get_output_details()
@@ -43,12 +43,11 @@ class EmbeddingReader:
                 f"{where}: embedding output is {dtype}{list(shape)}, manifest says "
                 f"{head.embedding.dtype}{list(head.embedding.shape)}"
             )
-        self.interpreter = interpreter
         self.index = detail["index"]
         scale, zero = detail.get("quantization", (0.0, 0))
         self.scale = float(scale) if scale else 1.0
         self.zero = float(zero) if scale else 0.0
 
-    def __call__(self) -> np.ndarray:
-        raw = self.interpreter.get_tensor(self.index).reshape(-1)
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        """Raw rows of the embedding tensor (as the row runner read them) -> float32."""
         return ((raw.astype(np.float32) - self.zero) * self.scale).astype(np.float32)

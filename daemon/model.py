@@ -11,14 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .audioset_params import FRAMES_PER_CLIP
 from .bundle import Bundle, BundleError, ModelSpec
 from .frontend import Frontend
 from .frontend_efficientat import EfficientATFrontend, EfficientATParams
 from .head import EmbeddingReader, pool_features
 from .postprocess import AudioSetPCA
-from .runtime import load_interpreter
-
-CLASSIFIER_FRAMES = 10  # AudioSet clips carry up to 10 embeddings (one per 0.96 s); the classifier takes that many
+from .runtime import RowRunner
 
 
 @dataclass(frozen=True)
@@ -29,36 +28,32 @@ class WindowScores:
     model_ms: float
 
 
-class _Tflite:
-    """One interpreter with its tensor specs checked against the manifest."""
+def _runner(bundle: Bundle, spec: ModelSpec, threads: int, runtime: str | None, batched: bool) -> RowRunner:
+    """A row runner for one of the bundle's models, its tensors checked against the manifest.
 
-    def __init__(self, bundle: Bundle, spec: ModelSpec, threads: int, runtime: str | None) -> None:
-        path = bundle.file_path(spec.file)
-        try:
-            self.interpreter = load_interpreter(path, threads=threads, preferred=runtime)
-        except (ValueError, RuntimeError) as exc:
-            if type(exc).__name__ == "RuntimeMissingError":
-                raise
-            raise BundleError(f"{path}: not a loadable TFLite model: {exc}") from None
-        inp = self.interpreter.get_input_details()[0]
-        out = self.interpreter.get_output_details()[0]
-        for what, detail, want in (("input", inp, spec.input), ("output", out, spec.output)):
-            got_shape = tuple(int(d) for d in detail["shape"])
-            got_dtype = np.dtype(detail["dtype"]).name
-            if got_shape != want.shape or got_dtype != want.dtype:
-                raise BundleError(
-                    f"{path}: {what} tensor is {got_dtype}{list(got_shape)}, "
-                    f"manifest says {want.dtype}{list(want.shape)}"
-                )
-        self.input_index = inp["index"]
-        self.output_index = out["index"]
-        self.input_shape = tuple(int(d) for d in inp["shape"])
-        self.input_dtype = np.dtype(inp["dtype"])
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input_index, x.reshape(self.input_shape).astype(self.input_dtype, copy=False))
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output_index)
+    The manifest's first dimension may be -1 ("any batch"); it must then be free in the model too. Old bundles
+    with a fixed [1, ...] input keep loading and run one patch per invoke.
+    """
+    path = bundle.file_path(spec.file)
+    try:
+        runner = RowRunner(path, threads=threads, preferred=runtime, batched=batched)
+    except (ValueError, RuntimeError) as exc:
+        if type(exc).__name__ == "RuntimeMissingError":
+            raise
+        raise BundleError(f"{path}: not a loadable TFLite model: {exc}") from None
+    inp = runner.interpreter.get_input_details()[0]
+    out = runner.interpreter.get_output_details()[0]
+    for what, detail, got_shape, want in (
+        ("input", inp, runner.input_signature, spec.input),
+        ("output", out, runner.output_signature, spec.output),
+    ):
+        got_dtype = np.dtype(detail["dtype"]).name
+        shapes = (got_shape, tuple(int(d) for d in detail["shape"]))  # bundles made before -1 wrote the shape
+        if want.shape not in shapes or got_dtype != want.dtype:
+            raise BundleError(
+                f"{path}: {what} tensor is {got_dtype}{list(got_shape)}, manifest says {want.dtype}{list(want.shape)}"
+            )
+    return runner
 
 
 def aggregate_patches(patch_scores: np.ndarray, how: str) -> np.ndarray:
@@ -74,19 +69,20 @@ def aggregate_patches(patch_scores: np.ndarray, how: str) -> np.ndarray:
 class Model:
     """A loaded bundle, ready to score windows."""
 
-    def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None, batched: bool = True) -> None:
+        """`batched=False` forces one invoke per patch even where the model takes a batch (bench comparison)."""
         self.bundle = bundle
         if isinstance(bundle.frontend, EfficientATParams):
             self.frontend: Frontend | EfficientATFrontend = EfficientATFrontend(bundle.frontend)
         else:
             self.frontend = Frontend(bundle.frontend)
         self._logits = bundle.backbone == "efficientat"  # EfficientAT outputs logits: sigmoid before pooling
-        self.backbone = _Tflite(bundle, bundle.backbone_model, threads, runtime)
+        self.backbone = _runner(bundle, bundle.backbone_model, threads, runtime, batched)
         self.classifier = None
         self.pca = None
         if bundle.backbone == "vggish":
             assert bundle.classifier_model is not None and bundle.postprocess is not None  # checked by load_bundle
-            self.classifier = _Tflite(bundle, bundle.classifier_model, threads, runtime)
+            self.classifier = _runner(bundle, bundle.classifier_model, threads, runtime, batched)
             pca_path = bundle.file_path(bundle.postprocess["file"])
             try:
                 self.pca = AudioSetPCA.load(pca_path)
@@ -105,7 +101,7 @@ class Model:
         self.head = self.embedding = None
         if bundle.head is not None:
             self.embedding = EmbeddingReader(bundle, bundle.head, self.backbone.interpreter)
-            self.head = _Tflite(bundle, bundle.head.model, threads, runtime)
+            self.head = _runner(bundle, bundle.head.model, threads, runtime, batched)
         self.min_samples = bundle.frontend.patch_samples
 
     def _patches(self, waveform: np.ndarray) -> np.ndarray:
@@ -122,22 +118,23 @@ class Model:
         t0 = time.perf_counter()
         patches = self._patches(waveform)
         t1 = time.perf_counter()
-        rows = []
-        for patch in patches:
-            scores = self.backbone(patch).reshape(-1)
-            if self._logits:
-                scores = 1.0 / (1.0 + np.exp(-scores))
-            rows.append(scores if self.embedding is None else np.concatenate([scores, self.embedding()]))
-        outputs = np.stack(rows)
+        # one invoke for the whole window where the model takes a batch
+        if self.embedding is None:
+            scores = self.backbone(patches)
+        else:
+            scores, raw = self.backbone.run(patches, extra=(self.embedding.index,))
+        if self._logits:
+            scores = 1.0 / (1.0 + np.exp(-scores))
+        outputs = scores if self.embedding is None else np.concatenate([scores, self.embedding.dequantize(raw)], 1)
         return outputs, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
 
     def class_scores(self, outputs: np.ndarray) -> np.ndarray:
         """Backbone outputs of one window -> (classes,) scores."""
         if self.classifier is not None:
             assert self.pca is not None
-            embeddings = self.pca(outputs)[:CLASSIFIER_FRAMES]  # (<=10, 128) uint8
-            frames = np.zeros((CLASSIFIER_FRAMES, embeddings.shape[1]), dtype=np.uint8)
-            frames[: len(embeddings)] = embeddings
+            embeddings = self.pca(outputs)[:FRAMES_PER_CLIP]  # (<=10, 128) uint8
+            frames = np.zeros((1, FRAMES_PER_CLIP, embeddings.shape[1]), dtype=np.uint8)
+            frames[0, : len(embeddings)] = embeddings
             return self.classifier(frames).reshape(-1).astype(np.float32)
         if self.head is not None:
             assert self.bundle.head is not None

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .audioset_params import QUANTIZE_MAX_VAL, QUANTIZE_MIN_VAL
+
 PCA_MEANS_NAME = "pca_means"
 PCA_EIGEN_VECTORS_NAME = "pca_eigen_vectors"
-QUANTIZE_MIN_VAL = -2.0
-QUANTIZE_MAX_VAL = 2.0
 
 
 @dataclass(frozen=True)

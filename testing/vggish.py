@@ -8,7 +8,6 @@ rebuild: if the two disagree, the converter is wrong.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -128,6 +127,7 @@ def write_classifier(folder: Path, input_dtype: str = "uint8", seed: int = 0, br
     """
     import tensorflow as tf
 
+    from custom.convert.classifier_artifact import write_classifier as write_classifier_files
     from custom.convert.tflite_export import export_tflite
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,15 +143,8 @@ def write_classifier(folder: Path, input_dtype: str = "uint8", seed: int = 0, br
     tflite = export_tflite(model, (1, 10, 128), "float32")
     if input_dtype == "uint8":
         tflite = _uint8_input(model)
-    (folder / "classifier.tflite").write_bytes(tflite)
-    meta = {
-        "classes": [c.name for c in URBAN_CLASSES],
-        "thresholds": [0.5] * len(URBAN_CLASSES),
-        "input": {"shape": [1, 10, 128], "dtype": input_dtype},
-        "output": {"shape": [1, len(URBAN_CLASSES)], "dtype": "float32"},
-        "note": "test classifier with random weights",
-    }
-    (folder / "classifier.json").write_text(json.dumps(meta, indent=2))
+    provenance = {"note": "test classifier with random weights"}
+    write_classifier_files(folder, tflite, [0.5] * len(URBAN_CLASSES), provenance, input_dtype=input_dtype)
     return folder
 
 

@@ -59,17 +59,24 @@ def test_bench_smoke_on_tiny_model(tmp_path: Path, yamnet_bundle: Path) -> None:
     assert proc.stdout.strip() == markdown.strip()
 
     window_rows = _table_rows(markdown, "| pipeline | threads | front end")
-    assert [row[0] for row in window_rows] == ["(a) VGGish dynamic", "(b) YAMNet", "(c) seed-style TF float"]
+    ours = [
+        "(a) VGGish dynamic, batched",  # one invoke per window: the backbone takes a batch
+        "(a) VGGish dynamic, per patch (before)",  # the same bundle, one invoke per patch
+        "(b) YAMNet waveform",  # fixed input: per patch only
+        "(b) YAMNet patch (Coral)",  # fixed reshape inside: per patch only
+    ]
+    assert [row[0] for row in window_rows] == [*ours, "(c) seed-style TF float"]
     for row in window_rows:
         assert all(math.isfinite(float(cell)) for cell in row[1:]), row
     ratio_rows = _table_rows(markdown, "| pipeline | threads | speed-up")
-    assert [row[0] for row in ratio_rows] == ["(a) VGGish dynamic", "(b) YAMNet"]
+    assert [row[0] for row in ratio_rows] == ours
     assert all(float(row[2].rstrip("x")) > 0 and float(row[4].rstrip("x")) > 0 for row in ratio_rows)
     assert [row[0] for row in _table_rows(markdown, "| bundle | start -> READY")] == [
-        "(a) VGGish dynamic",
-        "(b) YAMNet",
+        "(a) VGGish dynamic, batched",
+        "(b) YAMNet waveform",
+        "(b) YAMNet patch (Coral)",
     ]
-    assert [row[0] for row in _table_rows(markdown, "| bundle | live s")] == ["(b) YAMNet"]
+    assert [row[0] for row in _table_rows(markdown, "| bundle | live s")] == ["(b) YAMNet waveform"]
     assert "Raspberry Pi Zero 2W" in markdown
 
     results = json.loads(raw.read_text())
@@ -129,7 +136,7 @@ def test_report_rows_and_ratios() -> None:
     assert all(q["rss_ratio"] == pytest.approx(1_500_000 / 90_000) for q in ratios)
     estimates = report.pi_estimates(results)
     assert estimates and all(math.isfinite(e["window_ms"]) and e["window_ms"] > 0 for e in estimates)
-    assert "| (b) YAMNet | 1.00 |" in markdown  # start -> READY median
+    assert "| (b) YAMNet waveform | 1.00 |" in markdown  # start -> READY median
 
 
 def test_worker_result_line_is_found_among_chatter() -> None:

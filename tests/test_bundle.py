@@ -67,6 +67,14 @@ def test_bundle_scores_a_window(yamnet_bundle: Path):
         ),
         (lambda b: _edit_manifest(b, lambda d: d["frontend"].update(hop=3)), "unknown front-end parameter(s): hop"),
         (lambda b: _edit_manifest(b, lambda d: d.update(format_version=9)), "reads version 1, got 9"),
+        (
+            lambda b: _edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[96, -1, 64])),
+            "models.backbone.input.shape: must be a list of positive integers (the first may be -1: any batch)",
+        ),
+        (
+            lambda b: _edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[-1])),
+            "models.backbone.input.shape: must be a list of positive integers",
+        ),
     ],
 )
 def test_bad_bundles_are_refused_by_name(bundle_copy: Path, damage, message: str):
@@ -92,3 +100,18 @@ def test_truncated_model_with_matching_checksum_is_refused(bundle_copy: Path):
     _edit_manifest(bundle_copy, lambda d: d["files"]["yamnet.tflite"].update(sha256=sha256_file(model_file)))
     with pytest.raises(BundleError, match="not a loadable TFLite model"):
         Model(load_bundle(bundle_copy))
+
+
+def test_coral_patch_yamnet_cannot_take_a_batch(shared: Path):
+    """Coral's patch YAMNet declares a fixed [1, 96, 64] input and reshapes to [1, 96, 64, 1] inside, so it runs
+    one patch per invoke (measured in bench/RESULTS.md); the row runner does not try to batch it."""
+    from custom.daemon.runtime import RowRunner
+
+    path = shared / "models" / "yamnet_spectra_in.tflite"
+    runner = RowRunner(path)
+    assert runner.input_signature == (1, 96, 64) and not runner.batched
+    patches = np.random.default_rng(0).normal(size=(3, 96, 64)).astype(np.float32)
+    assert runner(patches).shape == (3, 521)
+    with pytest.raises(RuntimeError):  # the graph's fixed reshape refuses a batch of 3
+        runner.interpreter.resize_tensor_input(runner.input_index, [3, 96, 64])
+        runner.interpreter.allocate_tensors()

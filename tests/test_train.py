@@ -15,6 +15,7 @@ import pytest
 from custom.convert import audioset
 from custom.convert.classes import URBAN_CLASSES
 from custom.convert.cli import main as convert
+from custom.convert.train import TFLITE_TOLERANCE
 from custom.daemon.runtime import load_interpreter
 
 pytestmark = pytest.mark.tf
@@ -48,9 +49,11 @@ def test_output_folder_is_the_documented_contract(quick_classifier: Path, audios
     assert meta["input"]["shape"] == [1, 10, 128] and meta["output"]["shape"] == [1, 10]
     assert meta["data"]["sha256"] == audioset.sha256_of(audioset_dir / "bal_train.npz")
     assert meta["validation"]["grouped_by"] == "video_id"
-    assert meta["tflite_check"]["max_abs_diff"] < 1e-4
+    # the shipped head is dynamic-range quantized (int8 weights); its scores stay within the stated tolerance
+    assert meta["quantize"] == "dynamic"
+    assert meta["tflite_check"]["max_abs_diff"] < TFLITE_TOLERANCE["dynamic"]
     # the VGGish converter reads this folder as it is
-    from custom.convert.vggish import read_classifier
+    from custom.convert.classifier_artifact import read_classifier
 
     classifier = read_classifier(quick_classifier)
     assert classifier.thresholds == tuple(meta["thresholds"])

@@ -9,12 +9,13 @@ official names (SMALL) so all four modes convert in seconds; one test converts a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ import soundfile
 
 from custom.convert.tflite_export import QUANTIZE_MODES
 from custom.daemon import exitcodes
-from custom.daemon.bundle import load_bundle
+from custom.daemon.bundle import BundleError, load_bundle
 from custom.daemon.model import Model
 from custom.daemon.postprocess import AudioSetPCA
 from custom.daemon.runtime import load_interpreter
@@ -61,13 +62,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def convert_args(checkpoint: Path, pca: Path, classifier: Path, out: Path, *extra: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    vggish.add_arguments(parser)
-    return parser.parse_args(
-        ["--checkpoint", str(checkpoint), "--pca", str(pca), "--classifier", str(classifier), "--out", str(out)]
-        + list(extra)
-    )
+def convert_args(checkpoint: Path, pca: Path, classifier: Path, out: Path, **extra: Any) -> vggish.BuildOptions:
+    return vggish.BuildOptions(checkpoint=checkpoint, pca=pca, classifier=classifier, out=out, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +111,9 @@ def small_bundles(
             pca_file,
             classifier_dir,
             out,
-            "--quantize",
-            mode,
-            "--calibration-audio",
-            str(clips_dir),
-            "--calibration-patches",
-            "40",
+            quantize=mode,
+            calibration_audio=clips_dir,
+            calibration_patches=40,
         )
         assert vggish.build(args, SMALL) == exitcodes.OK, mode
         bundles[mode] = out
@@ -202,6 +195,59 @@ def test_classify_command_runs_the_bundle(small_bundles: dict[str, Path], shared
     assert json.dumps(events[0]).count("Vehicle horn") >= 1  # the bundle's classes reach the event
 
 
+def test_a_window_runs_in_one_invoke(small_bundles: dict[str, Path], shared: Path) -> None:
+    bundle = load_bundle(small_bundles["dynamic"])
+    assert bundle.backbone_model.input.shape == (-1, 96, 64)  # "any batch" in the manifest
+    assert bundle.backbone_model.output.shape == (-1, 128)
+    batched, per_patch = Model(bundle), Model(bundle, batched=False)
+    assert batched.backbone.batched and not per_patch.backbone.batched
+    assert batched.backbone.input_signature == (-1, 96, 64)
+    audio, _ = soundfile.read(clip_paths(shared, per_class=1)[2], dtype="float32")
+    # a full window, a shorter one (another patch count: the input is resized) and the full one again
+    for waveform in (audio[:160000], audio[:80000], audio[:160000]):
+        ours, _, _ = batched.backbone_outputs(waveform)
+        before, _, _ = per_patch.backbone_outputs(waveform)
+        assert len(ours) == len(waveform) // 15360 and batched.backbone._rows == len(ours)
+        np.testing.assert_allclose(ours, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+        np.testing.assert_allclose(batched.scores(waveform).scores, per_patch.scores(waveform).scores, atol=1e-5)
+
+
+def test_bundle_from_before_the_batch_export_still_loads(
+    small_bundles: dict[str, Path], small_checkpoint: Path, shared: Path, tmp_path: Path
+) -> None:
+    """A bundle whose backbone has a fixed [1, 96, 64] input (as written before) loads and runs one patch per
+    invoke, with the same scores as the new export of the same weights."""
+    from custom.convert.tflite_export import export_tflite
+    from custom.daemon.bundle import BundleDraft, ModelSpec, TensorSpec, write_bundle
+
+    new = load_bundle(small_bundles["float32"])
+    fixed = tmp_path / "vggish.tflite"
+    fixed.write_bytes(export_tflite(build_keras(read_checkpoint(small_checkpoint, SMALL), SMALL), (1, 96, 64)))
+    spec = ModelSpec("vggish.tflite", TensorSpec((1, 96, 64), "float32"), TensorSpec((1, 128), "float32"))
+    sources = {name: new.file_path(name) for name in new.files}
+    old = write_bundle(
+        BundleDraft(
+            bundle_id="old",
+            version="0",
+            backbone="vggish",
+            frontend=new.frontend,
+            backbone_model=spec,
+            classifier_model=new.classifier_model,
+            postprocess=dict(new.postprocess),
+            classes=list(new.classes),
+            sources={**sources, "vggish.tflite": fixed},
+        ),
+        tmp_path / "old",
+    )
+    model = Model(old)
+    assert not model.backbone.batched and model.backbone.input_signature == (1, 96, 64)
+    audio, _ = soundfile.read(clip_paths(shared, per_class=1)[0], dtype="float32")
+    np.testing.assert_allclose(model.scores(audio).scores, Model(new).scores(audio).scores, atol=1e-5)
+    # a manifest that promises "any batch" for this fixed model is refused, naming the tensor
+    with pytest.raises(BundleError, match=r"input tensor is float32\[1, 96, 64\], manifest says float32\[-1, 96, 64\]"):
+        Model(replace(old, backbone_model=replace(spec, input=TensorSpec((-1, 96, 64), "float32"))))
+
+
 @pytest.fixture(scope="module")
 def tflite214_python() -> str:
     """The numpy<2 venv's python; a missing venv fails (never skips): 2.14 is what many Pi images still run."""
@@ -241,6 +287,10 @@ def test_every_model_runs_in_tflite_runtime_214(
         # the float reference, and with each other at the same bar
         assert cosine(theirs, small_reference[:12]).min() >= MIN_COSINE, mode
         assert cosine(theirs, ours).min() >= MIN_COSINE, mode
+        # the daemon's way: all 12 patches in one invoke, the input resized to [12, 96, 64], in 2.14 as well
+        batched = np.load(tmp_path / "out" / f"{mode}.batched.npy")
+        assert cosine(batched, small_reference[:12]).min() >= MIN_COSINE, mode
+    assert all(r["batched"] for r in reports)
     # the classifier goes to the Pi too: feed it PCA'd uint8 embeddings as the daemon does
     classifier = small_bundles["float32"] / "classifier.tflite"
     frames = np.random.default_rng(0).integers(0, 256, size=(3, 10, 128)).astype(np.float32)
@@ -313,11 +363,11 @@ def test_broken_classifier_never_replaces_a_bundle(
     tmp_path: Path, small_checkpoint: Path, pca_file: Path, classifier_dir: Path, capsys
 ) -> None:
     out = tmp_path / "bundle"
-    args = convert_args(small_checkpoint, pca_file, classifier_dir / "classifier.tflite", out, "--quantize", "float32")
+    args = convert_args(small_checkpoint, pca_file, classifier_dir / "classifier.tflite", out, quantize="float32")
     assert vggish.build(args, SMALL) == exitcodes.OK
     before = load_bundle(out).sha256
     broken = write_classifier(tmp_path / "broken", broken=True)
-    args = convert_args(small_checkpoint, pca_file, broken, out, "--quantize", "float32")
+    args = convert_args(small_checkpoint, pca_file, broken, out, quantize="float32")
     assert vggish.build(args, SMALL) == exitcodes.CONFIG
     assert "scores NaN/inf" in capsys.readouterr().out
     assert load_bundle(out).sha256 == before

@@ -7,7 +7,9 @@ tflite_runtime only, because that venv has nothing else. Usage:
 
 INPUTS.npy holds (n, ...) float32 inputs, one per invoke (reshaped to each model's input shape). For each model it
 writes OUT_DIR/<model stem>.npy with the (n, outputs) results and prints one JSON line with the runtime version
-and the mean invoke time (informational: timing is never asserted).
+and the mean invoke time (informational: timing is never asserted). A model with a free batch dimension (-1 in its
+input signature) is also run once on all n inputs, resized to [n, ...] as the daemon does; those results go to
+OUT_DIR/<model stem>.batched.npy.
 """
 
 from __future__ import annotations
@@ -41,6 +43,21 @@ def run_model(path: Path, inputs: np.ndarray, threads: int, repeat: int) -> tupl
     return np.stack(results), invoke_ms
 
 
+def run_batched(path: Path, inputs: np.ndarray, threads: int) -> np.ndarray | None:
+    """All inputs in one invoke when the model's batch dimension is free; None when it is fixed."""
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    inp = interpreter.get_input_details()[0]
+    signature = list(inp.get("shape_signature", inp["shape"]))
+    if len(signature) < 2 or signature[0] != -1:
+        return None
+    interpreter.resize_tensor_input(inp["index"], [len(inputs), *signature[1:]], strict=True)
+    interpreter.allocate_tensors()
+    out = interpreter.get_output_details()[0]
+    interpreter.set_tensor(inp["index"], inputs.reshape(len(inputs), *signature[1:]).astype(inp["dtype"]))
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"]).reshape(len(inputs), -1).copy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", type=Path)
@@ -54,7 +71,11 @@ def main() -> None:
     for model in args.models:
         outputs, invoke_ms = run_model(model, inputs, args.threads, args.repeat)
         np.save(args.out_dir / f"{model.stem}.npy", outputs)
+        batched = run_batched(model, inputs, args.threads)
+        if batched is not None:
+            np.save(args.out_dir / f"{model.stem}.batched.npy", batched)
         report = {
+            "batched": batched is not None,
             "model": str(model),
             "runtime": f"tflite_runtime {tflite_runtime.__version__}",
             "numpy": np.__version__,
