@@ -25,10 +25,10 @@ from custom.daemon.frontend_efficientat import EFFICIENTAT
 from custom.daemon.model import Model
 
 from .classes import URBAN_CLASSES
-from .clips import clip_outputs, grouped_folds, read_manifest
+from .clips import clip_outputs, read_manifest, recording_folds
 from .efficientat_embed import inspect_model
 from .ontology import Ontology
-from .yamnet import DEFAULT_THRESHOLD, _pool, calibrate_thresholds, choose_variant, class_outputs, read_class_map
+from .yamnet import DEFAULT_THRESHOLD, _pool, choose_variant, class_outputs, clip_thresholds, read_class_map
 
 HELP = "build a bundle from EfficientAT mn04 (32 kHz log-mel in, AudioSet logits out)"
 MODEL_FILE = "efficientat_mn04_as.tflite"
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         best = variants[0] if args.aggregation is None else next(v for v in variants if v.aggregation == aggregation)
         aggregation, descendants = best.aggregation, best.descendants
         scores = _pool(outputs, aggregation, mappings[descendants])
-        thresholds, cv = calibrate_thresholds(scores, truth, grouped_folds(clips))
+        thresholds, cv = clip_thresholds(scores, truth, recording_folds(clips))
         calibration = {
             "rule": "per class, the threshold with the best F1 on the clips (one-vs-rest), clamped to 0.05..0.95",
             "clips": {"manifest": str(args.clips), "count": len(clips), "sha256": sha256_file(args.clips)},
