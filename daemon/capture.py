@@ -8,7 +8,7 @@ PortAudio facts this module is built on (checked against a PulseAudio virtual mi
 * A stream whose device disappears calls its finished callback and turns ``active`` False; nothing is raised.
 * PortAudio enumerates devices once, at initialisation. A process that started while the sound server / USB mic was
   absent sees no devices until PortAudio is terminated and initialised again (and ALSA reloads its configuration,
-  which is when the ``pulse`` plugin becomes ``default``). So every (re)open first re-scans (``rescan``) — safe
+  which is when the ``pulse`` plugin becomes ``default``). So every (re)open first re-scans (``rescan_devices``) — safe
   because this class owns the process's only stream and the supervisor thread makes every PortAudio call.
 * ``time_info.inputBufferAdcTime`` is not trustworthy through the ALSA pulse plugin (it was 0.3 s off for some block
   sizes), so a block's wall time is estimated as "callback time - block duration": an upper bound on when its first
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .backoff import Backoff
-from .devices import PREFERRED_RATE_HZ, rescan, supports_rate
+from .devices import PREFERRED_RATE_HZ, rescan_devices, supports_rate
 from .frontend import to_mono_float32
 from .ringbuffer import RingBuffer
 from .source import SourceState, SourceStatus
@@ -251,7 +251,7 @@ class MicCapture:
         import sounddevice as sd
 
         if self.rescan:
-            rescan()
+            rescan_devices()
         info = sd.query_devices(self.device, kind="input")
         rate = self._pick_rate(info)
         block = round(rate * self.block_s) if self.block_size is None else self.block_size

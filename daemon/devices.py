@@ -13,7 +13,7 @@ from .frontend import SAMPLE_RATE_HZ
 PREFERRED_RATE_HZ = SAMPLE_RATE_HZ  # the model rate: capturing at it means no resampling at all
 
 
-def rescan() -> None:
+def rescan_devices() -> None:
     """Make PortAudio enumerate devices again; sounddevice documents this private pair. Only safe while no stream
     is open in this process (capture owns the only one and makes every PortAudio call from its supervisor)."""
     import sounddevice as sd
@@ -38,7 +38,7 @@ def list_input_devices(rescan: bool = False) -> list[dict[str, Any]]:
     import sounddevice as sd
 
     if rescan:
-        rescan()
+        rescan_devices()
     try:
         default_in = sd.default.device[0]
     except Exception:

@@ -165,6 +165,40 @@ def test_capture_started_before_the_device_exists(virtual_mic, live) -> None:
     assert capture.state().rate_hz == 16000
 
 
+def test_null_rate_captures_at_the_devices_own_rate(virtual_mic_48k, shared: Path, live) -> None:
+    """audio.sample_rate_hz: null on a 48 kHz microphone: capture runs at the device's default rate (what PortAudio
+    reports for it: 44.1 kHz through ALSA's pulse plugin, 48 kHz on a USB mic's hw device), windows keep that rate,
+    and what they carry is the clip once resampled to the model rate."""
+    import sounddevice as sd
+
+    virtual_mic_48k.play(shared / CLIP, loop=True)
+    capture, collector = live(sample_rate_hz=None)
+    wait_for(lambda: len(collector.windows) >= 2, 15.0, "two windows")
+    device_rate = sd.query_devices(None, kind="input")["default_samplerate"]
+    assert capture.state().rate_hz == device_rate != 16000
+    window = collector.windows[-1][0]
+    assert window.rate_hz == device_rate and len(window.samples) == round(WINDOW_S * device_rate)
+    heard = to_model_rate(window.samples, int(device_rate))
+    assert len(heard) == round(WINDOW_S * 16000)
+    assert 0.03 < rms(heard) < 0.1, f"babble is 0.05-0.08 RMS, got {rms(heard)}"
+
+
+def test_a_refused_rate_falls_back_to_the_devices_default_once(virtual_mic_48k, live, monkeypatch, caplog) -> None:
+    """The pulse plugin takes every rate, so a device refusing 16 kHz cannot be made here: only that answer is
+    faked; opening, capturing and the warning are real."""
+    import sounddevice as sd
+
+    from custom.daemon import capture as capture_module
+
+    monkeypatch.setattr(capture_module, "supports_rate", lambda device, rate, channels=1: rate != 16000)
+    capture, collector = live(sample_rate_hz=16000)
+    wait_for(lambda: len(collector.windows) >= 1, 15.0, "a window")
+    device_rate = sd.query_devices(None, kind="input")["default_samplerate"]
+    assert capture.state().rate_hz == device_rate == collector.windows[0][0].rate_hz
+    warnings = [r.getMessage() for r in caplog.records if "audio.sample_rate_hz" in r.getMessage()]
+    assert len(warnings) == 1 and "16000 Hz" in warnings[0], warnings
+
+
 def test_gain_is_applied(virtual_mic, shared: Path, live) -> None:
     virtual_mic.play(shared / CLIP, loop=True)
     capture, collector = live(window_s=1.0, gain_db=-20.0)

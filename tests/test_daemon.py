@@ -10,6 +10,7 @@ from datetime import datetime
 
 import jsonschema
 
+from custom.daemon.devices import rescan_devices
 from custom.testing.daemon import daemon_config
 from tests.conftest import ROOT
 
@@ -85,6 +86,35 @@ def test_live_mic_to_broker_with_outage_and_clean_stop(
     late = subscriber_factory(broker, ["custom/test-sensor/status"])
     assert late.wait_payload("custom/test-sensor/status", b"offline", timeout=10)
     assert late.on("custom/test-sensor/status")[-1].retain
+
+
+def test_48khz_microphone_with_null_rate_hears_the_siren(
+    yamnet_bundle, shared, virtual_mic_48k, broker, subscriber_factory, make_daemon, tmp_path
+):
+    """A 48 kHz-only mic and audio.sample_rate_hz: null: the daemon captures at the device's default rate, windows
+    keep it (health reports it) and the pipeline resamples each one to 16 kHz for the model."""
+    import sounddevice as sd
+
+    subscriber = subscriber_factory(broker, ["custom/test-sensor/#"])
+    virtual_mic_48k.play(shared / SIREN, loop=True)
+    config = daemon_config(
+        yamnet_bundle, broker.port, tmp_path / "spool.sqlite", audio={"sample_rate_hz": None},
+        window={"length_s": 2, "hop_s": 2},
+    )  # fmt: skip
+    daemon = make_daemon(config, env=virtual_mic_48k.env).start()
+    assert len(subscriber.wait_count("custom/test-sensor/events", 3, timeout=60)) >= 3, daemon.log()
+    assert subscriber.wait_for(
+        lambda ms: any(m.topic.endswith("/health") and m.json()["windows"]["done"] >= 2 for m in ms), timeout=10
+    ), daemon.log()
+    health = subscriber.on("custom/test-sensor/health")[-1].json()
+    rescan_devices()  # PortAudio in this process may predate the server; the daemon's sees it
+    device_rate = sd.query_devices(None, kind="input")["default_samplerate"]
+    assert health["audio"]["mic"] == "up" and health["audio"]["rate_hz"] == device_rate != 16000, health["audio"]
+    events = _events(subscriber)[1:]  # the first window may start before the siren loop does
+    assert all(abs(e["window"]["duration_s"] - 2.0) < 0.002 for e in events)
+    heard = ["Siren" in [label["name"] for label in e["labels"]] for e in events]
+    assert sum(heard) >= len(events) - 1, [e["scores"] for e in events]
+    assert daemon.stop() == 0, daemon.log()
 
 
 def test_watchdog_stops_when_the_pipeline_stalls(yamnet_bundle, shared, broker, make_daemon, notify_listener, tmp_path):
