@@ -11,7 +11,12 @@ from custom.testing.shared import ROOT, shared_dir
 __all__ = ["ROOT", "shared_dir"]
 
 # Fixtures that start real services live in their own modules: a real mosquitto on loopback, a PulseAudio virtual mic.
-pytest_plugins = ["custom.testing.broker", "custom.testing.audio", "custom.testing.daemon"]
+pytest_plugins = [
+    "custom.testing.broker",
+    "custom.testing.secure_broker",
+    "custom.testing.audio",
+    "custom.testing.daemon",
+]
 
 
 @pytest.fixture(scope="session")

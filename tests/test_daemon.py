@@ -12,7 +12,7 @@ import jsonschema
 
 from custom.daemon.devices import rescan_devices
 from custom.testing.daemon import daemon_config
-from tests.conftest import ROOT
+from custom.testing.shared import ROOT
 
 SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"

@@ -18,7 +18,6 @@ from custom.convert.classes import CLASS_NAMES
 from custom.daemon.discovery import DeviceInfo, discovery_messages, ha_id, removal_messages
 from custom.daemon.event import EventContext
 from custom.daemon.topics import Topics
-from tests.test_deploy_broker import clients, secure_broker  # noqa: F401  (fixtures: the example TLS broker)
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "daemon" / "event.schema.json").read_text())
 # What HA's MQTT discovery requires or this project promises for every entity, per platform.
@@ -133,7 +132,7 @@ def test_removal_empties_every_config_topic() -> None:
     assert all(payload == "" for _, payload in removal)
 
 
-def test_configs_travel_retained_through_the_example_broker(clients) -> None:  # noqa: F811
+def test_configs_travel_retained_through_the_example_broker(clients) -> None:
     """Published by the sensor's own account (the ACL lets it write only homeassistant/+/<sensor_id>/#), read by
     HA's account after the fact: retained, valid JSON, then gone after removal."""
     messages = discovery_messages(Topics("custom", "sensor-a"), CLASS_NAMES)
