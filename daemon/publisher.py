@@ -262,8 +262,10 @@ class Publisher:
                 break
             if connected_for >= STABLE_S:
                 backoff.reset()
-            log.debug("MQTT reconnect after backoff (attempt %d)", backoff.failures + 1)
-            backoff.wait(self._stop)
+            attempt = backoff.failures + 2  # the one that failed was attempt failures + 1
+            delay = backoff.delay_s()
+            log.debug("MQTT reconnect in %.1f s (attempt %d)", delay, attempt)
+            self._stop.wait(delay)
 
     def _run_session(self) -> float:
         """Connect once and serve the connection until it ends; returns how long it was up (0 if it never was)."""

@@ -513,7 +513,7 @@ def test_security_faults_are_logged_once_and_retried_with_backoff(
 ):
     """Wrong password, wrong CA, plain client on a TLS port: one WARNING naming the cause, retries that back off
     (attempts counted from the DEBUG `attempt N` lines over 10 s), and the process stays up: no restart storm."""
-    # fixtures of test_publisher.py (imported above), fetched by name so the imports are not shadowed
+    # fixtures of custom.testing.broker, fetched by name (they are only needed here)
     with_password = request.getfixturevalue("password_broker")
     with_tls = request.getfixturevalue("tls_broker")
     ca_files = request.getfixturevalue("certs")
