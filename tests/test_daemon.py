@@ -181,16 +181,24 @@ def _configs(messages) -> dict[str, bytes]:
     return {m.topic: m.payload for m in messages if m.topic.endswith("/config")}
 
 
-def test_home_assistant_discovery_announced_then_removed_on_reload(
-    yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path
-):
+def _announcing_daemon(bundle, shared, broker, subscriber_factory, make_daemon, tmp_path):
+    """A replaying daemon with discovery on, and a subscriber that has seen its 12 configs arrive."""
     config = daemon_config(
-        yamnet_bundle, broker.port, tmp_path / "spool.sqlite", home_assistant={"discovery": True},
+        bundle, broker.port, tmp_path / "spool.sqlite", home_assistant={"discovery": True},
         window={"length_s": 2, "hop_s": 2},
     )  # fmt: skip
     daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"]).start()
     watcher = subscriber_factory(broker, ["homeassistant/#"])
     assert watcher.wait_for(lambda ms: len({t for t, p in _configs(ms).items() if p}) >= 12, timeout=30), daemon.log()
+    return config, daemon, watcher
+
+
+def test_home_assistant_discovery_announced_then_removed_on_reload(
+    yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path
+):
+    config, daemon, watcher = _announcing_daemon(
+        yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path
+    )
     configs = {m.topic: m.json() for m in watcher.messages if m.payload}
     assert len(configs) == 12
     assert all(c["availability_topic"] == "custom/test-sensor/status" for c in configs.values())
@@ -215,13 +223,7 @@ def test_home_assistant_birth_message_makes_the_sensor_announce_again(
 ):
     """HA announces itself `online` on <discovery_prefix>/status after every start; a broker that lost its retained
     configs (restarted without persistence) gets them back from the sensor then, without a sensor restart."""
-    config = daemon_config(
-        yamnet_bundle, broker.port, tmp_path / "spool.sqlite", home_assistant={"discovery": True},
-        window={"length_s": 2, "hop_s": 2},
-    )  # fmt: skip
-    daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"]).start()
-    watcher = subscriber_factory(broker, ["homeassistant/#"])
-    assert watcher.wait_for(lambda ms: len({t for t, p in _configs(ms).items() if p}) >= 12, timeout=30), daemon.log()
+    _, daemon, watcher = _announcing_daemon(yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path)
     topics = sorted(_configs(watcher.messages))
 
     home_assistant = subscriber_factory(broker, ["homeassistant/status"], client_id="home-assistant")
