@@ -1,7 +1,7 @@
 """Audio input devices as PortAudio sees them: listing (`custom-sensord devices`), rate checks, re-scanning.
 
 PortAudio enumerates devices once, at initialisation, so a device plugged in (or a sound server started) later is
-invisible until `rescan`; capture calls it before every (re)open.
+invisible until `rescan_devices`; capture calls it before every (re)open.
 """
 
 from __future__ import annotations

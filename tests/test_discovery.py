@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from custom.convert.classes import CLASS_NAMES
-from custom.daemon.discovery import DeviceInfo, discovery_messages, ha_id, removal_messages
+from custom.daemon.config import MqttConfig
+from custom.daemon.discovery import DeviceInfo, Discovery, discovery_messages, ha_id, removal_messages
 from custom.daemon.event import EventContext
+from custom.daemon.publisher import Publisher
+from custom.daemon.spool import Spool
 from custom.daemon.topics import Topics
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "daemon" / "event.schema.json").read_text())
@@ -162,3 +166,41 @@ def test_configs_travel_retained_through_the_example_broker(clients) -> None:
     assert not sensor.publish(sensor_status, "online").is_failure
     seen = late.wait_until(lambda m: m.topic == sensor_status)
     assert [t for t, _ in seen if t.startswith("homeassistant/")] == []
+
+
+def test_removal_made_while_the_broker_is_down_reaches_it_on_reconnect(broker, subscriber_factory, tmp_path) -> None:
+    """Discovery switched off while the connection is gone (the removals cannot be sent then): the next connect
+    sends them before anything else, and never re-announces what was removed."""
+    topics = Topics("custom", "sensor-01")
+    discovery = Discovery()
+    with Spool(tmp_path / "spool.sqlite", max_rows=100, max_bytes=10**6) as spool:
+        mqtt = MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.05, reconnect_max_s=0.3, keepalive_s=5)
+        publisher = Publisher(mqtt, topics, spool, on_state=discovery.on_connect)
+        discovery.attach(publisher.publish)
+        discovery.update(topics, CLASS_NAMES, enabled=True)
+        publisher.start()
+        try:
+            announced = [t for t, _ in discovery_messages(topics, CLASS_NAMES)]
+            watcher = subscriber_factory(broker, ["homeassistant/#"])
+            assert watcher.wait_for(lambda ms: {m.topic for m in ms if m.payload} >= set(announced), timeout=10)
+
+            broker.stop()  # persistence keeps the retained configs over the restart
+            assert _disconnected(publisher)
+            discovery.update(topics, CLASS_NAMES, enabled=False)
+            broker.start()
+            assert publisher.wait_connected(10)
+            publisher.stop(timeout=5.0)  # a clean stop waits for the PUBACKs of everything queued on the connect
+            late = subscriber_factory(broker, ["homeassistant/#"])
+            assert late.settle("homeassistant/probe", timeout=10)
+            assert {m.topic for m in late.messages if m.payload} == set()
+        finally:
+            publisher.stop(timeout=2.0)
+
+
+def _disconnected(publisher: Publisher, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while publisher.connected:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
