@@ -159,10 +159,14 @@ class Service:
 
     # ------------------------------------------------------------------------------------------------ main loop
 
-    def run(self) -> int:
+    def install_signal_handlers(self) -> None:
+        """Before `start`: a SIGHUP (`systemctl reload`) or SIGTERM that arrives while the bundle loads must set a
+        flag, not take the default action (SIGHUP's kills the process)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def run(self) -> int:
         assert self.pipeline is not None and self.config is not None and self.windower is not None
         bundle, config = self.pipeline.bundle, self.config
         # READY as soon as config, bundle and spool are good: a missing microphone or broker is a state the sensor
@@ -292,6 +296,7 @@ def run_service(
         log.error("--input %s: no such file", input_file)
         return exitcodes.NO_INPUT
     service = Service(config_path, input_file, realtime, loop, stall_after)
+    service.install_signal_handlers()
     try:
         service.start(config)
     except ConfigError as exc:
