@@ -226,11 +226,6 @@ class Discovery:
         with self._lock:
             self._send_all(list(self._removed.items()) + self._wanted)
 
-    @property
-    def announced(self) -> list[str]:
-        with self._lock:
-            return [topic for topic, _ in self._wanted]
-
     def _send_all(self, messages: list[tuple[str, str]]) -> None:
         """Under the lock. Dropped when disconnected: the next connect re-sends the whole state."""
         if self._send is None:
