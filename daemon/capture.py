@@ -8,7 +8,7 @@ PortAudio facts this module is built on (checked against a PulseAudio virtual mi
 * A stream whose device disappears calls its finished callback and turns ``active`` False; nothing is raised.
 * PortAudio enumerates devices once, at initialisation. A process that started while the sound server / USB mic was
   absent sees no devices until PortAudio is terminated and initialised again (and ALSA reloads its configuration,
-  which is when the ``pulse`` plugin becomes ``default``). So every (re)open first re-scans (``_rescan``) — safe
+  which is when the ``pulse`` plugin becomes ``default``). So every (re)open first re-scans (``rescan_devices``) — safe
   because this class owns the process's only stream and the supervisor thread makes every PortAudio call.
 * ``time_info.inputBufferAdcTime`` is not trustworthy through the ALSA pulse plugin (it was 0.3 s off for some block
   sizes), so a block's wall time is estimated as "callback time - block duration": an upper bound on when its first
@@ -18,7 +18,6 @@ PortAudio facts this module is built on (checked against a PulseAudio virtual mi
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,18 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from .frontend import SAMPLE_RATE_HZ, to_mono_float32
+from .backoff import Backoff
+from .devices import PREFERRED_RATE_HZ, rescan_devices, supports_rate
+from .frontend import to_mono_float32
 from .ringbuffer import RingBuffer
+from .source import SourceState, SourceStatus
 
 log = logging.getLogger(__name__)
 
-PREFERRED_RATE_HZ = SAMPLE_RATE_HZ  # the model rate: capturing at it means no resampling at all
 DEFAULT_BLOCK_S = 0.1  # callback period: short enough for a small ring, long enough for a Pi's Python
 STALL_TIMEOUT_S = 2.0  # no samples for this long on an open stream = the device is gone
 OPEN_TIMEOUT_S = 3.0  # a freshly opened stream may take this long to deliver its first block (pulse: up to ~1.5 s)
 BACKOFF_INITIAL_S = 0.25
 BACKOFF_MAX_S = 2.0  # capped low: reopening a missing device is cheap, and capture must resume within 5 s
-BACKOFF_JITTER = 0.2  # +-20 %, so several sensors on one host do not retry in lockstep
 SUPERVISE_PERIOD_S = 0.2
 EARLY_TOLERANCE_S = 0.002  # a block that proves the anchor late by more than this moves the anchor earlier
 LATE_TOLERANCE_S = 0.25  # the sample clock lags the wall clock by more than this: re-anchor (drift, NTP step)
@@ -106,68 +106,6 @@ class _ClockTracker:
         self._late_from = None
 
 
-def _rescan() -> None:
-    """Make PortAudio enumerate devices again (see the module docstring); sounddevice documents this private pair."""
-    import sounddevice as sd
-
-    if sd._initialized > 0:
-        sd._terminate()
-    sd._initialize()
-
-
-def supports_rate(device: int | str | None, rate_hz: float, channels: int = 1) -> bool:
-    import sounddevice as sd
-
-    try:
-        sd.check_input_settings(device=device, samplerate=rate_hz, channels=channels, dtype="float32")
-    except Exception:  # PortAudioError or ValueError, depending on what is wrong
-        return False
-    return True
-
-
-def list_input_devices(rescan: bool = False) -> list[dict[str, Any]]:
-    """Input devices for ``custom-sensord devices``: index, name, host API, channels, default rate, 16 kHz support."""
-    import sounddevice as sd
-
-    if rescan:
-        _rescan()
-    try:
-        default_in = sd.default.device[0]
-    except Exception:
-        default_in = -1
-    hostapis = sd.query_hostapis()
-    devices = []
-    for dev in sd.query_devices():
-        if dev["max_input_channels"] <= 0:
-            continue
-        devices.append(
-            {
-                "index": dev["index"],
-                "name": dev["name"],
-                "hostapi": hostapis[dev["hostapi"]]["name"],
-                "max_input_channels": dev["max_input_channels"],
-                "default_samplerate_hz": dev["default_samplerate"],
-                "supports_16k": supports_rate(dev["index"], PREFERRED_RATE_HZ),
-                "default": dev["index"] == default_in,
-            }
-        )
-    return devices
-
-
-def format_devices(devices: list[dict[str, Any]]) -> str:
-    """Human-readable table of ``list_input_devices()`` (``*`` = system default input)."""
-    if not devices:
-        return "no input devices found (is the microphone plugged in / the sound server running?)"
-    lines = [f"{'':1} {'index':>5}  {'in ch':>5}  {'default Hz':>10}  {'16 kHz':6}  name (host API)"]
-    for d in devices:
-        lines.append(
-            f"{'*' if d['default'] else ' ':1} {d['index']:>5}  {d['max_input_channels']:>5}  "
-            f"{d['default_samplerate_hz']:>10.0f}  {'yes' if d['supports_16k'] else 'no':6}  "
-            f"{d['name']} ({d['hostapi']})"
-        )
-    return "\n".join(lines)
-
-
 class MicCapture:
     """Live capture from a PortAudio input device into a ring, kept alive by a supervisor thread.
 
@@ -186,18 +124,21 @@ class MicCapture:
         channels: int = 1,
         gain_db: float = 0.0,
         block_size: int | None = None,
+        block_s: float = DEFAULT_BLOCK_S,
         stall_timeout_s: float = STALL_TIMEOUT_S,
         backoff_max_s: float = BACKOFF_MAX_S,
         rescan: bool = True,
     ) -> None:
-        """``sample_rate_hz`` None: 16 kHz if the device takes it, else its default rate. ``block_size`` None:
-        ``DEFAULT_BLOCK_S`` worth of frames; 0 lets PortAudio choose (variable blocks)."""
+        """``sample_rate_hz`` None: the device's own default rate (full band, e.g. 48 kHz on USB mics); a number
+        insists on it, falling back to the default rate (one warning) if the device refuses it. ``block_size`` None:
+        ``block_s`` worth of frames at the rate picked; 0 lets PortAudio choose (variable blocks)."""
         self.ring = ring
         self.device = device
         self.requested_rate_hz = sample_rate_hz
         self.channels = channels
         self.gain = db_to_gain(gain_db)
         self.block_size = block_size
+        self.block_s = block_s
         self.stall_timeout_s = stall_timeout_s
         self.backoff_max_s = backoff_max_s
         self.rescan = rescan
@@ -212,7 +153,7 @@ class MicCapture:
         self._status_flags = 0
         self._finished = False
         # Owned by the supervisor.
-        self._mic = "stopped"
+        self._mic: SourceStatus = "stopped"
         self._device_name: str | None = None
         self._rate_hz: float | None = None
         self._reopens = 0
@@ -221,6 +162,7 @@ class MicCapture:
         self._down_since_mono: float | None = None
         self._failures = 0  # consecutive failed opens/streams, for the log only
         self._segments_before = 0  # segments started by streams already closed
+        self._refused_rate_logged = False
 
     # ---- public -----------------------------------------------------------------------------------------------------
 
@@ -247,23 +189,22 @@ class MicCapture:
             self._thread = None
         self._mic = "stopped"
 
-    def state(self) -> dict[str, Any]:
-        """Health snapshot, safe from any thread. ``mic``: "opening" (never up yet), "up" (audio flowing), "down"
-        (lost or failing, being retried), "stopped"."""
+    def state(self) -> SourceState:
+        """Health snapshot, safe from any thread."""
         clock = self._clock
-        return {
-            "source": "mic",
-            "mic": self._mic,
-            "device": self._device_name,
-            "rate_hz": self._rate_hz,
-            "channels": self.channels,
-            "overflows": self._overflows,
-            "gaps": max(0, self._segments_before + (clock.gaps if clock else 0) - 1),
-            "reopens": self._reopens,
-            "last_error": self._last_error,
-            "samples": self.ring.written,
-            "down_for_s": None if self._down_since_mono is None else round(time.monotonic() - self._down_since_mono, 1),
-        }
+        return SourceState(
+            source="mic",
+            status=self._mic,
+            device=self._device_name,
+            rate_hz=self._rate_hz,
+            channels=self.channels,
+            overflows=self._overflows,
+            gaps=max(0, self._segments_before + (clock.gaps if clock else 0) - 1),
+            reopens=self._reopens,
+            last_error=self._last_error,
+            samples=self.ring.written,
+            down_for_s=None if self._down_since_mono is None else round(time.monotonic() - self._down_since_mono, 1),
+        )
 
     # ---- callback (PortAudio thread) ---------------------------------------------------------------------------------
 
@@ -287,35 +228,33 @@ class MicCapture:
     # ---- supervisor thread -------------------------------------------------------------------------------------------
 
     def _supervise(self) -> None:
-        backoff = BACKOFF_INITIAL_S
+        backoff = Backoff(BACKOFF_INITIAL_S, self.backoff_max_s)
         while not self._stop.is_set():
             try:
                 self._open()
             except Exception as exc:
                 self._set_down(f"open failed: {exc}")
-                self._stop.wait(_jittered(backoff))
-                backoff = min(backoff * 2.0, self.backoff_max_s)
+                backoff.wait(self._stop)
                 continue
             reason = self._watch()
             if reason is None:  # stopped
                 break
             if self._blocks:  # it worked for a while: retry quickly; a stream that never delivered backs off further
-                backoff = BACKOFF_INITIAL_S
+                backoff.reset()
             self._close()
             self._set_down(reason)
-            if self._stop.wait(_jittered(backoff)):
+            if backoff.wait(self._stop):
                 break
-            backoff = min(backoff * 2.0, self.backoff_max_s)
         self._close()
 
     def _open(self) -> None:
         import sounddevice as sd
 
         if self.rescan:
-            _rescan()
+            rescan_devices()
         info = sd.query_devices(self.device, kind="input")
         rate = self._pick_rate(info)
-        block = round(rate * DEFAULT_BLOCK_S) if self.block_size is None else self.block_size
+        block = round(rate * self.block_s) if self.block_size is None else self.block_size
         clock = _ClockTracker(self.ring, rate)
         if self._clock is not None:
             self._segments_before += self._clock.gaps
@@ -345,11 +284,17 @@ class MicCapture:
         self._opens += 1
 
     def _pick_rate(self, info: dict[str, Any]) -> float:
-        if self.requested_rate_hz is not None:
-            return float(self.requested_rate_hz)
-        if supports_rate(self.device, PREFERRED_RATE_HZ, self.channels):
-            return float(PREFERRED_RATE_HZ)
-        return float(info["default_samplerate"])
+        default = float(info["default_samplerate"])
+        requested = self.requested_rate_hz
+        if requested is None or supports_rate(self.device, requested, self.channels):
+            return default if requested is None else float(requested)
+        if not self._refused_rate_logged:  # once per process, not per reopen
+            self._refused_rate_logged = True
+            log.warning(
+                "audio.sample_rate_hz: %s does not take %g Hz; capturing at its default %g Hz instead",
+                info["name"], requested, default,
+            )  # fmt: skip
+        return default
 
     def _watch(self) -> str | None:
         """Wait while the stream is healthy; return why it is not (None when asked to stop)."""
@@ -403,10 +348,6 @@ class MicCapture:
             log.debug("microphone still down (attempt %d): %s", self._failures, reason)
         self._mic = "down"
         self._last_error = reason
-
-
-def _jittered(seconds: float) -> float:
-    return seconds * random.uniform(1.0 - BACKOFF_JITTER, 1.0 + BACKOFF_JITTER)
 
 
 class FileSource:
@@ -469,20 +410,16 @@ class FileSource:
         """True once the whole file has been written (and the ring closed)."""
         return self.done.wait(timeout)
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "source": "file",
-            "mic": "file" if not self.done.is_set() else "ended",
-            "device": str(self.path),
-            "rate_hz": self.rate_hz,
-            "channels": self.file_channels,
-            "overflows": 0,
-            "gaps": 0,
-            "reopens": 0,
-            "last_error": self._error,
-            "samples": self.ring.written,
-            "down_for_s": None,
-        }
+    def state(self) -> SourceState:
+        return SourceState(
+            source="file",
+            status="file" if not self.done.is_set() else "ended",
+            device=str(self.path),
+            rate_hz=self.rate_hz,
+            channels=self.file_channels,
+            last_error=self._error,
+            samples=self.ring.written,
+        )
 
     def _run(self) -> None:
         try:

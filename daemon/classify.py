@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from . import exitcodes
 from .audiofile import AudioFile, AudioFileError, read_audio
-from .bundle import BundleError, load_bundle
-from .event import EventContext
-from .level import LevelMeter
-from .model import Model
+from .bundle import BundleError
+from .config import ModelConfig
+from .pipeline import bundle_pipeline
 from .runtime import RuntimeMissingError
+from .windows import recording_windows
 
-DEFAULT_BUNDLE = Path("/var/lib/custom-sensor/bundle")
+DEFAULT_BUNDLE = ModelConfig.bundle  # the daemon's default bundle folder
+DEFAULT_THREADS = ModelConfig.threads  # the daemon's default, so classify measures what the sensor runs
 MIN_DURATION_S = 1.0  # shorter recordings hold less than one YAMNet/VGGish patch: nothing meaningful to say
 SILENCE_PEAK = 1e-4  # -80 dBFS peak: digital silence or a dead microphone, not a quiet street
 
@@ -39,18 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="one JSON event per window (the daemon's event fields)")
     parser.add_argument("--window", type=float, default=10.0, metavar="SECONDS", help="window length (default 10)")
-    parser.add_argument("--threads", type=int, default=2, help="TFLite CPU threads (default 2, as model.threads)")
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help=f"TFLite CPU threads (default {DEFAULT_THREADS})"
+    )
     parser.add_argument("--sensor-id", default="classify", help="sensor_id written into JSON events")
-
-
-def windows(audio: AudioFile, window_s: float) -> Iterator[tuple[float, np.ndarray, bool]]:
-    """(offset_s, samples, padded) for consecutive windows; the short tail is kept and marked."""
-    size = int(round(window_s * audio.rate_hz))
-    for start in range(0, len(audio.waveform), size):
-        chunk = audio.waveform[start : start + size]
-        if start > 0 and len(chunk) < MIN_DURATION_S * audio.rate_hz:
-            return  # a sliver after the last full window: too short to score on its own
-        yield start / audio.rate_hz, chunk, len(chunk) < size
 
 
 def check_audio(audio: AudioFile) -> None:
@@ -74,51 +66,29 @@ def format_line(event: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     bundle_path = args.bundle or Path(os.environ.get("CUSTOM_BUNDLE", DEFAULT_BUNDLE))
     try:
-        model = Model(load_bundle(bundle_path), threads=args.threads)
+        pipeline = bundle_pipeline(bundle_path, args.threads, args.sensor_id)
     except BundleError as exc:
         print(f"custom-sensord classify: bad bundle: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     except RuntimeMissingError as exc:
         print(f"custom-sensord classify: {exc}", file=sys.stderr)
         return exitcodes.UNAVAILABLE
-    bundle = model.bundle
-    context = EventContext(
-        sensor_id=args.sensor_id,
-        location={},
-        class_names=bundle.class_names,
-        thresholds=bundle.thresholds,
-        bundle_id=bundle.bundle_id,
-        bundle_sha256=bundle.sha256,
-        level_unit="dBFS",
-    )
-    meter = LevelMeter(bundle.frontend.sample_rate_hz)
     status = exitcodes.OK
     for path in args.files:
         try:
-            audio = read_audio(path, bundle.frontend.sample_rate_hz)
+            audio = read_audio(path, pipeline.bundle.frontend.sample_rate_hz)
             check_audio(audio)
         except AudioFileError as exc:
             print(f"custom-sensord classify: {exc}", file=sys.stderr)
             status = exitcodes.NO_INPUT
             continue
         recorded_at = path.stat().st_mtime - audio.duration_s
-        for offset_s, chunk, padded in windows(audio, args.window):
-            t0 = time.perf_counter()
-            result = model.scores(chunk)
-            level = meter(chunk)
-            start = recorded_at + offset_s
-            event = context.build(
-                result.scores,
-                start=start,
-                end=start + len(chunk) / audio.rate_hz,
-                level_db=level,
-                processing_ms=(time.perf_counter() - t0) * 1e3,
-                extra={"file": str(path)},
-            )
-            event["window"].update(offset_s=round(offset_s, 3), padded=padded)
+        size = round(args.window * audio.rate_hz)
+        for window in recording_windows(audio.waveform, audio.rate_hz, args.window, recorded_at, MIN_DURATION_S):
+            event = pipeline.score(window, extra={"file": str(path)})
+            offset_s = window.start_sample / audio.rate_hz
+            event["window"].update(offset_s=round(offset_s, 3), padded=len(window.samples) < size)
             print(json.dumps(event) if args.json else format_line(event), flush=True)
     return status

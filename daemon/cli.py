@@ -36,7 +36,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from .capture import format_devices, list_input_devices
+    from .devices import format_devices, list_input_devices
 
     devices = list_input_devices()
     if args.json:
@@ -51,7 +51,9 @@ def _devices(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .service import run_service
 
-    return run_service(args.config, input_file=args.input, realtime=not args.fast, loop=args.loop)
+    return run_service(
+        args.config, input_file=args.input, realtime=not args.fast, loop=args.loop, stall_after=args.fault_stall_after
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="replay this recording at real-time pace instead of the microphone")
     p.add_argument("--loop", action="store_true", help="with --input: replay the recording over and over (demos)")
     p.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # --input as fast as possible (tests)
+    # Test-only fault injection: stall the pipeline after N windows, to prove the systemd watchdog stops.
+    p.add_argument("--fault-stall-after", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
 
     p = sub.add_parser(

@@ -31,7 +31,8 @@ from typing import Any
 
 import yaml
 
-DEFAULT_CONFIG_PATH = Path("/etc/custom-sensor/config.yaml")
+from .topics import Topics
+
 STATE_DIR = Path("/var/lib/custom-sensor")  # systemd StateDirectory=custom-sensor
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # MQTT topic level safe for ids and prefixes: no wildcards, no separators, nothing a shell or HA would choke on
@@ -86,7 +87,13 @@ class AudioConfig:
     device: str | int | None = _opt(
         None, "Input device: null for the system default, an index (int) or a name substring (str).", lo=0
     )
-    sample_rate_hz: int = _opt(16000, "Capture rate in Hz; resampled to the model's 16 kHz.", lo=8000, hi=192000)
+    sample_rate_hz: int | None = _opt(
+        16000,
+        "Capture rate in Hz, resampled to the model's 16 kHz; null captures at the device's own default rate "
+        "(48 kHz on most USB mics). A rate the device refuses falls back to its default with one warning.",
+        lo=8000,
+        hi=192000,
+    )
     channels: int = _opt(1, "Channels to capture; mixed down to mono.", lo=1, hi=32)
     gain_db: float = _opt(0.0, "Digital gain applied before the model, dB.", lo=-40.0, hi=60.0)
     calibration_db: float | None = _opt(
@@ -194,9 +201,10 @@ class Config:
     log_level: str = _opt("INFO", "Log level.", choices=LOG_LEVELS)
     home_assistant: HomeAssistantConfig = _opt(factory=HomeAssistantConfig, doc="Home Assistant.")
 
-    def topic(self, leaf: str) -> str:
-        """`<prefix>/<sensor_id>/<leaf>`: the one place topic names are built."""
-        return f"{self.mqtt.topic_prefix}/{self.sensor_id}/{leaf}"
+    @property
+    def topics(self) -> Topics:
+        """Every topic this sensor publishes or listens to; the one place they are derived from the config."""
+        return Topics(self.mqtt.topic_prefix, self.sensor_id, self.home_assistant.prefix)
 
 
 # ----------------------------------------------------------------------------------------------------------- parsing

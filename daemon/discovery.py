@@ -1,30 +1,35 @@
 """Home Assistant MQTT discovery: the retained config messages that make one HA device per sensor.
 
-Pure functions, no MQTT here: the daemon's publisher sends what these return (QoS 1, retained) after every connect,
-and again when Home Assistant announces itself on `<discovery_prefix>/status`, so HA rebuilds the device even if the
-broker lost its retained messages. Everything HA shows is derived from the messages the sensor already publishes:
+`discovery_messages` / `removal_messages` are pure; `Discovery` owns what this sensor has announced and sends it
+through the publisher (QoS 1, retained): after every connect, again when Home Assistant announces itself `online` on
+`<discovery_prefix>/status` (its birth message, so HA rebuilds the device even if the broker lost its retained
+messages), and removals when discovery is switched off or entities go away. Everything HA shows is derived from the
+messages the sensor already publishes:
 
 - `<prefix>/<sensor_id>/events` (one JSON event per window, see event.schema.json) feeds every entity through a
   value_template, so no extra state topics and no extra traffic;
 - `<prefix>/<sensor_id>/status` (retained `online`, last will `offline`) is every entity's availability.
 
 Topic layout follows HA's `<discovery_prefix>/<component>/<node_id>/<object_id>/config`, with the sensor id as
-node_id, which is what the broker ACL example (deploy/mosquitto/acl) lets a sensor write.
+node_id, which is what the broker ACL example (deploy/mosquitto/acl) lets a sensor write (and read HA's status).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-STATUS_ONLINE = "online"
-STATUS_OFFLINE = "offline"
+from .topics import Topics
+
 NOTHING_HEARD = "none"  # the top-class entity's state when no class reached its threshold (event top.name null)
 
+log = logging.getLogger(__name__)
 # HA's allowed characters for node_id and object_id in a discovery topic.
 _HA_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]+")
 # Units HA accepts for device_class sound_pressure; dBFS is relative to full scale, not a sound pressure level.
@@ -96,10 +101,8 @@ def _config_topics(
 
 
 def discovery_messages(
-    sensor_id: str,
-    topic_prefix: str,
+    topics: Topics,
     class_names: Iterable[str],
-    discovery_prefix: str = "homeassistant",
     *,
     level_unit: str = "dBFS",
     device: DeviceInfo | None = None,
@@ -113,19 +116,19 @@ def discovery_messages(
     names = list(class_names)
     if not names:
         raise ValueError("no class names: the bundle's classes are needed to announce per-class entities")
-    base = f"{topic_prefix}/{sensor_id}"
+    sensor_id = topics.sensor_id
     common: dict[str, Any] = {
-        "state_topic": f"{base}/events",
-        "availability_topic": f"{base}/status",
-        "payload_available": STATUS_ONLINE,
-        "payload_not_available": STATUS_OFFLINE,
+        "state_topic": topics.events,
+        "availability_topic": topics.status,
+        "payload_available": topics.ONLINE,
+        "payload_not_available": topics.OFFLINE,
         "device": _device_block(sensor_id, device or DeviceInfo()),
         "origin": {"name": "custom-sensor", "sw_version": _package_version()},
         "qos": 1,
     }
     uid = f"custom_sensor_{ha_id(sensor_id)}"
     messages: list[tuple[str, str]] = []
-    for topic, object_id, class_name in _config_topics(sensor_id, names, discovery_prefix):
+    for topic, object_id, class_name in _config_topics(sensor_id, names, topics.discovery_prefix):
         config: dict[str, Any] = {"unique_id": f"{uid}_{object_id}", **common}
         if object_id == "top_class":
             config.update(
@@ -164,9 +167,71 @@ def discovery_messages(
     return messages
 
 
-def removal_messages(
-    sensor_id: str, class_names: Iterable[str], discovery_prefix: str = "homeassistant"
-) -> list[tuple[str, str]]:
+def removal_messages(topics: Topics, class_names: Iterable[str]) -> list[tuple[str, str]]:
     """(topic, "") pairs to publish retained: an empty retained config makes HA delete the entity and the broker
     forget the config, so a decommissioned sensor does not come back when HA restarts."""
-    return [(topic, "") for topic, _, _ in _config_topics(sensor_id, list(class_names), discovery_prefix)]
+    entries = _config_topics(topics.sensor_id, list(class_names), topics.discovery_prefix)
+    return [(topic, "") for topic, _, _ in entries]
+
+
+Send = Callable[..., bool]  # Publisher.publish(topic, payload, qos=..., retain=...): False when not connected
+
+
+class Discovery:
+    """What this sensor has told Home Assistant, kept true on the broker: announces, re-announces and removes itself.
+
+    `update` (main thread, at start and on reload) sets the wanted configs; `on_connect` and `on_ha_status` (the
+    publisher's network thread) re-send them. One lock orders every send, so a re-announce can never land after a
+    removal it predates: whatever is sent last reflects the latest `update`. Removals are repeated on every later
+    connect too (an empty retained message is idempotent), so one dropped while the broker was away is not lost.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._send: Send | None = None
+        self._wanted: list[tuple[str, str]] = []
+        self._removed: dict[str, str] = {}
+
+    def attach(self, send: Send | None) -> None:
+        """The publisher to send through (None while there is none); the caller then starts it."""
+        with self._lock:
+            self._send = send
+
+    def update(self, topics: Topics, class_names: Sequence[str], *, enabled: bool, level_unit: str = "dBFS") -> None:
+        """Announce these entities (or none when not `enabled`); configs no longer wanted are removed first."""
+        wanted = discovery_messages(topics, class_names, level_unit=level_unit) if enabled else []
+        with self._lock:
+            wanted_topics = {topic for topic, _ in wanted}
+            gone = [(topic, "") for topic, _ in self._wanted if topic not in wanted_topics]
+            for topic, _ in gone:
+                self._removed[topic] = ""
+            for topic in wanted_topics:
+                self._removed.pop(topic, None)
+            changed = wanted != self._wanted
+            self._wanted = wanted
+            self._send_all(gone + (wanted if changed else []))
+        if gone:
+            log.info("Home Assistant discovery removed for sensor %s (%d entities)", topics.sensor_id, len(gone))
+
+    def on_connect(self, connected: bool, detail: str = "") -> None:
+        """Publisher `on_state`: after every connect, (re)send removals then the wanted configs."""
+        if connected:
+            self.resend()
+
+    def on_ha_status(self, payload: bytes) -> None:
+        """Home Assistant's birth message: HA (re)started and may have lost its entities; announce again."""
+        if payload.strip().lower() == Topics.ONLINE.encode():
+            log.info("Home Assistant is online: re-sending discovery configs")
+            self.resend()
+
+    def resend(self) -> None:
+        with self._lock:
+            self._send_all(list(self._removed.items()) + self._wanted)
+
+    def _send_all(self, messages: list[tuple[str, str]]) -> None:
+        """Under the lock. Dropped when disconnected: the next connect re-sends the whole state."""
+        if self._send is None:
+            return
+        for topic, payload in messages:
+            if not self._send(topic, payload, qos=1, retain=True):
+                return

@@ -11,7 +11,7 @@ Availability (same convention as Frigate): the last will sets `<prefix>/<id>/sta
 connection dies; `online` (retained) is published on every connect; a clean `stop()` publishes `offline` itself.
 
 The broker being down is a normal state: each distinct problem is logged once (WARNING) with its cause in words,
-repeats go to DEBUG, and reconnects back off exponentially with jitter up to `mqtt.reconnect_max_s`.
+repeats go to DEBUG, and reconnects back off by the shared rule (backoff.py) up to `mqtt.reconnect_max_s`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import collections
 import contextlib
 import json
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -31,8 +30,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from .backoff import Backoff
 from .config import ConfigError, MqttConfig
 from .spool import Spool
+from .topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ OUTBOX_MAX = 100  # misc messages (health, discovery) queued for the network thr
 DEFAULT_DRAIN_PER_S = 20.0
 
 StateCallback = Callable[[bool, str], None]
+MessageCallback = Callable[[bytes], None]
 
 
 class TokenBucket:
@@ -90,21 +92,21 @@ class Publisher:
     def __init__(
         self,
         mqtt_config: MqttConfig,
-        sensor_id: str,
+        topics: Topics,
         spool: Spool,
         on_state: StateCallback | None = None,
         drain_per_s: float = DEFAULT_DRAIN_PER_S,
+        subscriptions: Mapping[str, MessageCallback] | None = None,
     ) -> None:
+        """`subscriptions`: topic -> callback(payload), subscribed on every connect, called on the network thread
+        (keep them short: they may only queue messages with `publish`)."""
         self.config = mqtt_config
-        self.sensor_id = sensor_id
+        self.topics = topics
         self.spool = spool
         self.on_state = on_state
         self.drain_per_s = drain_per_s
-        prefix = f"{mqtt_config.topic_prefix}/{sensor_id}"
-        self.events_topic = f"{prefix}/events"
-        self.status_topic = f"{prefix}/status"
-        self.health_topic = f"{prefix}/health"
-        self.client_id = mqtt_config.effective_client_id(sensor_id)
+        self.subscriptions = dict(subscriptions or {})
+        self.client_id = mqtt_config.effective_client_id(topics.sensor_id)
         self._password: str | None = None
         self._tls: ssl.SSLContext | None = None
         self._thread: threading.Thread | None = None
@@ -144,11 +146,11 @@ class Publisher:
     def publish_event(self, event: Mapping[str, Any]) -> int:
         """Spool one event (the network thread sends it); returns its spool row id."""
         payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-        return self.spool.put(self.events_topic, payload)
+        return self.spool.put(self.topics.events, payload)
 
     def publish_health(self, health: Mapping[str, Any]) -> bool:
         """Best effort, not spooled: a missed health message is superseded by the next one."""
-        return self.publish(self.health_topic, json.dumps(health, separators=(",", ":")), qos=0, retain=False)
+        return self.publish(self.topics.health, json.dumps(health, separators=(",", ":")), qos=0, retain=False)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
         """Send a non-event message (health, Home Assistant discovery) if connected; False (dropped) if not.
@@ -233,7 +235,7 @@ class Publisher:
         client.connect_timeout = CONNECT_TIMEOUT_S
         client.max_inflight_messages_set(0)  # we bound in-flight events ourselves; paho must not queue
         client.max_queued_messages_set(0)
-        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.will_set(self.topics.status, self.topics.OFFLINE, qos=1, retain=True)
         if self.config.username is not None:
             client.username_pw_set(self.config.username, self._password)
         if self._tls is not None:
@@ -241,12 +243,13 @@ class Publisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     # ---------------------------------------------------------------------------------------------- network thread
 
     def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
         while not self._stop.is_set():
             try:
                 connected_for = self._run_session()
@@ -257,16 +260,12 @@ class Publisher:
             self._set_disconnected()
             if self._stop.is_set():
                 break
-            failures = 0 if connected_for >= STABLE_S else failures + 1
-            delay = self._backoff_s(failures)
-            log.debug("MQTT reconnect in %.1f s (attempt %d)", delay, failures + 1)
+            if connected_for >= STABLE_S:
+                backoff.reset()
+            attempt = backoff.failures + 2  # the one that failed was attempt failures + 1
+            delay = backoff.delay_s()
+            log.debug("MQTT reconnect in %.1f s (attempt %d)", delay, attempt)
             self._stop.wait(delay)
-
-    def _backoff_s(self, failures: int) -> float:
-        """Exponential with 'equal jitter': never below half the step, so many sensors do not reconnect in step."""
-        cfg = self.config
-        step = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** max(0, failures - 1))
-        return step / 2 + random.uniform(0, step / 2)
 
     def _run_session(self) -> float:
         """Connect once and serve the connection until it ends; returns how long it was up (0 if it never was)."""
@@ -292,6 +291,7 @@ class Publisher:
                     if connected_at is None:
                         connected_at = time.monotonic()
                     if self._stop.is_set():
+                        self._flush_outbox(client, session)  # e.g. discovery removals queued just before stop
                         self._goodbye(client, session)
                         break
                     self._flush_outbox(client, session)
@@ -336,16 +336,22 @@ class Publisher:
                     return
                 topic, payload, qos, retain = self._outbox.popleft()
             info = client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc == mqtt.MQTT_ERR_SUCCESS:
-                session.misc_mids.add(info.mid)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                continue
+            with self._lock:  # QoS 0 may be "acked" (written) before publish() returned
+                if info.mid in session.early:
+                    session.early.discard(info.mid)
+                else:
+                    session.misc_mids.add(info.mid)
 
     def _goodbye(self, client: mqtt.Client, session: _Session) -> None:
-        """Clean stop: retained offline, bounded wait for PUBACKs, DISCONNECT (so the broker does not fire the will)."""
-        info = client.publish(self.status_topic, "offline", qos=1, retain=True)
+        """Clean stop: retained offline, bounded wait for PUBACKs (events, queued discovery), DISCONNECT (so the
+        broker does not fire the will)."""
+        info = client.publish(self.topics.status, self.topics.OFFLINE, qos=1, retain=True)
         session.status_mid = info.mid
         session.status_acked = False
         while time.monotonic() < self._stop_deadline:
-            if session.status_acked and not session.inflight:
+            if session.status_acked and not session.inflight and not session.misc_mids:
                 break
             if client.loop(timeout=LOOP_S) != mqtt.MQTT_ERR_SUCCESS:
                 return
@@ -363,7 +369,9 @@ class Publisher:
             self._problem(f"broker refused the connection: {text}{hint}")
             return
         session.connected = True
-        info = client.publish(self.status_topic, "online", qos=1, retain=True)
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        info = client.publish(self.topics.status, self.topics.ONLINE, qos=1, retain=True)
         session.status_mid = info.mid
         with self._lock:
             self._counts["connects"] += 1
@@ -408,6 +416,15 @@ class Publisher:
                     session.early.add(mid)
                 return
         self._acked(row_id)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        callback = self.subscriptions.get(message.topic)
+        if callback is None:
+            return
+        try:
+            callback(bytes(message.payload))
+        except Exception:
+            log.exception("handler for %s failed", message.topic)
 
     # --------------------------------------------------------------------------------------------------- helpers
 

@@ -11,91 +11,45 @@ being reopened, which a restart would not fix), so a hung pipeline gets restarte
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import exitcodes
-from .bundle import BundleError, load_bundle
 from .capture import FileSource, MicCapture
 from .config import Config, ConfigError, load_config
-from .event import EventContext
-from .frontend import resample
-from .level import LevelMeter
-from .model import Model
+from .discovery import Discovery
+from .health import Health, status_line
 from .notify import Notifier, setup_logging
+from .pipeline import Pipeline, build_pipeline
 from .publisher import Publisher
 from .ringbuffer import RingBuffer
 from .runtime import RuntimeMissingError
+from .source import AudioSource
 from .spool import Spool
 from .windows import Window, Windower
 
 log = logging.getLogger("custom.daemon.service")
 
 RING_WINDOWS = 3  # seconds of audio kept = 3 windows: room for one slow inference without skipping
-LATENCY_SAMPLES = 100  # inference times kept for p50/p95 in health
+RING_RATE_HZ = 48000  # the ring is sized for this capture rate (or the configured one if higher) ...
+AUTO_RING_RATE_HZ = 96000  # ... or for this one when the device picks its own rate (audio.sample_rate_hz: null)
 STALL_MARGIN_S = 15.0  # beyond the expected window period before the pipeline counts as stalled
-# Test-only fault injection: stop processing after N windows, to prove the watchdog stops (no real way to hang
-# TFLite on demand). Read once at start; never set in the shipped unit.
-FAULT_STALL_ENV = "CUSTOM_SENSORD_FAULT_STALL_AFTER"
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("custom-sensor")
-    except Exception:  # noqa: BLE001 - running from a source tree without metadata
-        return "unknown"
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """Everything that depends on config + bundle and is swapped as a whole on reload."""
-
-    config: Config
-    model: Model
-    context: EventContext
-    meter: LevelMeter
-
-
-def build_pipeline(config: Config) -> Pipeline:
-    """Load the bundle and check config against it; ConfigError/BundleError name what is wrong (exit 78)."""
-    try:
-        bundle = load_bundle(config.model.bundle)
-        model = Model(bundle, threads=config.model.threads)  # the runtime checks the file and tensor shapes
-    except BundleError as exc:
-        raise ConfigError("model.bundle", str(exc)) from None
-    unknown = sorted(set(config.model.thresholds) - set(bundle.class_names))
-    if unknown:
-        raise ConfigError(
-            f"model.thresholds.{unknown[0]}",
-            f"not a class of bundle {bundle.bundle_id} (classes: {', '.join(bundle.class_names)})",
-        )
-    thresholds = tuple(config.model.thresholds.get(c.name, c.threshold) for c in bundle.classes)
-    calibrated = config.audio.calibration_db is not None
-    context = EventContext(
-        sensor_id=config.sensor_id,
-        location=config.location.to_event(),
-        class_names=bundle.class_names,
-        thresholds=thresholds,
-        bundle_id=bundle.bundle_id,
-        bundle_sha256=bundle.sha256,
-        level_unit="dB(A)" if calibrated else "dBFS",
-    )
-    meter = LevelMeter(bundle.frontend.sample_rate_hz, config.audio.calibration_db)
-    return Pipeline(config, model, context, meter)
 
 
 class Service:
-    def __init__(self, config_path: Path, input_file: Path | None = None, realtime: bool = True, loop: bool = False):
+    def __init__(
+        self,
+        config_path: Path,
+        input_file: Path | None = None,
+        realtime: bool = True,
+        loop: bool = False,
+        stall_after: int | None = None,
+    ):
+        """`stall_after` is test-only fault injection (hidden `--fault-stall-after`): stop processing after that
+        many windows, to prove the watchdog stops (there is no real way to hang TFLite on demand)."""
         self.config_path = config_path
         self.input_file = input_file
         self.realtime = realtime
@@ -103,18 +57,17 @@ class Service:
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self.notifier = Notifier()
-        self.started_mono = time.monotonic()
-        self.windows_done = 0
-        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.last_progress_mono = time.monotonic()
+        self.health: Health | None = None
         self._next_health = 0.0
         self._next_watchdog = 0.0
-        fault = os.environ.get(FAULT_STALL_ENV)
-        self._stall_after = int(fault) if fault and fault.isdigit() else None
+        self._stall_limit_s = 0.0
+        self._stall_after = stall_after
+        self.config: Config | None = None
         self.pipeline: Pipeline | None = None
+        self.discovery = Discovery()
         self.spool: Spool | None = None
         self.publisher: Publisher | None = None
-        self.source: MicCapture | FileSource | None = None
+        self.source: AudioSource | None = None
         self.windower: Windower | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -122,23 +75,40 @@ class Service:
     def start(self, config: Config) -> None:
         """Bundle first (the likeliest thing to be wrong), then spool and MQTT, then audio."""
         self.pipeline = build_pipeline(config)
+        self._use_config(config, self.pipeline)
+        self.health = Health()
         self._start_transport(config)
         self._start_audio(config)
 
+    def _use_config(self, config: Config, pipeline: Pipeline) -> None:
+        """What follows from config + bundle outside the pipeline: stall limit, discovery's wanted entities."""
+        self.config = config
+        self._stall_limit_s = config.window.length_s + config.window.hop_s + STALL_MARGIN_S
+        self.discovery.update(
+            config.topics,
+            pipeline.context.class_names,
+            enabled=config.home_assistant.discovery,
+            level_unit=pipeline.context.level_unit,
+        )
+
     def _start_transport(self, config: Config) -> None:
         self.spool = Spool(config.spool.path, config.spool.max_rows, config.spool.max_bytes, config.spool.memory_rows)
+        topics = config.topics
         self.publisher = Publisher(
             config.mqtt,
-            config.sensor_id,
+            topics,
             self.spool,
-            on_state=self._on_mqtt_state,
+            on_state=self.discovery.on_connect,
             drain_per_s=config.spool.drain_per_s,
+            subscriptions={topics.ha_status: self.discovery.on_ha_status} if config.home_assistant.discovery else None,
         )
+        self.discovery.attach(self.publisher.publish)
         self.publisher.start()
 
     def _stop_transport(self) -> None:
         if self.publisher is not None:
             self.publisher.stop()
+            self.discovery.attach(None)
             self.publisher = None
         if self.spool is not None:
             self.spool.close()
@@ -146,7 +116,9 @@ class Service:
 
     def _start_audio(self, config: Config) -> None:
         seconds = RING_WINDOWS * max(config.window.length_s, config.window.hop_s)
-        ring = RingBuffer.for_duration(seconds, max_rate_hz=max(48000, config.audio.sample_rate_hz))
+        rate = config.audio.sample_rate_hz
+        ring_rate = AUTO_RING_RATE_HZ if rate is None else max(RING_RATE_HZ, rate)
+        ring = RingBuffer.for_duration(seconds, max_rate_hz=ring_rate)
         if self.input_file is not None:
             self.source = FileSource(
                 self.input_file, ring, realtime=self.realtime, gain_db=config.audio.gain_db, loop=self.loop,
@@ -156,10 +128,10 @@ class Service:
             self.source = MicCapture(
                 ring,
                 device=config.audio.device,
-                sample_rate_hz=config.audio.sample_rate_hz,
+                sample_rate_hz=rate,
                 channels=config.audio.channels,
                 gain_db=config.audio.gain_db,
-                block_size=round(config.audio.sample_rate_hz * config.audio.block_ms / 1000),
+                block_s=config.audio.block_ms / 1000,
             )
         self.windower = Windower(ring, None, config.window.length_s, config.window.hop_s)
         self.source.start()
@@ -183,22 +155,27 @@ class Service:
         self._stop_audio()
         self._stop_transport()
         if not quiet:
-            log.info("stopped after %d windows", self.windows_done)
+            log.info("stopped after %d windows", self.health.windows_done if self.health else 0)
 
     # ------------------------------------------------------------------------------------------------ main loop
 
-    def run(self) -> int:
+    def install_signal_handlers(self) -> None:
+        """Before `start`: a SIGHUP (`systemctl reload`) or SIGTERM that arrives while the bundle loads must set a
+        flag, not take the default action (SIGHUP's kills the process)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-        assert self.pipeline is not None and self.windower is not None
-        bundle = self.pipeline.model.bundle
+
+    def run(self) -> int:
+        assert self.pipeline is not None and self.config is not None and self.windower is not None
+        bundle, config = self.pipeline.bundle, self.config
+        # READY as soon as config, bundle and spool are good: a missing microphone or broker is a state the sensor
+        # waits out (and reports), not a failed start that systemd would retry in a loop.
         self.notifier.ready(f"running bundle {bundle.bundle_id}, waiting for the first window")
         log.info(
             "sensor %s running: bundle %s (%s, sha256 %s), %.0f s windows every %.0f s, publishing to %s:%d",
-            self.pipeline.config.sensor_id, bundle.bundle_id, bundle.backbone, bundle.sha256[:12],
-            self.pipeline.config.window.length_s, self.pipeline.config.window.hop_s,
-            self.pipeline.config.mqtt.host, self.pipeline.config.mqtt.port,
+            config.sensor_id, bundle.bundle_id, bundle.backbone, bundle.sha256[:12],
+            config.window.length_s, config.window.hop_s, config.mqtt.host, config.mqtt.port,
         )  # fmt: skip
         try:
             while not self.stop_event.is_set():
@@ -219,26 +196,17 @@ class Service:
         return exitcodes.OK
 
     def process(self, window: Window) -> None:
-        """The per-window hot path: resample if needed, score, level, build and spool the event."""
-        if self._stall_after is not None and self.windows_done >= self._stall_after:
-            log.warning("fault injection: pipeline stalled on purpose (%s)", FAULT_STALL_ENV)
+        """The per-window hot path: score the window into an event and spool it."""
+        assert self.pipeline is not None and self.publisher is not None and self.health is not None
+        if self._stall_after is not None and self.health.windows_done >= self._stall_after:
+            log.warning("fault injection: pipeline stalled on purpose (--fault-stall-after)")
             self.stop_event.wait()
             return
-        pipeline = self.pipeline
-        assert pipeline is not None and self.publisher is not None
-        t0 = time.perf_counter()
-        rate = pipeline.model.bundle.frontend.sample_rate_hz
-        waveform = resample(window.samples, int(round(window.rate_hz)), rate)
-        result = pipeline.model.scores(waveform)
-        level = pipeline.meter(waveform)
-        elapsed_ms = (time.perf_counter() - t0) * 1e3
-        event = pipeline.context.build(result.scores, window.start_time, window.end_time, level, elapsed_ms)
+        event = self.pipeline.score(window)
         self.publisher.publish_event(event)
-        self.latencies_ms.append(elapsed_ms)
-        self.windows_done += 1
-        self.last_progress_mono = time.monotonic()
+        self.health.window_done(event["processing_ms"])
         log.debug("window %s: top %s %.2f, %.1f ms", event["window"]["start"], event["top"]["name"],
-                  event["top"]["score"], elapsed_ms)  # fmt: skip
+                  event["top"]["score"], event["processing_ms"])  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ upkeep
 
@@ -248,124 +216,74 @@ class Service:
         if interval is not None and now >= self._next_watchdog and self._pipeline_healthy(now):
             self.notifier.watchdog()
             self._next_watchdog = now + interval
-        assert self.pipeline is not None
+        assert self.config is not None
         if now >= self._next_health:
-            self._next_health = now + self.pipeline.config.health_interval_s
-            health = self.health()
+            self._next_health = now + self.config.health_interval_s
+            health = self.health_report()
             if self.publisher is not None:
                 self.publisher.publish_health(health)
-            self.notifier.status(self._status_line(health))
+            self.notifier.status(status_line(health))
 
     def _pipeline_healthy(self, now: float) -> bool:
         """Windows are completing on time, or the mic is down and being reopened (a restart would not help)."""
-        assert self.pipeline is not None
-        window = self.pipeline.config.window
-        if now - self.last_progress_mono <= window.length_s + window.hop_s + STALL_MARGIN_S:
+        assert self.health is not None
+        if now - self.health.last_progress_mono <= self._stall_limit_s:
             return True
-        return self.source is not None and self.source.state().get("mic") in ("down", "opening")
+        return self.source is not None and self.source.state().waiting_for_device
 
-    def health(self) -> dict[str, Any]:
-        assert self.pipeline is not None and self.windower is not None
-        latencies = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
-        health: dict[str, Any] = {
-            "sensor_id": self.pipeline.config.sensor_id,
-            "version": _version(),
-            "uptime_s": round(time.monotonic() - self.started_mono, 1),
-            "bundle": {"id": self.pipeline.model.bundle.bundle_id, "sha256": self.pipeline.model.bundle.sha256},
-            "windows": {**self.windower.stats(), "done": self.windows_done},
-            "inference_ms": {
-                "p50": round(float(np.percentile(latencies, 50)), 1),
-                "p95": round(float(np.percentile(latencies, 95)), 1),
-            },
-            "audio": self.source.state() if self.source is not None else None,
-            "spool": self.spool.stats() if self.spool is not None else None,
-            "mqtt": self.publisher.stats() if self.publisher is not None else None,
-        }
-        temperature = _cpu_temperature_c()
-        if temperature is not None:
-            health["cpu_temp_c"] = temperature
-        return health
-
-    @staticmethod
-    def _status_line(health: dict[str, Any]) -> str:
-        audio = health.get("audio") or {}
-        mqtt = health.get("mqtt") or {}
-        spool = health.get("spool") or {}
-        return (
-            f"{health['windows']['done']} windows, mic {audio.get('mic')}, "
-            f"mqtt {'up' if mqtt.get('connected') else 'down'}, spool {spool.get('depth', 0)} queued, "
-            f"p95 {health['inference_ms']['p95']} ms"
+    def health_report(self) -> dict[str, Any]:
+        assert self.pipeline is not None and self.windower is not None and self.health is not None
+        bundle = self.pipeline.bundle
+        assert self.config is not None
+        return self.health.report(
+            sensor_id=self.config.sensor_id,
+            bundle={"id": bundle.bundle_id, "sha256": bundle.sha256},
+            windows=self.windower.stats(),
+            audio=self.source.state().to_health() if self.source is not None else None,
+            spool=self.spool.stats() if self.spool is not None else None,
+            mqtt=self.publisher.stats() if self.publisher is not None else None,
         )
-
-    def _on_mqtt_state(self, connected: bool, detail: str) -> None:
-        """Called by the publisher on every (re)connect: re-send retained discovery configs HA may have lost."""
-        if connected and self.pipeline is not None and self.pipeline.config.home_assistant.discovery:
-            self._publish_discovery(self.pipeline)
-
-    def _publish_discovery(self, pipeline: Pipeline) -> None:
-        from .discovery import discovery_messages
-
-        if self.publisher is None:
-            return
-        config = pipeline.config
-        for topic, payload in discovery_messages(
-            config.sensor_id,
-            config.mqtt.topic_prefix,
-            pipeline.context.class_names,
-            config.home_assistant.prefix,
-            level_unit=pipeline.context.level_unit,
-        ):
-            self.publisher.publish(topic, payload, qos=1, retain=True)
-
-    def _remove_discovery(self, old: Config) -> None:
-        """Discovery switched off on reload: empty retained configs make Home Assistant delete the entities."""
-        from .discovery import removal_messages
-
-        if self.publisher is None or self.pipeline is None:
-            return
-        for topic, payload in removal_messages(
-            old.sensor_id, self.pipeline.context.class_names, old.home_assistant.prefix
-        ):
-            self.publisher.publish(topic, payload, qos=1, retain=True)
-        log.info("Home Assistant discovery removed for sensor %s", old.sensor_id)
 
     # ------------------------------------------------------------------------------------------------ reload
 
     def reload(self) -> None:
-        """SIGHUP: re-read config and bundle; anything bad keeps the running setup and is logged, never fatal."""
+        """SIGHUP: re-read config and bundle; anything bad keeps the running setup and is logged, never fatal.
+
+        Discovery is updated before the transport restarts, so removals go out (and are flushed) on the connection
+        that announced the entities, named with the old bundle's classes."""
         self.notifier.reloading()
-        assert self.pipeline is not None
-        old = self.pipeline.config
+        assert self.pipeline is not None and self.config is not None
+        old = self.config
         try:
             config = load_config(self.config_path)
             pipeline = build_pipeline(config)
         except ConfigError as exc:
-            log.error("reload refused, keeping bundle %s: %s", self.pipeline.model.bundle.bundle_id, exc)
+            log.error("reload refused, keeping bundle %s: %s", self.pipeline.bundle.bundle_id, exc)
             self.notifier.ready("reload refused; running the previous config")
             return
         setup_logging(config.log_level)
         self.pipeline = pipeline
-        if old.home_assistant.discovery and not config.home_assistant.discovery:
-            self._remove_discovery(old)
-        if (config.mqtt, config.spool, config.sensor_id) != (old.mqtt, old.spool, old.sensor_id):
+        self._use_config(config, pipeline)
+        if (config.mqtt, config.spool, config.topics, config.home_assistant) != (
+            old.mqtt, old.spool, old.topics, old.home_assistant,
+        ):  # fmt: skip
             self._stop_transport()
             self._start_transport(config)
         if (config.audio, config.window) != (old.audio, old.window):
             self._stop_audio()
             self._start_audio(config)
-        log.info("reloaded %s: bundle %s (sha256 %s)", self.config_path, pipeline.model.bundle.bundle_id,
-                 pipeline.model.bundle.sha256[:12])  # fmt: skip
-        self.notifier.ready(f"reloaded; running bundle {pipeline.model.bundle.bundle_id}")
+        log.info("reloaded %s: bundle %s (sha256 %s)", self.config_path, pipeline.bundle.bundle_id,
+                 pipeline.bundle.sha256[:12])  # fmt: skip
+        self.notifier.ready(f"reloaded; running bundle {pipeline.bundle.bundle_id}")
 
 
-def _cpu_temperature_c() -> float | None:
-    try:
-        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip()) / 1000.0, 1)
-    except (OSError, ValueError):
-        return None
-
-
-def run_service(config_path: Path, input_file: Path | None = None, realtime: bool = True, loop: bool = False) -> int:
+def run_service(
+    config_path: Path,
+    input_file: Path | None = None,
+    realtime: bool = True,
+    loop: bool = False,
+    stall_after: int | None = None,
+) -> int:
     """Entry point of `custom-sensord run`; returns the process exit code."""
     setup_logging("INFO")
     try:
@@ -377,7 +295,8 @@ def run_service(config_path: Path, input_file: Path | None = None, realtime: boo
     if input_file is not None and not input_file.is_file():
         log.error("--input %s: no such file", input_file)
         return exitcodes.NO_INPUT
-    service = Service(config_path, input_file, realtime, loop)
+    service = Service(config_path, input_file, realtime, loop, stall_after)
+    service.install_signal_handlers()
     try:
         service.start(config)
     except ConfigError as exc:

@@ -53,9 +53,6 @@ class SpoolRow:
     topic: str
     payload: bytes
 
-    def __iter__(self):  # lets callers unpack `row_id, topic, payload = row`
-        return iter((self.row_id, self.topic, self.payload))
-
 
 class Spool:
     """A bounded, ordered, crash-safe queue of (topic, payload) rows. See the module docstring for the guarantees."""

@@ -14,13 +14,15 @@ Two ways a window is lost, both counted and never silent:
   length in samples, so the partial window is dropped and a fresh grid starts at the first sample after the gap.
   The gap then shows in the window timestamps: the next window starts later than the previous one ended + hop.
 
-A trailing partial window at the end of a replayed file is dropped too (``exhausted`` turns True).
+A trailing partial window at the end of a replayed file is dropped too (``exhausted`` turns True); only
+``recording_windows`` (offline classification of a whole recording) hands it out, padded later by the model.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,3 +189,32 @@ def _segment(anchors: tuple[Anchor, ...], sample: int) -> tuple[Anchor, Anchor |
     if rate_anchor.rate_hz != start.rate_hz:
         start = start._replace(rate_hz=rate_anchor.rate_hz)
     return start, following
+
+
+def recording_windows(
+    samples: np.ndarray, rate_hz: float, length_s: float, start_time: float, min_tail_s: float
+) -> Iterator[Window]:
+    """Windows of a whole recording (mono float32), cut by the live ``Windower`` on a ring fed one window at a time,
+    plus the short tail if it holds at least ``min_tail_s`` (a recording shorter than one window is its own tail)."""
+    length = round(length_s * rate_hz)
+    ring = RingBuffer(max(2 * length, 1))
+    ring.mark(start_time, rate_hz, gap=True)
+    windower = Windower(ring, rate_hz, length_s)
+    never = threading.Event()
+    for offset in range(0, len(samples), length):
+        ring.write(samples[offset : offset + length])
+        if offset + length >= len(samples):
+            ring.close()
+        while (window := windower.next_window(never, timeout=0)) is not None:
+            yield window
+    start = windower.next_sample or 0
+    tail = ring.written - start
+    if tail > 0 and (tail >= min_tail_s * rate_hz or windower.stats()["windows"] == 0):
+        yield Window(
+            samples=ring.read(start, tail),
+            rate_hz=rate_hz,
+            start_time=ring.time_of(start),
+            end_time=ring.time_of(ring.written),
+            index=windower.stats()["windows"],
+            start_sample=start,
+        )

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # From a fresh Debian machine to a running sensor that publishes to a local MQTT broker, in one command:
-#   sudo bash deploy/quickstart.sh                # runs until Ctrl-C, printing every event it publishes
-#   sudo bash deploy/quickstart.sh --for 60       # stop by itself after 60 s
-#   sudo bash deploy/quickstart.sh --input my.wav # replay a recording instead of the microphone
+#   bash deploy/quickstart.sh                # runs until Ctrl-C, printing every event it publishes
+#   bash deploy/quickstart.sh --for 60       # stop by itself after 60 s
+#   bash deploy/quickstart.sh --input my.wav # replay a recording instead of the microphone
 # It installs the system packages, a venv in .venv, builds the default model bundle (`custom-convert default-bundle`:
 # YAMNet, with a head trained on ../shared iff it beats the class mapping) into .quickstart/bundle, starts a loopback broker if none listens on
 # 127.0.0.1:1883, and runs `custom-sensord run`. Without a microphone it replays a siren recording in a loop.
 # For a real deployment under systemd use deploy/install.sh (see deploy/OPERATING.md).
 set -euo pipefail
+# Needs root (apt-get, a system broker). As root (a fresh Debian has no sudo) it runs as is; as a user it runs itself
+# again through sudo, keeping the settings it reads from the environment.
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "quickstart: needs root, and sudo is not installed: run it as root" >&2; exit 77; }
+  exec sudo --preserve-env=CUSTOM_SHARED bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SHARED=${CUSTOM_SHARED:-$ROOT/../shared}

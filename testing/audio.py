@@ -1,6 +1,7 @@
 """A real PulseAudio virtual microphone for tests (owned by the capture work).
 
-``virtual_mic`` starts a private PulseAudio server in the test's temp dir with a 16 kHz mono null sink ``vmic``;
+``virtual_mic`` starts a private PulseAudio server in the test's temp dir with a 16 kHz (``virtual_mic_48k``: 48 kHz)
+mono null sink ``vmic``;
 the sink's monitor ``vmic.monitor`` is the microphone. PortAudio reaches it through ALSA's ``default`` device
 (libasound2-plugins routes it to PulseAudio), so the code under test runs its real, unmodified PortAudio path.
 
@@ -41,8 +42,9 @@ START_TIMEOUT_S = 10.0
 class VirtualMic:
     """One private PulseAudio server whose null-sink monitor is the microphone; it can vanish and come back."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, rate_hz: int = RATE_HZ) -> None:
         self.dir = workdir
+        self.rate_hz = rate_hz
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "pulse.sock"
         self.log_path = self.dir / "pulse.log"
@@ -80,7 +82,7 @@ class VirtualMic:
             "-L",
             f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
             "-L",
-            f"module-null-sink sink_name={SINK} rate={RATE_HZ} channels=1",
+            f"module-null-sink sink_name={SINK} rate={self.rate_hz} channels=1",
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the server owns it for its lifetime
         self._server = subprocess.Popen(
@@ -186,12 +188,10 @@ class _Player:
                 proc.wait(5.0)
 
 
-@pytest.fixture
-def virtual_mic(monkeypatch: pytest.MonkeyPatch) -> Iterator[VirtualMic]:
-    """A running private PulseAudio virtual mic; this process's PULSE_* variables point at it for the test."""
+def _running_mic(monkeypatch: pytest.MonkeyPatch, rate_hz: int) -> Iterator[VirtualMic]:
     # A short directory of its own, not tmp_path: a unix socket path must stay under 108 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="vmic-"))
-    mic = VirtualMic(workdir)
+    mic = VirtualMic(workdir, rate_hz)
     for key, value in mic.env.items():
         monkeypatch.setenv(key, value)
     try:
@@ -200,3 +200,15 @@ def virtual_mic(monkeypatch: pytest.MonkeyPatch) -> Iterator[VirtualMic]:
     finally:
         mic.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def virtual_mic(monkeypatch: pytest.MonkeyPatch) -> Iterator[VirtualMic]:
+    """A running private PulseAudio virtual mic; this process's PULSE_* variables point at it for the test."""
+    yield from _running_mic(monkeypatch, RATE_HZ)
+
+
+@pytest.fixture
+def virtual_mic_48k(monkeypatch: pytest.MonkeyPatch) -> Iterator[VirtualMic]:
+    """The same virtual mic with a 48 kHz sink, like most USB microphones."""
+    yield from _running_mic(monkeypatch, 48000)

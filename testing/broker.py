@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,17 @@ class Subscriber:
     def wait_payload(self, topic: str, payload: bytes, timeout: float) -> bool:
         return self.wait_for(lambda ms: any(m.topic == topic and m.payload == payload for m in ms), timeout)
 
+    def settle(self, probe_topic: str, timeout: float) -> bool:
+        """Publish a marker on `probe_topic` (inside this subscription) and wait for it to come back: the broker
+        sends a subscription's retained messages before anything published after it, so once the marker is here,
+        every retained message there was is too. The marker is removed from `messages`."""
+        marker = f"settle-{uuid.uuid4()}".encode()
+        self.client.publish(probe_topic, marker, qos=1)
+        arrived = self.wait_payload(probe_topic, marker, timeout)
+        with self._cond:
+            self.messages = [m for m in self.messages if m.payload != marker]
+        return arrived
+
 
 def _require_mosquitto() -> None:
     if shutil.which("mosquitto") is None:
@@ -238,3 +250,35 @@ def subscriber_factory() -> Iterator[Callable[..., Subscriber]]:
     yield make
     for sub in made:
         sub.stop()
+
+
+@pytest.fixture
+def password_broker(make_broker, tmp_path):
+    """A broker that lets in only user `sensor` with password `right-password`."""
+    passwd = tmp_path / "mosquitto.passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "sensor", "right-password"], check=True, timeout=10)
+    return make_broker(extra_config=f"password_file {passwd}")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated second CA."""
+    d = tmp_path_factory.mktemp("certs")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30, cwd=d)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")  # EC: keygen in ms, not seconds
+    for ca in ("ca", "other-ca"):
+        run("req", "-x509", *ec, "-days", "2", "-subj", f"/CN={ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.crt")
+    run("req", *ec, "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
+    return {name: d / name for name in ("ca.crt", "other-ca.crt", "server.crt", "server.key")}
+
+
+@pytest.fixture
+def tls_broker(make_broker, certs):
+    """A broker that speaks only TLS, with `certs`' server certificate."""
+    return make_broker(extra_config=f"certfile {certs['server.crt']}\nkeyfile {certs['server.key']}")

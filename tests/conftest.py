@@ -13,6 +13,7 @@ __all__ = ["ROOT", "shared_dir"]
 # Fixtures that start real services live in their own modules: a real mosquitto on loopback, a PulseAudio virtual mic.
 pytest_plugins = [
     "custom.testing.broker",
+    "custom.testing.secure_broker",
     "custom.testing.audio",
     "custom.testing.daemon",
     "custom.testing.postgres",

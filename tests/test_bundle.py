@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from custom.daemon.bundle import MANIFEST_NAME, BundleError, load_bundle
 from custom.daemon.model import Model
+from custom.testing.bundles import edit_manifest
 
 
 @pytest.fixture
@@ -18,13 +18,6 @@ def bundle_copy(yamnet_bundle: Path, tmp_path: Path) -> Path:
     target = tmp_path / "bundle"
     shutil.copytree(yamnet_bundle, target)
     return target
-
-
-def _edit_manifest(bundle: Path, edit) -> None:
-    path = bundle / MANIFEST_NAME
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
 
 
 def test_yamnet_bundle_is_complete(yamnet_bundle: Path, shared: Path):
@@ -59,20 +52,20 @@ def test_bundle_scores_a_window(yamnet_bundle: Path):
         (lambda b: (b / "yamnet.tflite").write_bytes(b"TFL3" + b"\0" * 64), "yamnet.tflite: checksum mismatch"),
         (lambda b: (b / MANIFEST_NAME).write_text("{not json"), "manifest is not valid JSON"),
         (lambda b: (b / MANIFEST_NAME).unlink(), "cannot read manifest"),
-        (lambda b: _edit_manifest(b, lambda d: d.update(backbone="resnet")), "manifest backbone: must be one of"),
-        (lambda b: _edit_manifest(b, lambda d: d.pop("classes")), "manifest classes: missing"),
+        (lambda b: edit_manifest(b, lambda d: d.update(backbone="resnet")), "manifest backbone: must be one of"),
+        (lambda b: edit_manifest(b, lambda d: d.pop("classes")), "manifest classes: missing"),
         (
-            lambda b: _edit_manifest(b, lambda d: d["classes"][3].update(threshold=1.5)),
+            lambda b: edit_manifest(b, lambda d: d["classes"][3].update(threshold=1.5)),
             "manifest classes[3].threshold: must be 0..1",
         ),
-        (lambda b: _edit_manifest(b, lambda d: d["frontend"].update(hop=3)), "unknown front-end parameter(s): hop"),
-        (lambda b: _edit_manifest(b, lambda d: d.update(format_version=9)), "reads version 1, got 9"),
+        (lambda b: edit_manifest(b, lambda d: d["frontend"].update(hop=3)), "unknown front-end parameter(s): hop"),
+        (lambda b: edit_manifest(b, lambda d: d.update(format_version=9)), "reads version 1, got 9"),
         (
-            lambda b: _edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[96, -1, 64])),
+            lambda b: edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[96, -1, 64])),
             "models.backbone.input.shape: must be a list of positive integers (the first may be -1: any batch)",
         ),
         (
-            lambda b: _edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[-1])),
+            lambda b: edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[-1])),
             "models.backbone.input.shape: must be a list of positive integers",
         ),
     ],
@@ -86,7 +79,7 @@ def test_bad_bundles_are_refused_by_name(bundle_copy: Path, damage, message: str
 
 
 def test_tensor_shape_not_as_the_manifest_says(bundle_copy: Path):
-    _edit_manifest(bundle_copy, lambda d: d["models"]["backbone"]["input"].update(shape=[1, 96, 64]))
+    edit_manifest(bundle_copy, lambda d: d["models"]["backbone"]["input"].update(shape=[1, 96, 64]))
     with pytest.raises(BundleError, match=r"input tensor is float32\[15600\], manifest says float32\[1, 96, 64\]"):
         Model(load_bundle(bundle_copy))
 
@@ -97,7 +90,7 @@ def test_truncated_model_with_matching_checksum_is_refused(bundle_copy: Path):
 
     model_file = bundle_copy / "yamnet.tflite"
     model_file.write_bytes(model_file.read_bytes()[:5000])
-    _edit_manifest(bundle_copy, lambda d: d["files"]["yamnet.tflite"].update(sha256=sha256_file(model_file)))
+    edit_manifest(bundle_copy, lambda d: d["files"]["yamnet.tflite"].update(sha256=sha256_file(model_file)))
     with pytest.raises(BundleError, match="not a loadable TFLite model"):
         Model(load_bundle(bundle_copy))
 

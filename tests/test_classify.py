@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.conftest import ROOT
+from custom.testing.shared import ROOT
 
 SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
 

@@ -18,20 +18,10 @@ from custom.daemon.config import (
     parse_config,
     render_default_config,
 )
+from custom.testing.config_trees import KEYS, keys, leaf_fields, trees
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config.yaml"
-
-
-def leaf_fields(cls=Config, prefix=""):
-    """(key path, field) for every setting, walking nested sections."""
-    for f in dataclasses.fields(cls):
-        path = f"{prefix}{f.name}"
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            yield from leaf_fields(type(default), path + ".")
-        else:
-            yield path, f
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -111,7 +101,7 @@ def test_values_are_read_and_relative_paths_resolve_against_the_config_folder(tm
     assert dict(config.model.thresholds) == {"Siren": 0.3, "Dog bark": 1.0}
     assert config.mqtt.tls.ca == tmp_path / "ca.pem" and config.mqtt.password_file == tmp_path / "pw"
     assert config.spool.path == Path("/data/spool.sqlite")
-    assert config.topic("events") == "city/noise/plaza-3/events"
+    assert config.topics.events == "city/noise/plaza-3/events"
     assert config.mqtt.effective_client_id(config.sensor_id) == "custom-sensor-plaza-3"
     assert config.home_assistant.discovery
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -194,13 +184,6 @@ def test_missing_config_file_names_the_file(tmp_path):
 
 # -------------------------------------------------------------------------------------------------------- fuzzing
 
-KEYS = sorted({part for path, _ in leaf_fields() for part in path.split(".")} | {"x", "Siren"})
-scalars = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=True) | st.text(max_size=8)
-keys = st.sampled_from(KEYS) | st.text(max_size=5)
-trees = st.recursive(
-    scalars, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(keys, kids, max_size=5), max_leaves=20
-)
-
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(keys, trees, max_size=6))
@@ -229,3 +212,10 @@ def test_round_trip_through_yaml_of_a_changed_config(tmp_path):
     data = yaml.safe_load(render_default_config())
     data["mqtt"]["port"] = 1884
     assert parse_config(data, tmp_path).mqtt.port == 1884
+
+
+def test_sample_rate_null_means_the_devices_own_rate(tmp_path):
+    assert parse_config({"audio": {"sample_rate_hz": None}}, tmp_path).audio.sample_rate_hz is None
+    assert parse_config({"audio": {"sample_rate_hz": 48000}}, tmp_path).audio.sample_rate_hz == 48000
+    with pytest.raises(ConfigError, match=r"^audio\.sample_rate_hz: "):
+        parse_config({"audio": {"sample_rate_hz": 4000}}, tmp_path)

@@ -10,8 +10,9 @@ from datetime import datetime
 
 import jsonschema
 
+from custom.daemon.devices import rescan_devices
 from custom.testing.daemon import daemon_config
-from tests.conftest import ROOT
+from custom.testing.shared import ROOT
 
 SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
@@ -87,14 +88,40 @@ def test_live_mic_to_broker_with_outage_and_clean_stop(
     assert late.on("custom/test-sensor/status")[-1].retain
 
 
+def test_48khz_microphone_with_null_rate_hears_the_siren(
+    yamnet_bundle, shared, virtual_mic_48k, broker, subscriber_factory, make_daemon, tmp_path
+):
+    """A 48 kHz-only mic and audio.sample_rate_hz: null: the daemon captures at the device's default rate, windows
+    keep it (health reports it) and the pipeline resamples each one to 16 kHz for the model."""
+    import sounddevice as sd
+
+    subscriber = subscriber_factory(broker, ["custom/test-sensor/#"])
+    virtual_mic_48k.play(shared / SIREN, loop=True)
+    config = daemon_config(
+        yamnet_bundle, broker.port, tmp_path / "spool.sqlite", audio={"sample_rate_hz": None},
+        window={"length_s": 2, "hop_s": 2},
+    )  # fmt: skip
+    daemon = make_daemon(config, env=virtual_mic_48k.env).start()
+    assert len(subscriber.wait_count("custom/test-sensor/events", 3, timeout=60)) >= 3, daemon.log()
+    assert subscriber.wait_for(
+        lambda ms: any(m.topic.endswith("/health") and m.json()["windows"]["done"] >= 2 for m in ms), timeout=10
+    ), daemon.log()
+    health = subscriber.on("custom/test-sensor/health")[-1].json()
+    rescan_devices()  # PortAudio in this process may predate the server; the daemon's sees it
+    device_rate = sd.query_devices(None, kind="input")["default_samplerate"]
+    assert health["audio"]["mic"] == "up" and health["audio"]["rate_hz"] == device_rate != 16000, health["audio"]
+    events = _events(subscriber)[1:]  # the first window may start before the siren loop does
+    assert all(abs(e["window"]["duration_s"] - 2.0) < 0.002 for e in events)
+    heard = ["Siren" in [label["name"] for label in e["labels"]] for e in events]
+    assert sum(heard) >= len(events) - 1, [e["scores"] for e in events]
+    assert daemon.stop() == 0, daemon.log()
+
+
 def test_watchdog_stops_when_the_pipeline_stalls(yamnet_bundle, shared, broker, make_daemon, notify_listener, tmp_path):
     config = daemon_config(yamnet_bundle, broker.port, tmp_path / "spool.sqlite", window={"length_s": 2, "hop_s": 2})
-    env = {
-        "NOTIFY_SOCKET": str(notify_listener.path),
-        "WATCHDOG_USEC": "1000000",
-        "CUSTOM_SENSORD_FAULT_STALL_AFTER": "2",
-    }
-    daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"], env=env).start()
+    env = {"NOTIFY_SOCKET": str(notify_listener.path), "WATCHDOG_USEC": "1000000"}
+    args = ["--input", str(shared / SIREN), "--loop", "--fault-stall-after", "2"]
+    daemon = make_daemon(config, args=args, env=env).start()
     assert daemon.wait_log("pipeline stalled on purpose", timeout=60), daemon.log()
     stalled_at = time.monotonic()
     pings_before = notify_listener.times("WATCHDOG=1")
@@ -151,23 +178,68 @@ def test_sighup_reload_keeps_the_old_bundle_when_the_new_one_is_bad(
     assert daemon.stop() == 0
 
 
-def test_home_assistant_discovery_announced_then_removed_on_reload(
-    yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path
-):
+def _configs(messages) -> dict[str, bytes]:
+    """The latest payload per discovery config topic ("" once removed)."""
+    return {m.topic: m.payload for m in messages if m.topic.endswith("/config")}
+
+
+def _announcing_daemon(bundle, shared, broker, subscriber_factory, make_daemon, tmp_path):
+    """A replaying daemon with discovery on, and a subscriber that has seen its 12 configs arrive."""
     config = daemon_config(
-        yamnet_bundle, broker.port, tmp_path / "spool.sqlite", home_assistant={"discovery": True},
+        bundle, broker.port, tmp_path / "spool.sqlite", home_assistant={"discovery": True},
         window={"length_s": 2, "hop_s": 2},
     )  # fmt: skip
     daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"]).start()
     watcher = subscriber_factory(broker, ["homeassistant/#"])
-    assert watcher.wait_for(lambda ms: len({m.topic for m in ms if m.payload}) >= 12, timeout=30), daemon.log()
+    assert watcher.wait_for(lambda ms: len({t for t, p in _configs(ms).items() if p}) >= 12, timeout=30), daemon.log()
+    return config, daemon, watcher
+
+
+def test_home_assistant_discovery_announced_then_removed_on_reload(
+    yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path
+):
+    config, daemon, watcher = _announcing_daemon(
+        yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path
+    )
     configs = {m.topic: m.json() for m in watcher.messages if m.payload}
+    assert len(configs) == 12
     assert all(c["availability_topic"] == "custom/test-sensor/status" for c in configs.values())
 
     daemon.write_config({**config, "home_assistant": {"discovery": False}})
     daemon.signal(signal.SIGHUP)
-    assert daemon.wait_log("discovery removed", timeout=20), daemon.log()
+    # The broker has applied the removals once it has forwarded an empty config for every announced entity ...
+    assert watcher.wait_for(lambda ms: all(_configs(ms).get(t) == b"" for t in configs), timeout=20), daemon.log()
+    assert daemon.wait_log("reloaded", timeout=20), daemon.log()
+    # ... and a client that subscribes now gets every retained config there still is before the probe comes back.
     late = subscriber_factory(broker, ["homeassistant/#"])
-    time.sleep(1.0)  # retained messages arrive right after subscribing; none must be left
+    assert late.settle("homeassistant/probe", timeout=10)
     assert [m.topic for m in late.messages if m.payload] == []
+    assert daemon.stop() == 0
+    config_messages = [m for m in watcher.messages if m.topic.endswith("/config")]
+    removed_at = min(i for i, m in enumerate(config_messages) if not m.payload)
+    assert [m.topic for m in config_messages[removed_at:] if m.payload] == [], "announced again after the removal"
+
+
+def test_home_assistant_birth_message_makes_the_sensor_announce_again(
+    yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path
+):
+    """HA announces itself `online` on <discovery_prefix>/status after every start; a broker that lost its retained
+    configs (restarted without persistence) gets them back from the sensor then, without a sensor restart."""
+    _, daemon, watcher = _announcing_daemon(yamnet_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path)
+    topics = sorted(_configs(watcher.messages))
+
+    home_assistant = subscriber_factory(broker, ["homeassistant/status"], client_id="home-assistant")
+    for topic in topics:  # what a broker restarted without persistence holds: no configs
+        home_assistant.client.publish(topic, b"", qos=1, retain=True)
+    assert watcher.wait_for(lambda ms: all(_configs(ms)[t] == b"" for t in topics), timeout=10)
+    empty = subscriber_factory(broker, ["homeassistant/+/+/+/config"])
+    assert empty.settle("homeassistant/sensor/probe/probe/config", timeout=10)
+    assert [m.topic for m in empty.messages if m.payload] == [], "the broker still holds configs"
+
+    home_assistant.client.publish("homeassistant/status", b"online", qos=1)
+    assert watcher.wait_for(lambda ms: all(_configs(ms)[t] for t in topics), timeout=20), daemon.log()
+    assert daemon.wait_log("Home Assistant is online", timeout=5), daemon.log()
+    late = subscriber_factory(broker, ["homeassistant/+/+/+/config"])
+    assert late.settle("homeassistant/sensor/probe/probe/config", timeout=10)
+    assert sorted(m.topic for m in late.messages if m.payload and m.retain) == topics
     assert daemon.stop() == 0

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from custom.convert.classes import CLASS_NAMES
-from custom.daemon.discovery import DeviceInfo, discovery_messages, ha_id, removal_messages
+from custom.daemon.config import MqttConfig
+from custom.daemon.discovery import DeviceInfo, Discovery, discovery_messages, ha_id, removal_messages
 from custom.daemon.event import EventContext
-from tests.test_deploy_broker import clients, secure_broker  # noqa: F401  (fixtures: the example TLS broker)
+from custom.daemon.publisher import Publisher
+from custom.daemon.spool import Spool
+from custom.daemon.topics import Topics
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "daemon" / "event.schema.json").read_text())
 # What HA's MQTT discovery requires or this project promises for every entity, per platform.
@@ -53,7 +57,7 @@ def render(template: str, payload: dict) -> str:
 def configs(**kwargs) -> dict[str, dict]:
     return {
         topic: json.loads(payload)
-        for topic, payload in discovery_messages("sensor-01", "custom", CLASS_NAMES, **kwargs)
+        for topic, payload in discovery_messages(Topics("custom", "sensor-01"), CLASS_NAMES, **kwargs)
     }
 
 
@@ -111,36 +115,37 @@ def test_a_window_without_level_renders_none() -> None:
 
 
 def test_device_info_and_odd_sensor_ids() -> None:
-    messages = discovery_messages("kiosk.3", "city", ["Dog"], "ha", device=DeviceInfo(name="Kiosk 3", sw_version="9"))
+    device = DeviceInfo(name="Kiosk 3", sw_version="9")
+    messages = discovery_messages(Topics("city", "kiosk.3", "ha"), ["Dog"], device=device)
     topics = [t for t, _ in messages]
     assert topics[0] == "ha/sensor/kiosk_3/top_class/config"
     config = json.loads(messages[0][1])
     assert config["device"]["name"] == "Kiosk 3" and config["device"]["sw_version"] == "9"
     assert config["state_topic"] == "city/kiosk.3/events"  # the sensor's own topics keep the real id
     with pytest.raises(ValueError):
-        discovery_messages("s", "custom", [])
+        discovery_messages(Topics("custom", "s"), [])
     with pytest.raises(ValueError):
-        discovery_messages("s", "custom", ["Dog", "dog"])  # same HA id
+        discovery_messages(Topics("custom", "s"), ["Dog", "dog"])  # same HA id
     with pytest.raises(ValueError):
         ha_id("///")
 
 
 def test_removal_empties_every_config_topic() -> None:
-    removal = removal_messages("sensor-01", CLASS_NAMES)
+    removal = removal_messages(Topics("custom", "sensor-01"), CLASS_NAMES)
     assert [t for t, _ in removal] == list(configs())
     assert all(payload == "" for _, payload in removal)
 
 
-def test_configs_travel_retained_through_the_example_broker(clients) -> None:  # noqa: F811
+def test_configs_travel_retained_through_the_example_broker(clients) -> None:
     """Published by the sensor's own account (the ACL lets it write only homeassistant/+/<sensor_id>/#), read by
     HA's account after the fact: retained, valid JSON, then gone after removal."""
-    messages = discovery_messages("sensor-a", "custom", CLASS_NAMES)
+    messages = discovery_messages(Topics("custom", "sensor-a"), CLASS_NAMES)
     sensor = clients("sensor-a")
     assert not sensor.connect().is_failure
     for topic, payload in messages:
         assert not sensor.publish(topic, payload, retain=True).is_failure, topic
     # Another sensor's device must not be forgeable.
-    forged = discovery_messages("sensor-b", "custom", ["Dog"])[0]
+    forged = discovery_messages(Topics("custom", "sensor-b"), ["Dog"])[0]
     assert sensor.publish(*forged, retain=True).value == 135
 
     ha = clients("homeassistant")
@@ -150,7 +155,7 @@ def test_configs_travel_retained_through_the_example_broker(clients) -> None:  #
     assert all(m.retain for m in got), "discovery configs must be retained"
     assert {m.topic: json.loads(m.payload) for m in got} == {t: json.loads(p) for t, p in messages}
 
-    for topic, payload in removal_messages("sensor-a", CLASS_NAMES):
+    for topic, payload in removal_messages(Topics("custom", "sensor-a"), CLASS_NAMES):
         assert not sensor.publish(topic, payload, retain=True).is_failure
     late = clients("homeassistant", client_id="test-homeassistant-late")
     late.connect()
@@ -161,3 +166,41 @@ def test_configs_travel_retained_through_the_example_broker(clients) -> None:  #
     assert not sensor.publish(sensor_status, "online").is_failure
     seen = late.wait_until(lambda m: m.topic == sensor_status)
     assert [t for t, _ in seen if t.startswith("homeassistant/")] == []
+
+
+def test_removal_made_while_the_broker_is_down_reaches_it_on_reconnect(broker, subscriber_factory, tmp_path) -> None:
+    """Discovery switched off while the connection is gone (the removals cannot be sent then): the next connect
+    sends them before anything else, and never re-announces what was removed."""
+    topics = Topics("custom", "sensor-01")
+    discovery = Discovery()
+    with Spool(tmp_path / "spool.sqlite", max_rows=100, max_bytes=10**6) as spool:
+        mqtt = MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.05, reconnect_max_s=0.3, keepalive_s=5)
+        publisher = Publisher(mqtt, topics, spool, on_state=discovery.on_connect)
+        discovery.attach(publisher.publish)
+        discovery.update(topics, CLASS_NAMES, enabled=True)
+        publisher.start()
+        try:
+            announced = [t for t, _ in discovery_messages(topics, CLASS_NAMES)]
+            watcher = subscriber_factory(broker, ["homeassistant/#"])
+            assert watcher.wait_for(lambda ms: {m.topic for m in ms if m.payload} >= set(announced), timeout=10)
+
+            broker.stop()  # persistence keeps the retained configs over the restart
+            assert _disconnected(publisher)
+            discovery.update(topics, CLASS_NAMES, enabled=False)
+            broker.start()
+            assert publisher.wait_connected(10)
+            publisher.stop(timeout=5.0)  # a clean stop waits for the PUBACKs of everything queued on the connect
+            late = subscriber_factory(broker, ["homeassistant/#"])
+            assert late.settle("homeassistant/probe", timeout=10)
+            assert {m.topic for m in late.messages if m.payload} == set()
+        finally:
+            publisher.stop(timeout=2.0)
+
+
+def _disconnected(publisher: Publisher, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while publisher.connected:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

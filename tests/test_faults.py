@@ -30,11 +30,10 @@ from hypothesis import strategies as st
 from custom.daemon import cli
 from custom.daemon.bundle import sha256_file
 from custom.daemon.config import _key
+from custom.testing.bundles import edit_manifest
+from custom.testing.config_trees import keys, trees
 from custom.testing.daemon import Daemon, daemon_config
-from tests.test_bundle import _edit_manifest
-from tests.test_config import keys, trees
-from tests.test_publisher import certs, password_broker, tls_broker  # noqa: F401 - fixtures reused, not copied
-from tests.test_spool import remount, tmpfs
+from custom.testing.disk import remount, tmpfs
 
 EVENTS = "custom/test-sensor/events"
 HEALTH = "custom/test-sensor/health"
@@ -450,16 +449,16 @@ def _flip_byte(bundle: Path) -> None:
 def _truncate_and_fix_checksum(bundle: Path) -> None:
     _truncate(bundle)
     digest = sha256_file(bundle / "yamnet.tflite")
-    _edit_manifest(bundle, lambda d: d["files"]["yamnet.tflite"].update(sha256=digest))
+    edit_manifest(bundle, lambda d: d["files"]["yamnet.tflite"].update(sha256=digest))
 
 
 BAD_BUNDLES = {
     "truncated": (_truncate, "checksum mismatch"),
     "altered": (_flip_byte, "checksum mismatch"),
     "truncated, checksum fixed": (_truncate_and_fix_checksum, "not a loadable TFLite model"),
-    "manifest missing classes": (lambda b: _edit_manifest(b, lambda d: d.pop("classes")), "manifest classes: missing"),
+    "manifest missing classes": (lambda b: edit_manifest(b, lambda d: d.pop("classes")), "manifest classes: missing"),
     "wrong tensor shape": (
-        lambda b: _edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[1, 96, 64])),
+        lambda b: edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[1, 96, 64])),
         "manifest says float32[1, 96, 64]",
     ),
 }
@@ -514,7 +513,7 @@ def test_security_faults_are_logged_once_and_retried_with_backoff(
 ):
     """Wrong password, wrong CA, plain client on a TLS port: one WARNING naming the cause, retries that back off
     (attempts counted from the DEBUG `attempt N` lines over 10 s), and the process stays up: no restart storm."""
-    # fixtures of test_publisher.py (imported above), fetched by name so the imports are not shadowed
+    # fixtures of custom.testing.broker, fetched by name (they are only needed here)
     with_password = request.getfixturevalue("password_broker")
     with_tls = request.getfixturevalue("tls_broker")
     ca_files = request.getfixturevalue("certs")

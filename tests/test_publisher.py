@@ -16,8 +16,10 @@ import pytest
 from custom.daemon.config import ConfigError, MqttConfig, TlsConfig
 from custom.daemon.publisher import Publisher, TokenBucket
 from custom.daemon.spool import Spool
+from custom.daemon.topics import Topics
 
 SENSOR = "s1"
+TOPICS = Topics("custom", SENSOR)
 EVENTS = f"custom/{SENSOR}/events"
 STATUS = f"custom/{SENSOR}/status"
 HEALTH = f"custom/{SENSOR}/health"
@@ -30,9 +32,11 @@ import sys, time, uuid
 from custom.daemon.config import MqttConfig
 from custom.daemon.publisher import Publisher, TokenBucket
 from custom.daemon.spool import Spool
+from custom.daemon.topics import Topics
 host, port, spool_path, connect, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
 spool = Spool(spool_path, max_rows=10000, max_bytes=10**8)
-pub = Publisher(MqttConfig(host=host, port=port, reconnect_min_s=0.05, reconnect_max_s=0.2, keepalive_s=5), "s1", spool)
+config = MqttConfig(host=host, port=port, reconnect_min_s=0.05, reconnect_max_s=0.2, keepalive_s=5)
+pub = Publisher(config, Topics("custom", "s1"), spool)
 pub.start()
 if connect and not pub.wait_connected(10):
     sys.exit("child: not connected")
@@ -125,7 +129,7 @@ def kill9(proc: subprocess.Popen) -> None:
 
 def test_events_arrive_in_order_with_qos1_not_retained(broker, subscriber_factory, spool, publishers):
     sub = subscriber_factory(broker, [f"custom/{SENSOR}/#"])
-    pub = publishers(mqtt_config(broker), SENSOR, spool)
+    pub = publishers(mqtt_config(broker), TOPICS, spool)
     pub.start()
     assert pub.wait_connected(WAIT_S), pub.stats()
     sent = [make_event(i) for i in range(5)]
@@ -140,7 +144,7 @@ def test_events_arrive_in_order_with_qos1_not_retained(broker, subscriber_factor
 
 
 def test_online_is_retained_and_health_is_published(broker, subscriber_factory, spool, publishers):
-    pub = publishers(mqtt_config(broker), SENSOR, spool)
+    pub = publishers(mqtt_config(broker), TOPICS, spool)
     pub.start()
     assert pub.wait_connected(WAIT_S)
     # A subscriber that arrives later still learns the sensor is online: the status is retained.
@@ -154,7 +158,7 @@ def test_online_is_retained_and_health_is_published(broker, subscriber_factory, 
 
 def test_publish_hook_sends_retained_misc_messages(broker, subscriber_factory, spool, publishers):
     """The hook Home Assistant discovery will use: any topic, retained, not spooled."""
-    pub = publishers(mqtt_config(broker), SENSOR, spool)
+    pub = publishers(mqtt_config(broker), TOPICS, spool)
     assert not pub.publish("homeassistant/sensor/x/config", "{}", qos=1, retain=True), "not connected yet"
     pub.start()
     assert pub.wait_connected(WAIT_S)
@@ -166,7 +170,7 @@ def test_publish_hook_sends_retained_misc_messages(broker, subscriber_factory, s
 
 def test_clean_stop_publishes_retained_offline(broker, subscriber_factory, spool, publishers):
     sub = subscriber_factory(broker, [STATUS])
-    pub = publishers(mqtt_config(broker), SENSOR, spool)
+    pub = publishers(mqtt_config(broker), TOPICS, spool)
     pub.start()
     assert sub.wait_payload(STATUS, b"online", WAIT_S)
     pub.stop(timeout=5.0)
@@ -193,7 +197,7 @@ def test_last_will_offline_when_process_is_killed(broker, subscriber_factory, tm
 def test_broker_outage_loses_nothing_and_keeps_order(broker, subscriber_factory, spool, publishers):
     # A durable subscriber (fixed id, clean_session False) on a persistent broker keeps its queue across the restart.
     sub = subscriber_factory(broker, [EVENTS], client_id="durable-sub", clean=False)
-    pub = publishers(mqtt_config(broker), SENSOR, spool, drain_per_s=200.0)
+    pub = publishers(mqtt_config(broker), TOPICS, spool, drain_per_s=200.0)
     pub.start()
     assert pub.wait_connected(WAIT_S)
     sent = [make_event(i) for i in range(30)]
@@ -226,7 +230,7 @@ def test_rows_without_puback_stay_spooled_and_are_resent(broker, subscriber_fact
     """A frozen broker (SIGSTOP) takes our bytes but never acknowledges: nothing may leave the spool on send alone."""
     sub = subscriber_factory(broker, [EVENTS])
     # keepalive 1 s (below what config.yaml allows) so the client gives up on the frozen broker within ~2 s
-    pub = publishers(mqtt_config(broker, keepalive_s=1), SENSOR, spool, drain_per_s=200.0)
+    pub = publishers(mqtt_config(broker, keepalive_s=1), TOPICS, spool, drain_per_s=200.0)
     pub.start()
     assert pub.wait_connected(WAIT_S)
     sent = [make_event(i) for i in range(5)]
@@ -261,7 +265,7 @@ def test_backlog_survives_kill9_during_outage(make_broker, subscriber_factory, t
     sub = subscriber_factory(broker, [EVENTS])
     with Spool(spool_path, max_rows=10_000, max_bytes=10**8) as spool:
         assert spool.depth() == 20, "kill -9 must not lose committed rows"
-        pub = publishers(mqtt_config(broker), SENSOR, spool, drain_per_s=200.0)
+        pub = publishers(mqtt_config(broker), TOPICS, spool, drain_per_s=200.0)
         pub.start()
         assert pub.wait_drained(WAIT_S), pub.stats()
         assert sub.wait_for(lambda ms: len({m.json()["event_id"] for m in ms}) >= 20, WAIT_S)
@@ -278,7 +282,7 @@ def test_new_events_wait_behind_the_backlog(broker, subscriber_factory, tmp_path
             spool.put(EVENTS, json.dumps(event).encode())
     sub = subscriber_factory(broker, [EVENTS])
     with Spool(spool_path, max_rows=100, max_bytes=10**6) as spool:
-        pub = publishers(mqtt_config(broker, max_inflight=2), SENSOR, spool, drain_per_s=50.0)
+        pub = publishers(mqtt_config(broker, max_inflight=2), TOPICS, spool, drain_per_s=50.0)
         new = make_event(99)
         pub.publish_event(new)
         pub.start()
@@ -293,7 +297,7 @@ def test_publisher_spends_only_its_rate_budget(broker, subscriber_factory, spool
     sub = subscriber_factory(broker, [EVENTS])
     for i in range(5):
         spool.put(EVENTS, json.dumps(make_event(i)).encode())
-    pub = publishers(mqtt_config(broker, max_inflight=2), SENSOR, spool, drain_per_s=0.001)
+    pub = publishers(mqtt_config(broker, max_inflight=2), TOPICS, spool, drain_per_s=0.001)
     pub.start()
     assert len(sub.wait_count(EVENTS, 2, WAIT_S)) == 2
     deadline = time.monotonic() + WAIT_S
@@ -333,19 +337,12 @@ def _warnings(caplog) -> list[str]:
     ]
 
 
-@pytest.fixture
-def password_broker(make_broker, tmp_path):
-    passwd = tmp_path / "mosquitto.passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "sensor", "right-password"], check=True, timeout=10)
-    return make_broker(extra_config=f"password_file {passwd}")
-
-
 def test_wrong_password_logs_once_and_keeps_retrying(password_broker, spool, publishers, tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="custom.daemon.publisher")
     wrong = tmp_path / "wrong.pw"
     wrong.write_text("not-it\n")
     pub = publishers(
-        mqtt_config(password_broker, username="sensor", password_file=wrong, reconnect_max_s=0.1), SENSOR, spool
+        mqtt_config(password_broker, username="sensor", password_file=wrong, reconnect_max_s=0.1), TOPICS, spool
     )
     pub.start()
     _wait_attempts(pub, 4)
@@ -359,7 +356,7 @@ def test_wrong_password_logs_once_and_keeps_retrying(password_broker, spool, pub
 def test_right_password_from_file_connects(password_broker, subscriber_factory, spool, publishers, tmp_path):
     right = tmp_path / "right.pw"
     right.write_text("right-password\n")
-    pub = publishers(mqtt_config(password_broker, username="sensor", password_file=right), SENSOR, spool)
+    pub = publishers(mqtt_config(password_broker, username="sensor", password_file=right), TOPICS, spool)
     pub.start()
     assert pub.wait_connected(WAIT_S), pub.stats()
 
@@ -367,36 +364,13 @@ def test_right_password_from_file_connects(password_broker, subscriber_factory, 
 def test_unreadable_password_file_is_a_config_error(broker, spool, tmp_path):
     empty = tmp_path / "empty.pw"
     empty.write_text("")
-    pub = Publisher(mqtt_config(broker, username="sensor", password_file=empty), SENSOR, spool)
+    pub = Publisher(mqtt_config(broker, username="sensor", password_file=empty), TOPICS, spool)
     with pytest.raises(ConfigError, match=r"^mqtt\.password_file: "):
         pub.start()
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated second CA."""
-    d = tmp_path_factory.mktemp("certs")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30, cwd=d)
-
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")  # EC: keygen in ms, not seconds
-    for ca in ("ca", "other-ca"):
-        run("req", "-x509", *ec, "-days", "2", "-subj", f"/CN={ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.crt")
-    run("req", *ec, "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
-    return {name: d / name for name in ("ca.crt", "other-ca.crt", "server.crt", "server.key")}
-
-
-@pytest.fixture
-def tls_broker(make_broker, certs):
-    return make_broker(extra_config=f"certfile {certs['server.crt']}\nkeyfile {certs['server.key']}")
-
-
 def test_tls_with_right_ca_delivers(tls_broker, subscriber_factory, spool, publishers, certs, make_broker):
-    pub = publishers(mqtt_config(tls_broker, tls=TlsConfig(enabled=True, ca=certs["ca.crt"])), SENSOR, spool)
+    pub = publishers(mqtt_config(tls_broker, tls=TlsConfig(enabled=True, ca=certs["ca.crt"])), TOPICS, spool)
     pub.start()
     assert pub.wait_connected(WAIT_S), pub.stats()
     pub.publish_event(make_event(0))
@@ -406,7 +380,7 @@ def test_tls_with_right_ca_delivers(tls_broker, subscriber_factory, spool, publi
 def test_tls_with_wrong_ca_is_named_and_retried(tls_broker, spool, publishers, certs, caplog):
     caplog.set_level(logging.DEBUG, logger="custom.daemon.publisher")
     config = mqtt_config(tls_broker, tls=TlsConfig(enabled=True, ca=certs["other-ca.crt"]), reconnect_max_s=0.1)
-    pub = publishers(config, SENSOR, spool)
+    pub = publishers(config, TOPICS, spool)
     pub.start()
     _wait_attempts(pub, 3)
     assert not pub.connected
@@ -416,7 +390,7 @@ def test_tls_with_wrong_ca_is_named_and_retried(tls_broker, spool, publishers, c
 
 def test_plain_client_on_tls_port_is_named(tls_broker, spool, publishers, caplog):
     caplog.set_level(logging.DEBUG, logger="custom.daemon.publisher")
-    pub = publishers(mqtt_config(tls_broker, reconnect_max_s=0.1), SENSOR, spool)
+    pub = publishers(mqtt_config(tls_broker, reconnect_max_s=0.1), TOPICS, spool)
     pub.start()
     _wait_attempts(pub, 3)
     assert not pub.connected
@@ -427,7 +401,7 @@ def test_plain_client_on_tls_port_is_named(tls_broker, spool, publishers, caplog
 def test_tls_client_on_plain_port_is_named(broker, spool, publishers, certs, caplog):
     caplog.set_level(logging.DEBUG, logger="custom.daemon.publisher")
     config = mqtt_config(broker, tls=TlsConfig(enabled=True, ca=certs["ca.crt"]), reconnect_max_s=0.1)
-    pub = publishers(config, SENSOR, spool)
+    pub = publishers(config, TOPICS, spool)
     pub.start()
     _wait_attempts(pub, 3)
     assert not pub.connected

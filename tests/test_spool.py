@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 from custom.daemon.spool import Spool
+from custom.testing.disk import remount, tmpfs
 
 TOPIC = "custom/s1/events"
 WAIT_S = 10.0
@@ -26,8 +24,8 @@ def test_rows_come_back_oldest_first_after_a_cursor(tmp_path: Path):
         assert ids == sorted(ids) and len(set(ids)) == 10
         assert payloads(spool.pending(0, 3)) == [b"e0", b"e1", b"e2"]
         assert payloads(spool.pending(ids[6], 100)) == [b"e7", b"e8", b"e9"]
-        row_id, topic, payload = spool.pending(0, 1)[0]
-        assert (row_id, topic, payload) == (ids[0], TOPIC, b"e0")
+        row = spool.pending(0, 1)[0]
+        assert (row.row_id, row.topic, row.payload) == (ids[0], TOPIC, b"e0")
 
 
 def test_ack_removes_only_that_row(tmp_path: Path):
@@ -153,22 +151,6 @@ def test_put_and_ack_from_two_threads(tmp_path: Path):
 
 
 # -------------------------------------------------------------------------- real disk faults on a tiny tmpfs
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str):
-    where.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False, timeout=WAIT_S)
-
-
-def remount(where: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], check=True, timeout=WAIT_S)
 
 
 def test_read_only_state_dir_holds_events_in_memory_then_moves_them_to_disk(tmp_path: Path):

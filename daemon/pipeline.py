@@ -1,0 +1,83 @@
+"""One window in, one event out: the scoring path shared by the daemon and `custom-sensord classify`.
+
+Windows carry audio at the capture rate (`Window.samples`, `Window.rate_hz`); `Pipeline.score` resamples to the
+model's rate, scores, measures the level and builds the event, so the live sensor and an offline run over a
+recording cannot disagree about what a window means.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bundle import Bundle, BundleError, load_bundle
+from .config import Config, ConfigError
+from .event import EventContext
+from .frontend import resample
+from .level import LevelMeter
+from .model import Model
+from .windows import Window
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Everything that depends on config + bundle and is swapped as a whole on reload."""
+
+    model: Model
+    context: EventContext
+    meter: LevelMeter
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.model.bundle
+
+    def score(self, window: Window, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The per-window hot path: resample if needed, score, level, build the event (with `processing_ms`)."""
+        t0 = time.perf_counter()
+        waveform = resample(window.samples, int(round(window.rate_hz)), self.bundle.frontend.sample_rate_hz)
+        result = self.model.scores(waveform)
+        level = self.meter(waveform)
+        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        return self.context.build(result.scores, window.start_time, window.end_time, level, elapsed_ms, extra=extra)
+
+
+def build_pipeline(config: Config) -> Pipeline:
+    """Load the bundle and check config against it; ConfigError/BundleError name what is wrong (exit 78)."""
+    try:
+        bundle = load_bundle(config.model.bundle)
+        model = Model(bundle, threads=config.model.threads)  # the runtime checks the file and tensor shapes
+    except BundleError as exc:
+        raise ConfigError("model.bundle", str(exc)) from None
+    unknown = sorted(set(config.model.thresholds) - set(bundle.class_names))
+    if unknown:
+        raise ConfigError(
+            f"model.thresholds.{unknown[0]}",
+            f"not a class of bundle {bundle.bundle_id} (classes: {', '.join(bundle.class_names)})",
+        )
+    thresholds = tuple(config.model.thresholds.get(c.name, c.threshold) for c in bundle.classes)
+    return _assemble(model, config.sensor_id, config.location.to_event(), thresholds, config.audio.calibration_db)
+
+
+def bundle_pipeline(bundle_path: Path, threads: int, sensor_id: str) -> Pipeline:
+    """A pipeline straight from a bundle with its own thresholds and no location (classify); BundleError if bad."""
+    model = Model(load_bundle(bundle_path), threads=threads)
+    return _assemble(model, sensor_id, {}, model.bundle.thresholds, None)
+
+
+def _assemble(
+    model: Model, sensor_id: str, location: dict[str, Any], thresholds: tuple[float, ...], calibration_db: float | None
+) -> Pipeline:
+    bundle = model.bundle
+    context = EventContext(
+        sensor_id=sensor_id,
+        location=location,
+        class_names=bundle.class_names,
+        thresholds=thresholds,
+        bundle_id=bundle.bundle_id,
+        bundle_sha256=bundle.sha256,
+        level_unit="dBFS" if calibration_db is None else "dB(A)",
+    )
+    return Pipeline(model, context, LevelMeter(bundle.frontend.sample_rate_hz, calibration_db))
