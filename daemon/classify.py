@@ -23,7 +23,7 @@ from . import exitcodes
 from .audiofile import AudioFile, AudioFileError, read_audio
 from .bundle import BundleError, load_bundle
 from .event import EventContext
-from .level import LevelMeter
+from .levels import LevelMeter
 from .model import Model
 from .runtime import RuntimeMissingError
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         bundle_sha256=bundle.sha256,
         level_unit="dBFS",
     )
-    meter = LevelMeter(bundle.frontend.sample_rate_hz)
+    meter = LevelMeter()
     status = exitcodes.OK
     for path in args.files:
         try:
@@ -108,13 +108,13 @@ def run(args: argparse.Namespace) -> int:
         for offset_s, chunk, padded in windows(audio, args.window):
             t0 = time.perf_counter()
             result = model.scores(chunk)
-            level = meter(chunk)
+            levels = meter(chunk, audio.rate_hz)
             start = recorded_at + offset_s
             event = context.build(
                 result.scores,
                 start=start,
                 end=start + len(chunk) / audio.rate_hz,
-                level_db=level,
+                levels=levels.to_event(),
                 processing_ms=(time.perf_counter() - t0) * 1e3,
                 extra={"file": str(path)},
             )

@@ -86,12 +86,14 @@ class AudioConfig:
     device: str | int | None = _opt(
         None, "Input device: null for the system default, an index (int) or a name substring (str).", lo=0
     )
-    sample_rate_hz: int = _opt(16000, "Capture rate in Hz; resampled to the model's 16 kHz.", lo=8000, hi=192000)
+    sample_rate_hz: int | None = _opt(
+        None, "Capture rate in Hz; null: the device's own rate (levels use the full band).", lo=8000, hi=192000
+    )
     channels: int = _opt(1, "Channels to capture; mixed down to mono.", lo=1, hi=32)
     gain_db: float = _opt(0.0, "Digital gain applied before the model, dB.", lo=-40.0, hi=60.0)
     calibration_db: float | None = _opt(
         None,
-        "Offset in dB that turns dBFS into dB(A) SPL for this microphone (from a calibrator); null reports dBFS.",
+        "Offset in dB that turns dBFS into dB(A) SPL for this mic; `custom-sensord calibrate` sets it. null: dBFS.",
         lo=-50.0,
         hi=200.0,
     )

@@ -10,6 +10,7 @@ being reopened, which a restart would not fix), so a hung pipeline gets restarte
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -25,16 +26,19 @@ import numpy as np
 from . import exitcodes
 from .bundle import BundleError, load_bundle
 from .capture import FileSource, MicCapture
+from .clock import ClockProbe
 from .config import Config, ConfigError, load_config
 from .event import EventContext
 from .frontend import resample
-from .level import LevelMeter
+from .levels import LevelMeter
+from .micstatus import describe_mic, mic_down_since, mic_state
 from .model import Model
 from .notify import Notifier, setup_logging
 from .publisher import Publisher
 from .ringbuffer import RingBuffer
 from .runtime import RuntimeMissingError
 from .spool import Spool
+from .summary import HourlySummary, summary_period_s, summary_topic
 from .windows import Window, Windower
 
 log = logging.getLogger("custom.daemon.service")
@@ -90,7 +94,7 @@ def build_pipeline(config: Config) -> Pipeline:
         bundle_sha256=bundle.sha256,
         level_unit="dB(A)" if calibrated else "dBFS",
     )
-    meter = LevelMeter(bundle.frontend.sample_rate_hz, config.audio.calibration_db)
+    meter = LevelMeter(config.audio.calibration_db)
     return Pipeline(config, model, context, meter)
 
 
@@ -116,12 +120,19 @@ class Service:
         self.publisher: Publisher | None = None
         self.source: MicCapture | FileSource | None = None
         self.windower: Windower | None = None
+        self.clock = ClockProbe()
+        self.summary: HourlySummary | None = None
+        self._mic_status: str | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
     def start(self, config: Config) -> None:
         """Bundle first (the likeliest thing to be wrong), then spool and MQTT, then audio."""
         self.pipeline = build_pipeline(config)
+        self.summary = HourlySummary(
+            config.sensor_id, self.pipeline.context.location, self.pipeline.context.class_names, summary_period_s(),
+            grace_s=config.window.length_s + STALL_MARGIN_S,
+        )  # fmt: skip
         self._start_transport(config)
         self._start_audio(config)
 
@@ -146,7 +157,7 @@ class Service:
 
     def _start_audio(self, config: Config) -> None:
         seconds = RING_WINDOWS * max(config.window.length_s, config.window.hop_s)
-        ring = RingBuffer.for_duration(seconds, max_rate_hz=max(48000, config.audio.sample_rate_hz))
+        ring = RingBuffer.for_duration(seconds, max_rate_hz=max(48000, config.audio.sample_rate_hz or 0))
         if self.input_file is not None:
             self.source = FileSource(
                 self.input_file, ring, realtime=self.realtime, gain_db=config.audio.gain_db, loop=self.loop,
@@ -159,7 +170,9 @@ class Service:
                 sample_rate_hz=config.audio.sample_rate_hz,
                 channels=config.audio.channels,
                 gain_db=config.audio.gain_db,
-                block_size=round(config.audio.sample_rate_hz * config.audio.block_ms / 1000),
+                block_size=round(config.audio.sample_rate_hz * config.audio.block_ms / 1000)
+                if config.audio.sample_rate_hz
+                else None,
             )
         self.windower = Windower(ring, None, config.window.length_s, config.window.hop_s)
         self.source.start()
@@ -181,6 +194,8 @@ class Service:
         so the refusal stays the only line the operator sees (exit 78)."""
         self.notifier.stopping()
         self._stop_audio()
+        if self.summary is not None and self.spool is not None and self.pipeline is not None:
+            self._publish_summaries([self.summary.close(time.time())])
         self._stop_transport()
         if not quiet:
             log.info("stopped after %d windows", self.windows_done)
@@ -226,14 +241,20 @@ class Service:
             return
         pipeline = self.pipeline
         assert pipeline is not None and self.publisher is not None
+        clock = self.clock.state()  # as near the window's start as we can ask: it was stamped moments ago
         t0 = time.perf_counter()
         rate = pipeline.model.bundle.frontend.sample_rate_hz
         waveform = resample(window.samples, int(round(window.rate_hz)), rate)
         result = pipeline.model.scores(waveform)
-        level = pipeline.meter(waveform)
+        levels = pipeline.meter(window.samples, window.rate_hz)  # capture rate: A-weighting over the full band
         elapsed_ms = (time.perf_counter() - t0) * 1e3
-        event = pipeline.context.build(result.scores, window.start_time, window.end_time, level, elapsed_ms)
+        event = pipeline.context.build(
+            result.scores, window.start_time, window.end_time, levels.to_event(), elapsed_ms, clock=clock.to_event()
+        )
         self.publisher.publish_event(event)
+        if self.summary is not None:
+            labels = [label["name"] for label in event["labels"]]
+            self._publish_summaries(self.summary.add(window.start_time, window.end_time, levels, labels, clock.synced))
         self.latencies_ms.append(elapsed_ms)
         self.windows_done += 1
         self.last_progress_mono = time.monotonic()
@@ -249,6 +270,12 @@ class Service:
             self.notifier.watchdog()
             self._next_watchdog = now + interval
         assert self.pipeline is not None
+        if self.summary is not None:
+            self._publish_summaries(self.summary.due(time.time()))
+        mic = mic_state(self.source.state() if self.source is not None else None)
+        if mic != self._mic_status:  # a dead microphone shows in `systemctl status` at once, not at the next health
+            self._mic_status = mic
+            self._next_health = 0.0
         if now >= self._next_health:
             self._next_health = now + self.pipeline.config.health_interval_s
             health = self.health()
@@ -277,7 +304,8 @@ class Service:
                 "p50": round(float(np.percentile(latencies, 50)), 1),
                 "p95": round(float(np.percentile(latencies, 95)), 1),
             },
-            "audio": self.source.state() if self.source is not None else None,
+            "audio": mic_down_since(self.source.state(), time.time()) if self.source is not None else None,
+            "clock": self.clock.state().to_event(),
             "spool": self.spool.stats() if self.spool is not None else None,
             "mqtt": self.publisher.stats() if self.publisher is not None else None,
         }
@@ -292,10 +320,21 @@ class Service:
         mqtt = health.get("mqtt") or {}
         spool = health.get("spool") or {}
         return (
-            f"{health['windows']['done']} windows, mic {audio.get('mic')}, "
+            f"{describe_mic(audio)}, {health['windows']['done']} windows, "
             f"mqtt {'up' if mqtt.get('connected') else 'down'}, spool {spool.get('depth', 0)} queued, "
             f"p95 {health['inference_ms']['p95']} ms"
         )
+
+    def _publish_summaries(self, summaries: list[dict[str, Any] | None]) -> None:
+        """Through the spool, like events: an hour's figures survive broker outages and restarts."""
+        assert self.pipeline is not None
+        topic = summary_topic(self.pipeline.config.mqtt.topic_prefix, self.pipeline.config.sensor_id)
+        for summary in summaries:
+            if summary is not None and self.spool is not None:
+                self.spool.put(topic, json.dumps(summary, separators=(",", ":")).encode())
+                log.info("summary %s: LAeq %s %s over %.1f min%s", summary["period"]["start"],
+                         summary["level"]["laeq"], summary["level"]["unit"], summary["minutes_covered"],
+                         " (partial)" if summary["period"]["partial"] else "")  # fmt: skip
 
     def _on_mqtt_state(self, connected: bool, detail: str) -> None:
         """Called by the publisher on every (re)connect: re-send retained discovery configs HA may have lost."""
