@@ -46,6 +46,7 @@ log = logging.getLogger("custom.daemon.service")
 RING_WINDOWS = 3  # seconds of audio kept = 3 windows: room for one slow inference without skipping
 LATENCY_SAMPLES = 100  # inference times kept for p50/p95 in health
 STALL_MARGIN_S = 15.0  # beyond the expected window period before the pipeline counts as stalled
+SHUTDOWN_DRAIN_S = 2.0  # on stop, how long the last spooled rows (the partial summary) may take to go out
 # Test-only fault injection: stop processing after N windows, to prove the watchdog stops (no real way to hang
 # TFLite on demand). Read once at start; never set in the shipped unit.
 FAULT_STALL_ENV = "CUSTOM_SENSORD_FAULT_STALL_AFTER"
@@ -196,6 +197,8 @@ class Service:
         self._stop_audio()
         if self.summary is not None and self.spool is not None and self.pipeline is not None:
             self._publish_summaries([self.summary.close(time.time())])
+            if self.publisher is not None and self.publisher.connected:
+                self.publisher.wait_drained(SHUTDOWN_DRAIN_S)  # let the partial summary out now rather than next start
         self._stop_transport()
         if not quiet:
             log.info("stopped after %d windows", self.windows_done)
