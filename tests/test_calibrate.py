@@ -98,7 +98,7 @@ def test_calibrate_end_to_end_with_the_virtual_mic(virtual_mic, tmp_path: Path) 
     measured = float(re.search(r"measured (-?[\d.]+) dBFS", done.stdout).group(1))
     assert measured + offset == pytest.approx(84.0, abs=0.2), done.stdout
     print(
-        f"\nCALIBRATE: offset {offset:.2f} dB (expected 120.00); -36 dBFS tone reads {measured + offset:.2f} dB(A) (84.00)"
+        f"\nCALIBRATE: offset {offset:.2f} dB (expected 120.00); -36 dBFS reads {measured + offset:.2f} dB(A) (84.00)"
     )
 
     player = virtual_mic.play(write_tone(tmp_path / "a440.wav", 440.0, -26.0), loop=True)
