@@ -4,6 +4,11 @@ Asked of the kernel directly: `adjtimex(2)` (through ctypes, no dependency) with
 The kernel clears STA_UNSYNC once an NTP client (systemd-timesyncd, chrony, ntpd) disciplines the clock, and
 `adjtimex` returns TIME_ERROR while the clock is unsynchronised. A Pi has no RTC: until the first sync its clock
 restarts from the last shutdown (fake-hwclock) or 1970, so a window stamped then is still published, but flagged.
+
+Under the shipped unit, `ProtectClock=yes` makes the kernel refuse `adjtimex` altogether (seccomp cannot tell a
+read from a write), so the probe then falls back on systemd-timesyncd's own flag: it creates
+/run/systemd/timesync/synchronized on each successful sync (cleared at boot, as /run is). No flag and no timesyncd
+(e.g. chrony under the unit): `synced: null`, unknown, rather than a guess.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ import ctypes
 import ctypes.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 STA_UNSYNC = 0x0040
 TIME_ERROR = 5
+TIMESYNC_DIR = Path("/run/systemd/timesync")
 
 
 class _Timeval(ctypes.Structure):
@@ -65,7 +72,9 @@ class ClockState:
 class ClockProbe:
     """Reads the kernel's NTP state; cheap (one syscall) so it is asked at every window."""
 
-    def __init__(self) -> None:
+    def __init__(self, timesync_dir: Path = TIMESYNC_DIR) -> None:
+        self.timesync_dir = timesync_dir
+        self.source = "adjtimex"
         self._adjtimex = None
         name = ctypes.util.find_library("c")
         try:
@@ -74,14 +83,21 @@ class ClockProbe:
             self._adjtimex.argtypes = [ctypes.POINTER(_Timex)]
             self._adjtimex.restype = ctypes.c_int
         except (OSError, AttributeError) as exc:
-            log.warning("cannot read the clock's NTP state (%s): events will say synced: null", exc)
+            log.info("cannot call adjtimex (%s): asking systemd-timesyncd instead", exc)
 
     def state(self) -> ClockState:
-        if self._adjtimex is None:
-            return ClockState(None, None)
-        timex = _Timex()  # modes 0: read only, needs no privilege
-        result = self._adjtimex(ctypes.byref(timex))
-        if result < 0:
-            return ClockState(None, None)
-        synced = result != TIME_ERROR and not timex.status & STA_UNSYNC
-        return ClockState(synced, round(timex.maxerror / 1000.0, 1))
+        if self._adjtimex is not None:
+            timex = _Timex()  # modes 0: read only, needs no privilege
+            result = self._adjtimex(ctypes.byref(timex))
+            if result >= 0:
+                synced = result != TIME_ERROR and not timex.status & STA_UNSYNC
+                return ClockState(synced, round(timex.maxerror / 1000.0, 1))
+            self._adjtimex = None  # EPERM under ProtectClock=yes: it will not start working later
+            self.source = "timesyncd"
+            log.info("adjtimex refused (errno %d, e.g. ProtectClock=yes): clock state from %s", ctypes.get_errno(),
+                     self.timesync_dir)  # fmt: skip
+        if (self.timesync_dir / "synchronized").exists():
+            return ClockState(True, None)
+        if self.timesync_dir.is_dir():
+            return ClockState(False, None)  # timesyncd runs but has not synchronised yet
+        return ClockState(None, None)

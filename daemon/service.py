@@ -308,7 +308,7 @@ class Service:
                 "p95": round(float(np.percentile(latencies, 95)), 1),
             },
             "audio": mic_down_since(self.source.state(), time.time()) if self.source is not None else None,
-            "clock": self.clock.state().to_event(),
+            "clock": {**self.clock.state().to_event(), "source": self.clock.source},
             "spool": self.spool.stats() if self.spool is not None else None,
             "mqtt": self.publisher.stats() if self.publisher is not None else None,
         }
