@@ -97,7 +97,7 @@ class WindowLevels:
             "la50": self.la50,
             "la90": self.la90,
         }
-        return {**{k: round(float(v), 1) for k, v in figures.items()}, "unit": self.unit}
+        return {**{k: round(float(v), 1) if math.isfinite(v) else None for k, v in figures.items()}, "unit": self.unit}
 
 
 class LevelMeter:

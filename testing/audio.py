@@ -41,8 +41,9 @@ START_TIMEOUT_S = 10.0
 class VirtualMic:
     """One private PulseAudio server whose null-sink monitor is the microphone; it can vanish and come back."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, rate_hz: int = RATE_HZ) -> None:
         self.dir = workdir
+        self.rate_hz = rate_hz
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "pulse.sock"
         self.log_path = self.dir / "pulse.log"
@@ -80,7 +81,7 @@ class VirtualMic:
             "-L",
             f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
             "-L",
-            f"module-null-sink sink_name={SINK} rate={RATE_HZ} channels=1",
+            f"module-null-sink sink_name={SINK} rate={self.rate_hz} channels=1",
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the server owns it for its lifetime
         self._server = subprocess.Popen(
@@ -192,6 +193,21 @@ def virtual_mic(monkeypatch: pytest.MonkeyPatch) -> Iterator[VirtualMic]:
     # A short directory of its own, not tmp_path: a unix socket path must stay under 108 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="vmic-"))
     mic = VirtualMic(workdir)
+    for key, value in mic.env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        mic.start()
+        yield mic
+    finally:
+        mic.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def virtual_mic_48k(monkeypatch: pytest.MonkeyPatch) -> Iterator[VirtualMic]:
+    """As ``virtual_mic``, at 48 kHz (a USB mic's usual rate): for the full-band level measurement."""
+    workdir = Path(tempfile.mkdtemp(prefix="vmic48-"))
+    mic = VirtualMic(workdir, rate_hz=48000)
     for key, value in mic.env.items():
         monkeypatch.setenv(key, value)
     try:
