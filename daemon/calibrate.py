@@ -65,12 +65,11 @@ def measure(samples: np.ndarray, rate_hz: float) -> Measurement:
     band = slice(max(1, peak - 8), peak + 9)  # the Hann main lobe and a little leakage
     tone = float(np.sum(spectrum[band]))
     rest = float(np.sum(spectrum[1:])) - tone
-    step = max(1, round(0.125 * rate_hz))
-    fast = levels.fast_db  # every 100 ms
+    fast = levels.fast_db  # the 125 ms fast level every 100 ms
     return Measurement(
         laeq_dbfs=levels.laeq,
         frequency_hz=float(freqs[peak]),
-        spread_db=float(np.max(fast) - np.min(fast)) if step and len(fast) else 0.0,
+        spread_db=float(np.max(fast) - np.min(fast)) if len(fast) else 0.0,
         purity_db=float(10 * np.log10(tone / max(rest, 1e-30))),
         rate_hz=rate_hz,
     )

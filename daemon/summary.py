@@ -71,6 +71,7 @@ class _Period:
     fast: list[np.ndarray] = field(default_factory=list)
     classes: dict[str, list[float]] = field(default_factory=dict)  # name -> [windows, seconds]
     unsynced: int = 0
+    unknown: int = 0  # windows whose clock state could not be read
     unit: str = "dBFS"
 
 
@@ -124,6 +125,8 @@ class HourlySummary:
             counts[1] += duration
         if synced is False:
             p.unsynced += 1
+        elif synced is None:
+            p.unknown += 1
         return done
 
     def due(self, now: float) -> list[dict[str, Any]]:
@@ -179,8 +182,15 @@ class HourlySummary:
                 for name in self.class_names
                 if name in p.classes
             },
-            "clock": {"synced": p.unsynced == 0, "unsynced_windows": p.unsynced},
+            "clock": {"synced": _all_synced(p), "unsynced_windows": p.unsynced},
         }
+
+
+def _all_synced(p: _Period) -> bool | None:
+    """False if any window was stamped by an unsynchronised clock; None if the state was never known."""
+    if p.unsynced:
+        return False
+    return None if p.windows and p.unknown == p.windows else True
 
 
 def summary_period_s() -> float:
