@@ -132,6 +132,8 @@ def test_daemon_publishes_summaries_through_the_spool_and_loses_none_in_a_broker
     for s in full[1:]:  # the first period may have begun before the daemon did
         assert s["windows"] == 3 and s["minutes_covered"] == pytest.approx(0.1, abs=0.01), s
         assert "Siren" in s["classes"] and s["level"]["laeq"] is not None
+    print(f"\nSUMMARY OUTAGE: {len(full)} full periods back to back + partial; {logged} summarised before the outage, "
+          f"{len(summaries)} received in all")  # fmt: skip
     events = [m.json() for m in subscriber.on("custom/test-sensor/events")]
     for event in events[:3]:
         jsonschema.validate(event, EVENT_SCHEMA)
