@@ -74,11 +74,12 @@ def logged_windows(daemon: Daemon) -> list[str]:
 
 
 def spool_leftover(path: Path) -> list[str]:
-    """Window starts of events still in the spool file (after the daemon exited)."""
+    """Window starts of events still in the spool file (after the daemon exited); summaries share the spool."""
     if not path.exists():
         return []
     with contextlib.closing(sqlite3.connect(path)) as db:
-        return [json.loads(p)["window"]["start"] for (p,) in db.execute("SELECT payload FROM events ORDER BY id")]
+        rows = db.execute("SELECT payload FROM events WHERE topic LIKE '%/events' ORDER BY id")
+        return [json.loads(p)["window"]["start"] for (p,) in rows]
 
 
 def first_occurrences(events: list[dict]) -> list[str]:
