@@ -15,19 +15,20 @@ from custom.daemon.levels import FAST_TAU_S, LevelMeter, a_weighting_db
 from custom.testing.shared import shared_dir
 
 # IEC 61672-1:2013 Table 3 at the octave-band centres: nominal A-weighting (dB) and the Class 2 acceptance limits
-# (+upper, -lower; None = -infinity). Nominal frequencies in the standard are exact base-10 values 1000*10^(n/10).
+# (+upper, -lower; None = -infinity), transcribed; where the 2002 edition's tolerances differ, the tighter value is
+# used. Nominal frequencies stand for the exact base-10 values 1000 * 10^(n/10).
 IEC_A_OCTAVES = [
     # (nominal Hz, exact Hz, A dB, class 2 upper, class 2 lower)
-    (31.5, 1000 * 10 ** (-15 / 10), -39.4, 3.5, 3.5),
-    (63, 1000 * 10 ** (-12 / 10), -26.2, 2.5, 2.5),
-    (125, 1000 * 10 ** (-9 / 10), -16.1, 2.0, 2.0),
-    (250, 1000 * 10 ** (-6 / 10), -8.6, 1.9, 1.9),
-    (500, 1000 * 10 ** (-3 / 10), -3.2, 1.9, 1.9),
-    (1000, 1000.0, 0.0, 1.4, 1.4),
-    (2000, 1000 * 10 ** (3 / 10), 1.2, 2.6, 2.6),
-    (4000, 1000 * 10 ** (6 / 10), 1.0, 3.6, 3.6),
-    (8000, 1000 * 10 ** (9 / 10), -1.1, 5.6, None),
-    (16000, 1000 * 10 ** (12 / 10), -6.6, 6.0, None),
+    (31.5, 1000 * 10 ** (-15 / 10), -39.4, 3.0, 3.0),
+    (63, 1000 * 10 ** (-12 / 10), -26.2, 2.0, 2.0),
+    (125, 1000 * 10 ** (-9 / 10), -16.1, 1.5, 1.5),
+    (250, 1000 * 10 ** (-6 / 10), -8.6, 1.4, 1.4),
+    (500, 1000 * 10 ** (-3 / 10), -3.2, 1.4, 1.4),
+    (1000, 1000.0, 0.0, 1.0, 1.0),
+    (2000, 1000 * 10 ** (3 / 10), 1.2, 2.0, 2.0),
+    (4000, 1000 * 10 ** (6 / 10), 1.0, 3.0, 3.0),
+    (8000, 1000 * 10 ** (9 / 10), -1.1, 5.0, None),
+    (16000, 1000 * 10 ** (12 / 10), -6.6, 5.0, None),
 ]
 TONE_DBFS = -20.0  # AES17: a sine of amplitude 10^(-20/20) reads -20 dBFS
 
