@@ -101,6 +101,15 @@ def test_calibrate_end_to_end_with_the_virtual_mic(virtual_mic, tmp_path: Path) 
         f"\nCALIBRATE: offset {offset:.2f} dB (expected 120.00); -36 dBFS reads {measured + offset:.2f} dB(A) (84.00)"
     )
 
+    flow = tmp_path / "flow.yaml"  # a layout the one-line edit cannot handle: the line to add is printed instead
+    flow.write_text("audio: {channels: 1}  # mine\n")
+    player = virtual_mic.play(tmp_path / "cal.wav", loop=True)
+    done = calibrate(flow, virtual_mic.env, "--reference-db", "94.0", "--seconds", "2")
+    player.stop()
+    assert done.returncode == 73, done.stdout + done.stderr
+    assert "add this yourself:\naudio:\n  calibration_db: 12" in done.stdout, done.stdout
+    assert flow.read_text() == "audio: {channels: 1}  # mine\n"
+
     player = virtual_mic.play(write_tone(tmp_path / "a440.wav", 440.0, -26.0), loop=True)
     done = calibrate(config, virtual_mic.env, "--reference-db", "94.0", "--seconds", "2")
     player.stop()
