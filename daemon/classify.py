@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         recorded_at = path.stat().st_mtime - audio.duration_s
         size = round(args.window * audio.rate_hz)
         for window in recording_windows(audio.waveform, audio.rate_hz, args.window, recorded_at, MIN_DURATION_S):
-            event = pipeline.score(window, extra={"file": str(path)})
+            event = pipeline.score(window, extra={"file": str(path)}).event
             offset_s = window.start_sample / audio.rate_hz
             event["window"].update(offset_s=round(offset_s, 3), padded=len(window.samples) < size)
             print(json.dumps(event) if args.json else format_line(event), flush=True)

@@ -4,8 +4,9 @@
   classify      classify recordings with a bundle, through the daemon's own code path
   check-config  validate a config file and exit (78 if it is bad)
   devices       list audio input devices
+  calibrate     measure a 1 kHz acoustic calibrator and set audio.calibration_db
 
-Exit codes: 0 ok, 2 usage, 66 unreadable input, 69 missing runtime, 78 bad config or bundle.
+Exit codes: 0 ok, 2 usage, 65 bad data (calibrate), 66 unreadable input, 69 missing runtime, 78 bad config or bundle.
 """
 
 from __future__ import annotations
@@ -89,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("devices", help="list audio input devices")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_devices)
+
+    from . import calibrate
+
+    p = sub.add_parser(
+        "calibrate",
+        help="measure a 1 kHz calibrator on the mic and write audio.calibration_db",
+        description=calibrate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config(p)
+    calibrate.add_arguments(p)
+    p.set_defaults(func=calibrate.run)
     return parser
 
 

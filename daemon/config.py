@@ -88,9 +88,10 @@ class AudioConfig:
         None, "Input device: null for the system default, an index (int) or a name substring (str).", lo=0
     )
     sample_rate_hz: int | None = _opt(
-        16000,
-        "Capture rate in Hz, resampled to the model's 16 kHz; null captures at the device's own default rate "
-        "(48 kHz on most USB mics). A rate the device refuses falls back to its default with one warning.",
+        None,
+        "Capture rate in Hz; null (default): the device's own default rate (48 kHz on most USB mics), so levels use "
+        "the full band; the model gets 16 kHz by resampling. A rate the device refuses falls back to its default "
+        "with one warning.",
         lo=8000,
         hi=192000,
     )
@@ -98,7 +99,7 @@ class AudioConfig:
     gain_db: float = _opt(0.0, "Digital gain applied before the model, dB.", lo=-40.0, hi=60.0)
     calibration_db: float | None = _opt(
         None,
-        "Offset in dB that turns dBFS into dB(A) SPL for this microphone (from a calibrator); null reports dBFS.",
+        "Offset in dB that turns dBFS into dB(A) SPL for this mic; `custom-sensord calibrate` sets it. null: dBFS.",
         lo=-50.0,
         hi=200.0,
     )

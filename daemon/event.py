@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: level gained LAFmax/LAFmin/LA10/50/90 (AES17 dBFS); `clock` added
 SCORE_DECIMALS = 4
 
 
@@ -33,17 +33,19 @@ class EventContext:
     thresholds: tuple[float, ...]
     bundle_id: str
     bundle_sha256: str
-    level_unit: str  # "dBFS", or "dB(A)" once a calibration offset makes levels absolute
+    level_unit: str  # "dBFS" (A-weighted, AES17), or "dB(A)" once a calibration offset makes levels absolute
 
     def build(
         self,
         scores: Sequence[float] | np.ndarray,
         start: float,
         end: float,
-        level_db: float,
+        levels: Mapping[str, Any],
         processing_ms: float,
         extra: Mapping[str, Any] | None = None,
+        clock: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """`levels` is `WindowLevels.to_event()`; `clock` is `ClockState.to_event()` at the window start (live only)."""
         scores = [round(float(s), SCORE_DECIMALS) for s in scores]
         labels = [
             {"name": name, "score": score}
@@ -64,10 +66,12 @@ class EventContext:
             "labels": labels,
             "top": {"name": top_name, "score": scores[top]},
             "scores": dict(zip(self.class_names, scores, strict=True)),
-            "level": {"laeq": round(level_db, 1) if np.isfinite(level_db) else None, "unit": self.level_unit},
+            "level": dict(levels),
             "model": {"bundle_id": self.bundle_id, "sha256": self.bundle_sha256},
             "processing_ms": round(processing_ms, 1),
         }
+        if clock is not None:
+            event["clock"] = dict(clock)
         if extra:
             event.update(extra)
         return event

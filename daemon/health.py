@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .event import iso_utc
 
 LATENCY_SAMPLES = 100  # inference times kept for p50/p95
 CPU_TEMP_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
@@ -54,6 +57,7 @@ class Health:
         bundle: dict[str, str],
         windows: dict[str, int],
         audio: dict[str, Any] | None,
+        clock: dict[str, Any],
         spool: dict[str, Any] | None,
         mqtt: dict[str, Any] | None,
     ) -> dict[str, Any]:
@@ -69,6 +73,7 @@ class Health:
                 "p95": round(float(np.percentile(latencies, 95)), 1),
             },
             "audio": audio,
+            "clock": clock,
             "spool": spool,
             "mqtt": mqtt,
         }
@@ -84,7 +89,31 @@ def status_line(health: dict[str, Any]) -> str:
     mqtt = health.get("mqtt") or {}
     spool = health.get("spool") or {}
     return (
-        f"{health['windows']['done']} windows, mic {audio.get('mic')}, "
+        f"{describe_mic(audio)}, {health['windows']['done']} windows, "
         f"mqtt {'up' if mqtt.get('connected') else 'down'}, spool {spool.get('depth', 0)} queued, "
         f"p95 {health['inference_ms']['p95']} ms"
     )
+
+
+# A street sensor whose microphone died keeps running (it reopens the device with backoff, and the watchdog is still
+# fed, since a restart would not bring the mic back), so without these the outage would only show as missing events:
+# the STATUS line leads with it and the health message carries when it began.
+
+
+def mic_down_since(state: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """The audio health snapshot plus `down_since` (ISO UTC of the outage start, null while the mic works)."""
+    down_for = state.get("down_for_s")
+    return {**state, "down_since": None if down_for is None else iso_utc(now - float(down_for))}
+
+
+def mic_state(state: Mapping[str, Any] | None) -> str:
+    return "unknown" if not state else str(state.get("mic"))
+
+
+def describe_mic(state: Mapping[str, Any] | None) -> str:
+    """The STATUS fragment: loud and first-read when the mic is down, short otherwise."""
+    if mic_state(state) != "down" or not state:
+        return f"mic {mic_state(state)}"
+    since = state.get("down_since")
+    reason = state.get("last_error")
+    return f"MICROPHONE DOWN since {since or '?'}" + (f" ({reason})" if reason else "")

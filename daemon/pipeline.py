@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import Bundle, BundleError, load_bundle
+from .clock import ClockState
 from .config import Config, ConfigError
 from .event import EventContext
 from .frontend import resample
-from .level import LevelMeter
+from .levels import LevelMeter, WindowLevels
 from .model import Model
 from .windows import Window
 
@@ -34,14 +35,27 @@ class Pipeline:
     def bundle(self) -> Bundle:
         return self.model.bundle
 
-    def score(self, window: Window, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The per-window hot path: resample if needed, score, level, build the event (with `processing_ms`)."""
+    def score(self, window: Window, extra: Mapping[str, Any] | None = None, clock: ClockState | None = None) -> Scored:
+        """The per-window hot path: resample for the model, score, measure levels on the capture-rate audio (the
+        full band), build the event (with `processing_ms`). `clock`: the NTP state at the window start (live only)."""
         t0 = time.perf_counter()
         waveform = resample(window.samples, int(round(window.rate_hz)), self.bundle.frontend.sample_rate_hz)
         result = self.model.scores(waveform)
-        level = self.meter(waveform)
+        levels = self.meter(window.samples, window.rate_hz)
         elapsed_ms = (time.perf_counter() - t0) * 1e3
-        return self.context.build(result.scores, window.start_time, window.end_time, level, elapsed_ms, extra=extra)
+        event = self.context.build(
+            result.scores, window.start_time, window.end_time, levels.to_event(), elapsed_ms, extra=extra,
+            clock=None if clock is None else clock.to_event(),
+        )  # fmt: skip
+        return Scored(event, levels)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A window's event, and its levels in full (the hourly summary needs the fast-level series)."""
+
+    event: dict[str, Any]
+    levels: WindowLevels
 
 
 def build_pipeline(config: Config) -> Pipeline:
@@ -80,4 +94,4 @@ def _assemble(
         bundle_sha256=bundle.sha256,
         level_unit="dBFS" if calibration_db is None else "dB(A)",
     )
-    return Pipeline(model, context, LevelMeter(bundle.frontend.sample_rate_hz, calibration_db))
+    return Pipeline(model, context, LevelMeter(calibration_db))

@@ -10,6 +10,7 @@ being reopened, which a restart would not fix), so a hung pipeline gets restarte
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -19,9 +20,10 @@ from typing import Any
 
 from . import exitcodes
 from .capture import FileSource, MicCapture
+from .clock import ClockProbe
 from .config import Config, ConfigError, load_config
 from .discovery import Discovery
-from .health import Health, status_line
+from .health import Health, mic_down_since, mic_state, status_line
 from .notify import Notifier, setup_logging
 from .pipeline import Pipeline, build_pipeline
 from .publisher import Publisher
@@ -29,10 +31,12 @@ from .ringbuffer import RingBuffer
 from .runtime import RuntimeMissingError
 from .source import AudioSource
 from .spool import Spool
+from .summary import HourlySummary, summary_period_s
 from .windows import Window, Windower
 
 log = logging.getLogger("custom.daemon.service")
 
+SHUTDOWN_DRAIN_S = 2.0  # on stop, how long the last spooled rows (the partial summary) may take to go out
 RING_WINDOWS = 3  # seconds of audio kept = 3 windows: room for one slow inference without skipping
 RING_RATE_HZ = 48000  # the ring is sized for this capture rate (or the configured one if higher) ...
 AUTO_RING_RATE_HZ = 96000  # ... or for this one when the device picks its own rate (audio.sample_rate_hz: null)
@@ -69,6 +73,9 @@ class Service:
         self.publisher: Publisher | None = None
         self.source: AudioSource | None = None
         self.windower: Windower | None = None
+        self.clock = ClockProbe()
+        self.summary: HourlySummary | None = None
+        self._mic_status: str | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -77,6 +84,10 @@ class Service:
         self.pipeline = build_pipeline(config)
         self._use_config(config, self.pipeline)
         self.health = Health()
+        self.summary = HourlySummary(
+            config.sensor_id, self.pipeline.context.location, self.pipeline.context.class_names, summary_period_s(),
+            grace_s=config.window.length_s + STALL_MARGIN_S,
+        )  # fmt: skip
         self._start_transport(config)
         self._start_audio(config)
 
@@ -153,6 +164,10 @@ class Service:
         so the refusal stays the only line the operator sees (exit 78)."""
         self.notifier.stopping()
         self._stop_audio()
+        if self.summary is not None and self.spool is not None and self.pipeline is not None:
+            self._publish_summaries([self.summary.close(time.time())])
+            if self.publisher is not None and self.publisher.connected:
+                self.publisher.wait_drained(SHUTDOWN_DRAIN_S)  # let the partial summary out now rather than next start
         self._stop_transport()
         if not quiet:
             log.info("stopped after %d windows", self.health.windows_done if self.health else 0)
@@ -202,8 +217,14 @@ class Service:
             log.warning("fault injection: pipeline stalled on purpose (--fault-stall-after)")
             self.stop_event.wait()
             return
-        event = self.pipeline.score(window)
+        clock = self.clock.state()  # as near the window's start as we can ask: it was stamped moments ago
+        scored = self.pipeline.score(window, clock=clock)
+        event = scored.event
         self.publisher.publish_event(event)
+        if self.summary is not None:
+            labels = [label["name"] for label in event["labels"]]
+            self._publish_summaries(self.summary.add(window.start_time, window.end_time, scored.levels, labels,
+                                                     clock.synced))  # fmt: skip
         self.health.window_done(event["processing_ms"])
         log.debug("window %s: top %s %.2f, %.1f ms", event["window"]["start"], event["top"]["name"],
                   event["top"]["score"], event["processing_ms"])  # fmt: skip
@@ -217,6 +238,12 @@ class Service:
             self.notifier.watchdog()
             self._next_watchdog = now + interval
         assert self.config is not None
+        if self.summary is not None:
+            self._publish_summaries(self.summary.due(time.time()))
+        mic = mic_state(self.source.state().to_health() if self.source is not None else None)
+        if mic != self._mic_status:  # a dead microphone shows in `systemctl status` at once, not at the next health
+            self._mic_status = mic
+            self._next_health = 0.0
         if now >= self._next_health:
             self._next_health = now + self.config.health_interval_s
             health = self.health_report()
@@ -231,6 +258,16 @@ class Service:
             return True
         return self.source is not None and self.source.state().waiting_for_device
 
+    def _publish_summaries(self, summaries: list[dict[str, Any] | None]) -> None:
+        """Through the spool, like events: an hour's figures survive broker outages and restarts."""
+        assert self.config is not None
+        for summary in summaries:
+            if summary is not None and self.spool is not None:
+                self.spool.put(self.config.topics.summary, json.dumps(summary, separators=(",", ":")).encode())
+                log.info("summary %s: LAeq %s %s over %.1f min%s", summary["period"]["start"],
+                         summary["level"]["laeq"], summary["level"]["unit"], summary["minutes_covered"],
+                         " (partial)" if summary["period"]["partial"] else "")  # fmt: skip
+
     def health_report(self) -> dict[str, Any]:
         assert self.pipeline is not None and self.windower is not None and self.health is not None
         bundle = self.pipeline.bundle
@@ -239,7 +276,8 @@ class Service:
             sensor_id=self.config.sensor_id,
             bundle={"id": bundle.bundle_id, "sha256": bundle.sha256},
             windows=self.windower.stats(),
-            audio=self.source.state().to_health() if self.source is not None else None,
+            audio=mic_down_since(self.source.state().to_health(), time.time()) if self.source is not None else None,
+            clock={**self.clock.state().to_event(), "source": self.clock.source},
             spool=self.spool.stats() if self.spool is not None else None,
             mqtt=self.publisher.stats() if self.publisher is not None else None,
         )

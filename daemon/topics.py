@@ -31,6 +31,11 @@ class Topics:
         return f"{self.base}/events"
 
     @property
+    def summary(self) -> str:
+        """Hourly noise and class summaries (QoS 1, through the spool like events)."""
+        return f"{self.base}/summary"
+
+    @property
     def status(self) -> str:
         return f"{self.base}/status"
 

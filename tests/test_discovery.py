@@ -8,6 +8,7 @@ payload), against events made by the daemon's own event builder and checked agai
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -42,7 +43,9 @@ def make_event(sensor_id: str, scores: list[float], level_db: float, unit: str =
         bundle_sha256="0" * 64,
         level_unit=unit,
     )
-    event = context.build(scores, start=1_700_000_000.0, end=1_700_000_010.0, level_db=level_db, processing_ms=12.0)
+    figure = round(level_db, 1) if math.isfinite(level_db) else None
+    levels = {name: figure for name in ("laeq", "lafmax", "lafmin", "la10", "la50", "la90")} | {"unit": unit}
+    event = context.build(scores, start=1_700_000_000.0, end=1_700_000_010.0, levels=levels, processing_ms=12.0)
     jsonschema.validate(event, SCHEMA)
     return event
 

@@ -73,11 +73,12 @@ def logged_windows(daemon: Daemon) -> list[str]:
 
 
 def spool_leftover(path: Path) -> list[str]:
-    """Window starts of events still in the spool file (after the daemon exited)."""
+    """Window starts of events still in the spool file (after the daemon exited); summaries share the spool."""
     if not path.exists():
         return []
     with contextlib.closing(sqlite3.connect(path)) as db:
-        return [json.loads(p)["window"]["start"] for (p,) in db.execute("SELECT payload FROM events ORDER BY id")]
+        rows = db.execute("SELECT payload FROM events WHERE topic LIKE '%/events' ORDER BY id")
+        return [json.loads(p)["window"]["start"] for (p,) in rows]
 
 
 def first_occurrences(events: list[dict]) -> list[str]:
@@ -274,12 +275,12 @@ def _missing_are_one_run(logged: list[str], missing: list[str]) -> bool:
 
 
 def test_microphone_vanishes_and_returns_under_the_daemon(
-    yamnet_bundle, shared, virtual_mic, broker, subscriber_factory, make_daemon, tmp_path
+    yamnet_bundle, shared, virtual_mic, broker, subscriber_factory, make_daemon, notify_listener, tmp_path
 ):
     subscriber = subscriber_factory(broker, [EVENTS, HEALTH], client_id="faults-mic")
     virtual_mic.play(shared / CLIP, loop=True)
     config = daemon_config(yamnet_bundle, broker.port, tmp_path / "spool.sqlite", **SHORT)
-    daemon = make_daemon(config, env=virtual_mic.env).start()
+    daemon = make_daemon(config, env={**virtual_mic.env, "NOTIFY_SOCKET": str(notify_listener.path)}).start()
     wait_until(lambda: len(received(subscriber)) >= 3, START_S, "the first events from the mic", daemon)
 
     virtual_mic.stop()
@@ -290,6 +291,15 @@ def test_microphone_vanishes_and_returns_under_the_daemon(
         "health reporting the mic down",
         daemon,
     )
+    # the outage is visible to systemd (`systemctl status` shows STATUS) and carries its start in health
+    wait_until(
+        lambda: any(m.startswith("STATUS=MICROPHONE DOWN since ") for _, m in list(notify_listener.messages)),
+        5.0,
+        "sd_notify STATUS saying the mic is down",
+        daemon,
+    )
+    down_since = [h["audio"]["down_since"] for h in healths(subscriber) if h["audio"]["mic"] == "down"]
+    assert down_since and down_since[0] is not None and abs(ts(down_since[0]) - time.time()) < 20, down_since
     time.sleep(3.0)  # the device stays away a while
     assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()
     virtual_mic.start()
