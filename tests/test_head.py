@@ -31,7 +31,14 @@ QUICK = ["--limit-per-label", "6", "--augment", "1"]  # the documented small bui
 @pytest.fixture(scope="module")
 def headed_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("head") / "bundle"
-    assert convert(["head", "--shared", str(shared), "--out", str(out), *QUICK]) == 0
+    assert convert(["head", "--shared", str(shared), "--out", str(out), "--backbone", "yamnet", *QUICK]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def efficientat_headed_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("head-efficientat") / "bundle"
+    assert convert(["head", "--shared", str(shared), "--out", str(out), "--backbone", "efficientat", *QUICK]) == 0
     return out
 
 
@@ -94,7 +101,35 @@ def test_head_classes_must_match_the_manifest(headed_bundle: Path, shared: Path,
     assert len(lines) == 1 and "head.classes" in lines[0] and "Traceback" not in done.stderr
 
 
-def test_headed_models_run_in_tflite_runtime_214(headed_bundle: Path, tmp_path: Path) -> None:
+def test_efficientat_head_runs_end_to_end_through_classify(efficientat_headed_bundle: Path, shared: Path) -> None:
+    from custom.convert.efficientat_embed import EfficientATEmbedder
+    from custom.daemon.audiofile import read_audio
+    from custom.daemon.head import pool_features
+
+    bundle = load_bundle(efficientat_headed_bundle)
+    assert bundle.backbone == "efficientat" and bundle.head is not None
+    assert bundle.head.embedding.shape[-1] == 384 and bundle.head.classes == bundle.class_names
+    done = sensord("classify", "--bundle", str(efficientat_headed_bundle), "--json", str(shared / SIREN))
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout.splitlines()[0])
+    jsonschema.validate(event, SCHEMA)
+    assert event["model"]["bundle_id"] == "efficientat-head-urban10" and len(event["scores"]) == 10
+    # the head read the 384-d pooled feature: the same head on the embedder's own (independently exposed) tensor
+    # and logits of the first window gives the event's scores
+    model = Model(bundle)
+    rate = bundle.frontend.sample_rate_hz
+    window = read_audio(shared / SIREN, rate).waveform[: 10 * rate]
+    got = model.scores(window).scores
+    rows = EfficientATEmbedder(shared / "models/efficientat_mn04_as.tflite")(window, rate)
+    logits = 1.0 / (1.0 + np.exp(-rows["logits"]))
+    features = pool_features(rows["pooled"], logits, bundle.head.pooling, bundle.head.with_scores)
+    np.testing.assert_allclose(got, model.head(features).reshape(-1), atol=1e-4)
+    np.testing.assert_allclose([event["scores"][n] for n in bundle.class_names], got, atol=2e-3)
+
+
+@pytest.mark.parametrize("which", ["headed_bundle", "efficientat_headed_bundle"])
+def test_headed_models_run_in_tflite_runtime_214(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    headed_bundle = request.getfixturevalue(which)
     python = os.environ.get("CUSTOM_TFLITE214_PYTHON")
     if not python:
         pytest.fail("CUSTOM_TFLITE214_PYTHON is not set: tests/run.sh creates the tflite-runtime 2.14 venv")
@@ -114,7 +149,8 @@ def test_headed_models_run_in_tflite_runtime_214(headed_bundle: Path, tmp_path: 
     theirs = np.load(tmp_path / "out" / f"{head_file.stem}.npy")
     ours = np.stack([Model(bundle).head(f).reshape(-1) for f in features])
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
-    waveform = np.random.default_rng(1).standard_normal((2, 15600)).astype(np.float32) * 0.1
+    size = int(np.prod(bundle.backbone_model.input.shape))
+    waveform = np.random.default_rng(1).standard_normal((2, size)).astype(np.float32) * 0.1
     np.save(tmp_path / "wave.npy", waveform)
     backbone = headed_bundle / bundle.backbone_model.file
     done = subprocess.run(
@@ -132,6 +168,7 @@ def _fake_shared(shared: Path, tmp_path: Path, rows: list[dict[str, str]], holdo
     (fake / "data/train-audio").mkdir(parents=True)
     (fake / "models").symlink_to(shared / "models")
     (fake / "data/clips").symlink_to(shared / "data/clips")
+    (fake / "data/audioset").symlink_to(shared / "data/audioset")
     lines = ["# test holdout list", *(hashlib.sha256(r.encode()).hexdigest() for r in holdout)]
     (fake / "data/holdout-recordings.sha256").write_text("\n".join(lines) + "\n")
     with open(shared / "data/train-audio/manifest.csv", newline="") as handle:
