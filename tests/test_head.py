@@ -76,7 +76,10 @@ def test_classify_runs_the_head(headed_bundle: Path, shared: Path) -> None:
     assert event["model"]["bundle_id"] == "yamnet-head-urban10" and len(event["scores"]) == 10
 
 
-def test_daemon_runs_the_head(headed_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path) -> None:
+@pytest.mark.parametrize("which", ["headed_bundle", "efficientat_headed_bundle"])
+def test_daemon_runs_the_head(which, request, shared, broker, subscriber_factory, make_daemon, tmp_path) -> None:
+    headed_bundle = request.getfixturevalue(which)
+    bundle_id = load_bundle(headed_bundle).bundle_id
     subscriber = subscriber_factory(broker, ["custom/test-sensor/events"])
     config = daemon_config(headed_bundle, broker.port, tmp_path / "spool.sqlite", window={"length_s": 2, "hop_s": 2})
     daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"]).start()
@@ -85,7 +88,7 @@ def test_daemon_runs_the_head(headed_bundle, shared, broker, subscriber_factory,
     for message in events:
         event = message.json()
         jsonschema.validate(event, SCHEMA)
-        assert event["model"]["bundle_id"] == "yamnet-head-urban10"
+        assert event["model"]["bundle_id"] == bundle_id
     assert daemon.stop() == 0
 
 
