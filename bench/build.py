@@ -188,7 +188,8 @@ def _convert_vggish(args: argparse.Namespace) -> int:
 def _convert_yamnet(out: Path) -> int:
     from custom.convert.cli import main as convert
 
-    return convert(["default-bundle", "--shared", str(shared_dir()), "--out", str(out)])
+    # --backbone yamnet: this entry is labelled YAMNet in every table (the shipped default may be EfficientAT's head)
+    return convert(["default-bundle", "--shared", str(shared_dir()), "--backbone", "yamnet", "--out", str(out)])
 
 
 def main(argv: list[str] | None = None) -> int:
