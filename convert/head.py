@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=("float32", "float16"), default="float16", help="head weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--cache", type=Path, help="a .npz to keep the backbone features in (outside git), reused when data match"
+        "--cache", type=Path, help="X.npz: features kept in X.<backbone>.npz (outside git), reused if data match"
     )
     parser.add_argument(
         "--backbone", choices=(*BACKBONES, "both"), default="both",
