@@ -195,8 +195,8 @@ def _convert_vggish(args: argparse.Namespace) -> int:
 def _convert_yamnet(out: Path, patch: bool = False) -> int:
     from custom.convert.cli import main as convert
 
-    if not patch:  # what every sensor runs: the documented default-bundle command
-        return convert(["default-bundle", "--shared", str(shared_dir()), "--out", str(out)])
+    if not patch:  # the documented default-bundle command; --backbone yamnet: this entry is YAMNet in every table
+        return convert(["default-bundle", "--shared", str(shared_dir()), "--backbone", "yamnet", "--out", str(out)])
     from custom.convert.yamnet import shared_layout_args
 
     args = shared_layout_args(shared_dir())  # the mapping recipe on Coral's patch model (same 521 outputs)

@@ -1,7 +1,8 @@
 """`custom-convert default-bundle --out DIR`: build the bundle every sensor ships with, from ../shared, in one command.
 
-It builds both candidates in one run: YAMNet with today's class mapping (`custom-convert yamnet` on the shared
-layout) and YAMNet with a trained head (`custom-convert head`). The headed bundle ships if, and only if, it beats
+It builds the candidates in one run: YAMNet with today's class mapping (`custom-convert yamnet` on the shared
+layout) and heads trained on YAMNet's and EfficientAT's embeddings (`custom-convert head --backbone both`, which
+picks the best head on grouped CV, weighing cost per window). The best headed bundle ships if, and only if, it beats
 the mapping on the same run's grouped cross-validation: higher top-1 on the 10 classes, and no more false alarms on
 held-out "other" recordings than max(5%, the mapping's). The comparison is written into the shipped manifest's
 provenance (`default_choice`). The quickstart, the installer, the tests and the benchmarks all build it this way.
@@ -13,8 +14,11 @@ import argparse
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from custom.daemon import exitcodes
 from custom.daemon.bundle import MANIFEST_NAME, load_bundle
@@ -40,8 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def decide(figures: dict[str, Any]) -> dict[str, Any]:
-    """Whether the head ships, and why, from the two candidates' grouped-CV figures of one run."""
+def decide(
+    figures: dict[str, Any], candidates: Sequence[dict[str, Any]] = (), costs: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Whether the head ships, and why, from the candidates' grouped-CV figures of one run."""
     head, mapping = figures["head"], figures["mapping"]
     cap = max(FALSE_ALARM_CAP, mapping["false_alarm_other"])
     wins = head["top1"] > mapping["top1"] and head["false_alarm_other"] <= cap
@@ -50,7 +56,22 @@ def decide(figures: dict[str, Any]) -> dict[str, Any]:
         "rule": "head iff grouped-CV top-1 beats the mapping's and its 'other' false-alarm share <= "
         f"max({FALSE_ALARM_CAP}, mapping's)",
         "head": {"top1": round(head["top1"], 4), "false_alarm_other": round(head["false_alarm_other"], 4)},
-        "mapping": {"top1": round(mapping["top1"], 4), "false_alarm_other": round(mapping["false_alarm_other"], 4)},
+        "mapping": {
+            "top1": round(mapping["top1"], 4),
+            "false_alarm_other": round(mapping["false_alarm_other"], 4),
+            **({"cost_ms": round(costs["mapping"], 1)} if costs and "mapping" in costs else {}),
+        },
+        "heads_compared": [
+            {
+                "name": c["name"],
+                "shippable": c["shippable"],
+                "top1": round(c["figures"]["top1"], 4),
+                "min_top1_recall": round(float(np.nanmin(c["figures"]["top1_recall"])), 4),
+                "false_alarm_other": round(c["figures"]["false_alarm_other"], 4),
+                "cost_ms": round(c["cost_ms"], 1),
+            }
+            for c in candidates
+        ],
     }
 
 
@@ -80,13 +101,14 @@ def run(args: argparse.Namespace) -> int:
         except DataError as exc:
             print(f"custom-convert default-bundle: {exc}")
             return exc.code
-        choice = decide(result.figures)
+        choice = decide(result.figures, result.candidates, result.costs)
         if args.report is not None:
             from .head_report import write_report
 
             write_report(args.report, result, headed, args.shared)
         print(
-            f"default bundle: {choice['shipped']} (grouped-CV top-1 head {choice['head']['top1']:.3f} vs mapping "
+            f"default bundle: {choice['shipped']} ({result.chosen['backbone']} head; grouped-CV top-1 head "
+            f"{choice['head']['top1']:.3f} vs mapping "
             f"{choice['mapping']['top1']:.3f}; 'other' with a label {choice['head']['false_alarm_other']:.3f} vs "
             f"{choice['mapping']['false_alarm_other']:.3f})",
             flush=True,

@@ -1,13 +1,14 @@
-"""`custom-convert head`: train a classifier head on YAMNet's patch embeddings from the real recordings in ../shared
-and write a headed YAMNet bundle.
+"""`custom-convert head`: train a classifier head on backbone embeddings (YAMNet, EfficientAT mn04, or both compared)
+from the real recordings in ../shared and write the best headed bundle.
 
-Steps: expose YAMNet's 1024-d embedding as a second output (convert/tflite_outputs.py), run every training
+Steps: expose each backbone's embedding as a second output (convert/head_backbones.py), run every training
 recording (and seeded, label-honest mixes of the thin classes) through the bundle's own backbone code, choose the
 pooling and features by cross-validation grouped by source recording, set per-class thresholds from the
 out-of-fold scores, then fit on everything and export a linear sigmoid head (features -> 10 scores) to TFLite.
 Every figure printed or stored comes from out-of-fold scores: no window is scored by a head that trained on its
 recording. The same run scores today's class mapping (YAMNet's own scores, mean over the window) on the same
-windows, so the two can be compared honestly.
+windows, so the two can be compared honestly. With both backbones, their concatenated features and their averaged
+heads are measured too (same folds, same thresholds rule) and every candidate's cost per window is timed.
 """
 
 from __future__ import annotations
@@ -33,33 +34,37 @@ from custom.daemon.bundle import (
     sha256_file,
     write_bundle,
 )
-from custom.daemon.frontend import YAMNET
 from custom.daemon.head import pool_features
 from custom.daemon.model import Model
 
 from .classes import CLASS_NAMES, URBAN_CLASSES
+from .head_backbones import BACKBONES, HeadBackbone, prepare
 from .headdata import (
+    THIN_CLASSES,
     BackboneFeatures,
     DataError,
     Examples,
     build_examples,
     grouped_folds,
     load_examples,
+    load_waveform,
     read_recordings,
     save_examples,
 )
 from .metrics import best_f1_threshold, per_class_ap
-from .tflite_outputs import expose_outputs, final_layer
-from .yamnet import class_outputs, inspect_model, read_class_map
 
-HELP = "train a head on YAMNet embeddings from ../shared and write a headed bundle"
-CACHE_VERSION = 1
-MODEL_FILE = "yamnet.tflite"
+HELP = "train a head on YAMNet and/or EfficientAT embeddings from ../shared and write a headed bundle"
+CACHE_VERSION = 2  # 2: mix offsets drawn as a fraction (rate-independent)
 HEAD_FILE = "head.tflite"
 FOLDS = 5
-# (pooling, YAMNet scores appended, augmented mixes used): measured by grouped CV, best top-1 ships. Appending the
-# 521 scores lost 2-3 points of top-1 in every pooling on ../shared (2026-11-30), so it is no longer tried by default.
-VARIANTS = (("mean", False, False), ("mean", False, True), ("mean_max", False, False), ("mean_max", False, True))
+# Pooling variants per backbone: convert/head_backbones.py. For YAMNet, appending its 521 scores lost 2-3 points of
+# top-1 in every pooling on ../shared (2026-11-30), so it is no longer tried.
+COST_WINDOWS = 5
+TIE_TOP1 = 0.01  # top-1 within this of the best (about 3 of 277 clips) is a tie: the cheaper per window ships
+CHOICE_RULE = (
+    f"best grouped-CV top-1 among single-backbone heads; within {TIE_TOP1} of the best, the cheaper per window. "
+    "Combinations of both backbones are measured but not shipped (a bundle carries one backbone)"
+)
 L2 = 0.1  # weight decay: on ../shared, grouped-CV top-1 0.823 at 0.1 vs 0.805 at 1.0 and 0.751 at 0.01 (mean_max)
 FALSE_ALARM_QUANTILE = 0.995  # a class's threshold is at least this quantile of its out-of-fold "other" scores
 THRESHOLD_CEILING = 0.99
@@ -78,9 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=("float32", "float16"), default="float16", help="head weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--cache", type=Path, help="a .npz to keep the backbone features in (outside git), reused when data match"
+        "--cache", type=Path, help="X.npz: features kept in X.<backbone>.npz (outside git), reused if data match"
     )
-    parser.add_argument("--bundle-id", default="yamnet-head-urban10")
+    parser.add_argument(
+        "--backbone", choices=(*BACKBONES, "both"), default="both",
+        help="train on this backbone's embedding; both: compare them and their combinations, ship the best",
+    )  # fmt: skip
+    parser.add_argument("--bundle-id", help="default: <backbone>-head-urban10")
     parser.add_argument("--version", default="2.0.0")
 
 
@@ -100,6 +109,8 @@ class HeadResult:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     held_out_rows: int = 0
     figures: dict[str, Any] = field(default_factory=dict)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every head compared, with figures and cost
+    costs: dict[str, float] = field(default_factory=dict)  # ms per window: mapping and each candidate
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -210,16 +221,16 @@ def export_head(w: np.ndarray, b: np.ndarray, mode: str) -> bytes:
     return export_tflite(model, (1, w.shape[0]), mode)
 
 
-def _draft(args, spec: ModelSpec, head: HeadSpec, sources: dict[str, Path], cuts, mapping, provenance) -> BundleDraft:
+def _draft(args, backbone: HeadBackbone, head: HeadSpec, sources: dict[str, Path], cuts, provenance) -> BundleDraft:
     return BundleDraft(
-        bundle_id=args.bundle_id,
+        bundle_id=args.bundle_id or f"{backbone.name}-head-urban10",
         version=args.version,
-        backbone="yamnet",
-        frontend=YAMNET,
-        backbone_model=spec,
+        backbone=backbone.name,
+        frontend=backbone.frontend,
+        backbone_model=backbone.spec,
         classes=[
             ClassSpec(c.name, c.audioset_name, c.mid, t, idx)
-            for c, t, idx in zip(URBAN_CLASSES, cuts, mapping, strict=True)
+            for c, t, idx in zip(URBAN_CLASSES, cuts, backbone.mapping, strict=True)
         ],
         sources=sources,
         aggregation="mean",
@@ -228,60 +239,33 @@ def _draft(args, spec: ModelSpec, head: HeadSpec, sources: dict[str, Path], cuts
     )
 
 
-def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
-    """Train and write the headed bundle to args.out; returns its path and what was measured.
+def _head_spec(backbone: HeadBackbone, pooling: str, with_scores: bool, dims: int) -> HeadSpec:
+    model = ModelSpec(HEAD_FILE, TensorSpec((1, dims), "float32"), TensorSpec((1, 10), "float32"), "features")
+    return HeadSpec(model, 1, backbone.embedding, pooling, with_scores, CLASS_NAMES)
 
-    Raises DataError (one line naming the file, with the exit code) on bad data."""
+
+def _probe(args, backbone: HeadBackbone, work: Path) -> Model:
+    """A bundle with an untrained head, so features come from the daemon's own backbone code path."""
+    folder = work / f"probe-{backbone.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    dims = backbone.embedding_dims
+    head = folder / HEAD_FILE
+    head.write_bytes(export_head(np.zeros((dims, 10), np.float32), np.zeros(10, np.float32), "float32"))
+    draft = _draft(
+        args, backbone, _head_spec(backbone, "mean", False, dims), {backbone.model_file: backbone.path,
+        HEAD_FILE: head}, [0.5] * 10, {},
+    )  # fmt: skip
+    return Model(write_bundle(draft, folder / "bundle"))
+
+
+def _examples(args, backbone: HeadBackbone, probe: Model, recordings, shared: Path) -> Examples:
     from tqdm import tqdm
 
-    started = time.monotonic()
-    shared = args.shared
-    source_model = shared / "models/yamnet_classification.tflite"
-    class_map_path = shared / "models/yamnet_class_map.csv"
-    for path in (source_model, class_map_path):
-        if not path.is_file():
-            raise DataError(f"{path}: no such file", exitcodes.NO_INPUT)
-    recordings, held_out = read_recordings(shared, limit_per_label=args.limit_per_label)
-    print(f"recordings: {len(recordings)} ({held_out} held-out rows skipped)", flush=True)
-
-    original = source_model.read_bytes()
-    layer = final_layer(original)
-    backbone_path = work / MODEL_FILE
-    backbone_path.write_bytes(expose_outputs(original, [layer.embedding_tensor]))
-    spec = inspect_model(backbone_path)
-    mapping = class_outputs(read_class_map(class_map_path), None)
-    from custom.daemon.runtime import load_interpreter
-
-    emb_detail = load_interpreter(backbone_path).get_output_details()[1]
-    emb_spec = TensorSpec(tuple(int(d) for d in emb_detail["shape"]), np.dtype(emb_detail["dtype"]).name)
-    emb_dims = int(np.prod(emb_spec.shape))
-
-    def head_spec(pooling: str, with_scores: bool, dims: int) -> HeadSpec:
-        model = ModelSpec(HEAD_FILE, TensorSpec((1, dims), "float32"), TensorSpec((1, 10), "float32"), "features")
-        return HeadSpec(model, 1, emb_spec, pooling, with_scores, CLASS_NAMES)
-
-    # a probe bundle with an untrained head, so features come from the daemon's own backbone code path
-    probe_head = work / "probe_head.tflite"
-    probe_head.write_bytes(export_head(np.zeros((emb_dims, 10), np.float32), np.zeros(10, np.float32), "float32"))
-    probe = write_bundle(
-        _draft(
-            args,
-            spec,
-            head_spec("mean", False, emb_dims),
-            {MODEL_FILE: backbone_path, HEAD_FILE: probe_head},
-            [0.5] * 10,
-            mapping,
-            {},
-        ),
-        work / "probe",
-    )
-    features = BackboneFeatures(Model(probe))
     thin = sum(1 for r in recordings if r.source == "clips" and r.labels and URBAN_CLASSES[r.labels[0]].clip_label in
-               ("children", "jackhammer", "traffic", "subway", "footsteps", "chatter"))  # fmt: skip
-    total = len(recordings) + thin * args.augment
+               THIN_CLASSES)  # fmt: skip
     key = json.dumps(
         {
-            "backbone": sha256_file(backbone_path),
+            "backbone": sha256_file(backbone.path),
             "manifests": [
                 sha256_file(shared / m) for m in ("data/train-audio/manifest.csv", "data/clips/manifest.csv")
             ],
@@ -292,19 +276,68 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
         },
         sort_keys=True,
     )
-    examples = load_examples(args.cache, key) if args.cache is not None else None
-    if examples is None:
-        with tqdm(total=total, desc="windows", unit="win", disable=None, mininterval=5) as bar:
-            examples = build_examples(
-                recordings, features, augment_per_clip=args.augment, seed=args.seed, progress=bar.update
-            )
-        if args.cache is not None:
-            args.cache.parent.mkdir(parents=True, exist_ok=True)
-            save_examples(args.cache, examples, key)
-    else:
-        print(f"features: {len(examples.real)} windows from {args.cache}")
-    y = np.stack(examples.labels)
-    real = np.asarray(examples.real)
+    cache = None if args.cache is None else args.cache.with_name(f"{args.cache.stem}.{backbone.name}.npz")
+    examples = load_examples(cache, key) if cache is not None else None
+    if examples is not None:
+        print(f"{backbone.name} features: {len(examples.real)} windows from {cache}")
+        return examples
+    total = len(recordings) + thin * args.augment
+    with tqdm(total=total, desc=f"{backbone.name} windows", unit="win", disable=None, mininterval=5) as bar:
+        examples = build_examples(
+            recordings, BackboneFeatures(probe), augment_per_clip=args.augment, seed=args.seed,
+            rate_hz=backbone.rate_hz, progress=bar.update,
+        )  # fmt: skip
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_examples(cache, examples, key)
+    return examples
+
+
+def window_cost_ms(models: list[Model], recordings, repeats: int = COST_WINDOWS) -> list[float]:
+    """Median ms per 10 s window (front end + backbone + head, 1 thread) of each model, interleaved on the same
+    real recording so machine load hits all alike."""
+    wave = {
+        m.bundle.frontend.sample_rate_hz: np.resize(load_waveform(recordings[0], m.bundle.frontend.sample_rate_hz),
+                                                    int(10 * m.bundle.frontend.sample_rate_hz))
+        for m in models
+    }  # fmt: skip
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(repeats):
+        for i, model in enumerate(models):
+            t0 = time.perf_counter()
+            model.scores(wave[model.bundle.frontend.sample_rate_hz])
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    return [float(np.median(t)) for t in times]
+
+
+def choose_candidate(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shippable candidate with the best grouped-CV top-1; within TIE_TOP1 of the best, the cheapest per window."""
+    shippable = [c for c in candidates if c["shippable"]]
+    best = max(c["figures"]["top1"] for c in shippable)
+    tied = [c for c in shippable if c["figures"]["top1"] >= best - TIE_TOP1]
+    return min(tied, key=lambda c: (c["cost_ms"], -c["figures"]["top1"]))
+
+
+def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
+    """Train heads on the chosen backbone(s), compare them (and their combinations) by grouped CV, and write the best
+    shippable headed bundle to args.out; returns its path and what was measured.
+
+    Raises DataError (one line naming the file, with the exit code) on bad data."""
+    started = time.monotonic()
+    shared = args.shared
+    names = BACKBONES if args.backbone == "both" else (args.backbone,)
+    recordings, held_out = read_recordings(shared, limit_per_label=args.limit_per_label)
+    print(f"recordings: {len(recordings)} ({held_out} held-out rows skipped)", flush=True)
+    # YAMNet's features are always computed: today's mapping is scored on them in the same run
+    backbones = {n: prepare(n, shared, work) for n in ("yamnet", *[n for n in names if n != "yamnet"])}
+    probes = {n: _probe(args, b, work) for n, b in backbones.items()}
+    examples = {n: _examples(args, b, probes[n], recordings, shared) for n, b in backbones.items()}
+    base = examples["yamnet"]
+    for n, ex in examples.items():
+        if ex.groups != base.groups or not np.array_equal(np.stack(ex.labels), np.stack(base.labels)):
+            raise RuntimeError(f"{n} windows do not line up with YAMNet's (same seed must give the same mixes)")
+    y = np.stack(base.labels)
+    real = np.asarray(base.real)
     real_rows = np.flatnonzero(real >= 0)
     truth = y[real_rows]
     fold_of = grouped_folds([recordings[i].group for i in real[real_rows]], truth, FOLDS, args.seed)
@@ -317,10 +350,11 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
         label = URBAN_CLASSES[rec.labels[0]].clip_label if rec.labels else "other"
         result.counts.setdefault(label, {}).setdefault(rec.source, 0)
         result.counts[label][rec.source] += 1
-    result.counts.setdefault("(augmented mixes)", {})["clips"] = len(examples.real) - len(real_rows)
+    result.counts.setdefault("(augmented mixes)", {})["clips"] = len(base.real) - len(real_rows)
 
     # today's mapping on the same windows: mean over patches of YAMNet's own scores, class by mid
-    pooled = np.stack([examples.scores[r].mean(axis=0) for r in real_rows])
+    mapping = backbones["yamnet"].mapping
+    pooled = np.stack([base.scores[r].mean(axis=0) for r in real_rows])
     result.mapping_scores = np.stack([pooled[:, list(idx)].max(axis=1) for idx in mapping], axis=1)
     clip_rows = np.flatnonzero(on_clips)
     # as the yamnet converter ships them: best F1 per class on all clips (optimistic for the mapping)
@@ -328,43 +362,81 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
                                  range(10)]  # fmt: skip
     mapping_figures = figures(result.mapping_scores, truth, result.mapping_thresholds, on_clips)
 
-    best = None
+    costs = dict(zip(probes, window_cost_ms(list(probes.values()), recordings), strict=True))
+    mixes = real < 0
+
+    def evaluate(x: np.ndarray, augmented: bool) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+        keep = np.ones(len(real), dtype=bool) if augmented else ~mixes
+        kept_groups = [base.groups[i] for i in np.flatnonzero(keep)]
+        oof = cross_validate(x[keep], y[keep], kept_groups, real[keep], fold_of)
+        return oof, figures(oof, truth, thresholds_from(oof, truth), on_clips), keep
+
     print(
-        f"{'pooling':<9} {'+scores':<8} {'mixes':<6} {'top-1':>6} {'macro AP':>9}"
+        f"{'backbone':<12} {'pooling':<9} {'+scores':<8} {'mixes':<6} {'top-1':>6} {'macro AP':>9} {'other':>6}"
         f"   (grouped {FOLDS}-fold CV, {len(clip_rows)} clips)"
     )
-    mixes = real < 0
-    for pooling, with_scores, augmented in VARIANTS:
-        x = window_features(examples, pooling, with_scores)
-        keep = np.ones(len(real), dtype=bool) if augmented else ~mixes
-        if augmented and not mixes.any():
-            continue  # --augment 0: nothing to try
-        kept_groups = [examples.groups[i] for i in np.flatnonzero(keep)]
-        oof = cross_validate(x[keep], y[keep], kept_groups, real[keep], fold_of)
+    candidates: list[dict[str, Any]] = []
+    for name in names:
+        best = None
+        for pooling, with_scores, augmented in backbones[name].variants:
+            if augmented and not mixes.any():
+                continue  # --augment 0: nothing to try
+            x = window_features(examples[name], pooling, with_scores)
+            oof, fig, keep = evaluate(x, augmented)
+            row = {"backbone": name, "pooling": pooling, "with_scores": with_scores, "augmented": augmented}
+            row.update(top1=fig["top1"], macro_ap=fig["macro_ap"], false_alarm_other=fig["false_alarm_other"])
+            result.variants.append(row)
+            print(f"{name:<12} {pooling:<9} {str(with_scores):<8} {str(augmented):<6} {fig['top1']:>6.3f} "
+                  f"{fig['macro_ap']:>9.3f} {fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
+            if best is None or (fig["top1"], fig["macro_ap"]) > (best["figures"]["top1"], best["figures"]["macro_ap"]):
+                best = {"name": name, "backbones": [name], "shippable": True, "cost_ms": costs[name],
+                        "variant": {"pooling": pooling, "with_scores": with_scores, "augmented": augmented, "l2": L2},
+                        "figures": fig, "oof": oof, "x": x, "keep": keep}  # fmt: skip
+        assert best is not None
+        candidates.append(best)
+    if len(candidates) == 2:
+        a, b = candidates
+        combined_cost = a["cost_ms"] + b["cost_ms"]
+        both = [a["name"], b["name"]]
+        augmented = a["variant"]["augmented"] or b["variant"]["augmented"]
+        oof, fig, _ = evaluate(np.hstack([a["x"], b["x"]]), augmented)
+        print(f"{'concat':<12} {'':<9} {'':<8} {str(augmented):<6} {fig['top1']:>6.3f} {fig['macro_ap']:>9.3f} "
+              f"{fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
+        # a bundle carries one backbone: the combinations are measured, not shipped (see the report)
+        candidates.append({"name": "concatenated", "backbones": both, "shippable": False, "cost_ms": combined_cost,
+                           "variant": {"augmented": augmented}, "figures": fig, "oof": oof})  # fmt: skip
+        oof = (a["oof"] + b["oof"]) / 2
         fig = figures(oof, truth, thresholds_from(oof, truth), on_clips)
-        row = {"pooling": pooling, "with_scores": with_scores, "augmented": augmented}
-        row.update(top1=fig["top1"], macro_ap=fig["macro_ap"], false_alarm_other=fig["false_alarm_other"])
-        result.variants.append(row)
-        print(f"{pooling:<9} {str(with_scores):<8} {str(augmented):<6} {fig['top1']:>6.3f} {fig['macro_ap']:>9.3f}",
-              flush=True)  # fmt: skip
-        if best is None or (fig["top1"], fig["macro_ap"]) > (best[2]["top1"], best[2]["macro_ap"]):
-            best = (pooling, with_scores, fig, oof, x, keep, augmented)
-    assert best is not None
-    pooling, with_scores, _, oof, x, keep, augmented = best
-    result.head_oof = oof
-    result.thresholds = thresholds_from(oof, truth)
-    head_figures = figures(oof, truth, result.thresholds, on_clips)
-    result.chosen = {"pooling": pooling, "with_scores": with_scores, "augmented": augmented, "l2": L2}
+        print(f"{'averaged':<12} {'':<9} {'':<8} {'':<6} {fig['top1']:>6.3f} {fig['macro_ap']:>9.3f} "
+              f"{fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
+        candidates.append({"name": "averaged", "backbones": both, "shippable": False, "cost_ms": combined_cost,
+                           "variant": {}, "figures": fig, "oof": oof})  # fmt: skip
+    chosen = choose_candidate(candidates)
+    backbone = backbones[chosen["name"]]
+    result.candidates = [
+        {k: v for k, v in c.items() if k not in ("oof", "x", "keep")} | {"thresholds": thresholds_from(c["oof"], truth)}
+        for c in candidates
+    ]
+    result.head_oof = chosen["oof"]
+    result.thresholds = thresholds_from(chosen["oof"], truth)
+    head_figures = chosen["figures"]
+    result.chosen = {"backbone": chosen["name"], **chosen["variant"]}
+    result.costs = {"mapping": costs["yamnet"], **{c["name"]: c["cost_ms"] for c in candidates}}
     result.figures = {"head": head_figures, "mapping": mapping_figures}
+    pooling, with_scores = chosen["variant"]["pooling"], chosen["variant"]["with_scores"]
+    x, keep = chosen["x"], chosen["keep"]
 
     w, b = fit_linear(x[keep], y[keep])
     head_path = work / HEAD_FILE
     head_path.write_bytes(export_head(w, b, args.quantize))
+
+    def summary(fig: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in fig.items() if k != "confusion"}
+
     provenance = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tool": "custom-convert head",
-        "source_model": {"file": source_model.name, "sha256": sha256_file(source_model)},
-        "embedding": {"tensor": layer.embedding_tensor, "how": "exposed as output 1 by editing the flatbuffer"},
+        **backbone.provenance,
         "training": {
             "recordings": len(recordings),
             "held_out_rows_skipped": held_out,
@@ -377,34 +449,46 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
         "cross_validated": {
             "variants": result.variants,
             "chosen": result.chosen,
-            "head": {k: v for k, v in head_figures.items() if k != "confusion"},
-            "mapping": {k: v for k, v in mapping_figures.items() if k != "confusion"},
+            "choice_rule": CHOICE_RULE,
+            "candidates": [
+                {
+                    "name": c["name"],
+                    "shippable": c["shippable"],
+                    "cost_ms": round(c["cost_ms"], 1),
+                    "variant": c["variant"],
+                    **summary(c["figures"]),
+                }
+                for c in result.candidates
+            ],  # fmt: skip
+            "head": summary(head_figures),
+            "mapping": {**summary(mapping_figures), "cost_ms": round(costs["yamnet"], 1)},
         },
     }
     bundle = write_bundle(
         _draft(
             args,
-            spec,
-            head_spec(pooling, with_scores, x.shape[1]),
-            {MODEL_FILE: backbone_path, HEAD_FILE: head_path},
+            backbone,
+            _head_spec(backbone, pooling, with_scores, x.shape[1]),
+            {backbone.model_file: backbone.path, HEAD_FILE: head_path},
             result.thresholds,
-            mapping,
             provenance,
         ),
         args.out,
     )
     model = Model(bundle)  # the written bundle loads, and its head agrees with the numpy fit
+    ex = examples[chosen["name"]]
     check_rows = real_rows[:: max(1, len(real_rows) // 20)]
-    got = np.stack([model.class_scores(np.hstack([examples.scores[r], examples.embeddings[r]])) for r in check_rows])
+    got = np.stack([model.class_scores(np.hstack([ex.scores[r], ex.embeddings[r]])) for r in check_rows])
     worst = float(np.abs(got - _sigmoid(x[check_rows] @ w + b)).max())
     if worst > 0.02:
         raise RuntimeError(f"exported head disagrees with its fit by {worst:.4f}")
     print(f"head TFLite ({args.quantize}) vs float fit: max |difference| {worst:.5f} on {len(check_rows)} windows")
     print(
-        f"chosen: pooling={pooling} with_scores={with_scores} mixes={augmented}; "
+        f"chosen: {chosen['name']} pooling={pooling} with_scores={with_scores} mixes={chosen['variant']['augmented']}; "
         f"grouped-CV top-1 {head_figures['top1']:.3f} "
         f"(mapping {mapping_figures['top1']:.3f}), 'other' windows with a label {head_figures['false_alarm_other']:.3f}"
-        f" (mapping {mapping_figures['false_alarm_other']:.3f})"
+        f" (mapping {mapping_figures['false_alarm_other']:.3f}), {chosen['cost_ms']:.0f} ms/window "
+        f"(YAMNet {costs['yamnet']:.0f})"
     )
     print("thresholds: " + ", ".join(f"{c.name} {c.threshold:.2f}" for c in bundle.classes))
     print(f"wrote {bundle.path} (bundle sha256 {bundle.sha256[:12]}…, {time.monotonic() - started:.0f} s)")

@@ -121,13 +121,14 @@ def read_recordings(shared: Path, *, limit_per_label: int | None = None) -> tupl
     return recordings, held_out
 
 
-def load_waveform(recording: Recording) -> np.ndarray:
-    """The first window of a recording, mono float32 16 kHz; DataError (66) naming the file if unreadable."""
+def load_waveform(recording: Recording, rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
+    """The first window of a recording, mono float32 at the backbone's rate; DataError (66) naming the file if
+    unreadable."""
     try:
-        audio = read_audio(recording.path, SAMPLE_RATE_HZ)
+        audio = read_audio(recording.path, rate_hz)
     except (AudioFileError, OSError, RuntimeError) as exc:
         raise DataError(f"{recording.path}: unreadable audio: {exc}", exitcodes.NO_INPUT) from None
-    return audio.waveform[: int(WINDOW_S * SAMPLE_RATE_HZ)].astype(np.float32)
+    return audio.waveform[: int(WINDOW_S * rate_hz)].astype(np.float32)
 
 
 class BackboneFeatures:
@@ -152,7 +153,7 @@ def mix(
     """`event` at a random offset over `background` (tiled to the window) at `snr_db`, then `gain_db` overall."""
     length = max(len(event), len(background))
     bed = np.resize(background, length)
-    start = int(rng.integers(0, length - len(event) + 1))
+    start = int(rng.random() * (length - len(event) + 1))  # a fraction: the same mix at every backbone's rate
     placed = np.zeros(length, dtype=np.float32)
     placed[start : start + len(event)] = event
     bed = bed * (_rms(event) / _rms(bed) * 10 ** (-snr_db / 20))
@@ -167,9 +168,13 @@ def build_examples(
     *,
     augment_per_clip: int,
     seed: int,
+    rate_hz: int = SAMPLE_RATE_HZ,
     progress: Callable[[int], None] | None = None,
 ) -> Examples:
-    """Every real recording once, plus `augment_per_clip` mixes of each thin-class recording over backgrounds."""
+    """Every real recording once, plus `augment_per_clip` mixes of each thin-class recording over backgrounds.
+
+    The random draws do not depend on the rate, so two backbones built with one seed get the same windows in the
+    same order (their features can be concatenated row by row)."""
     rng = np.random.default_rng(seed)
     examples = Examples()
     classes = len(URBAN_CLASSES)
@@ -177,7 +182,7 @@ def build_examples(
     thin = {i for i, c in enumerate(URBAN_CLASSES) if c.clip_label in THIN_CLASSES}
     waves: dict[int, np.ndarray] = {}
     for i, rec in enumerate(recordings):
-        waves[i] = load_waveform(rec)
+        waves[i] = load_waveform(rec, rate_hz)
         labels = np.zeros(classes, dtype=bool)
         labels[list(rec.labels)] = True
         examples.add(*features(waves[i]), labels, (rec.group,), i)

@@ -4,7 +4,7 @@
 #   bash deploy/quickstart.sh --for 60       # stop by itself after 60 s
 #   bash deploy/quickstart.sh --input my.wav # replay a recording instead of the microphone
 # It installs the system packages, a venv in .venv, builds the default model bundle (`custom-convert default-bundle`:
-# YAMNet, with a head trained on ../shared iff it beats the class mapping) into .quickstart/bundle, starts a loopback broker if none listens on
+# the best head trained on ../shared on YAMNet or EfficientAT embeddings iff it beats YAMNet's class mapping) into .quickstart/bundle, starts a loopback broker if none listens on
 # 127.0.0.1:1883, and runs `custom-sensord run`. Without a microphone it replays a siren recording in a loop.
 # For a real deployment under systemd use deploy/install.sh (see deploy/OPERATING.md).
 set -euo pipefail
@@ -48,7 +48,7 @@ mkdir -p "$WORK"
 
 echo "== default model bundle ($WORK/bundle)"
 if ! "$VENV/bin/python" -c "from custom.daemon.bundle import load_bundle; load_bundle('$WORK/bundle')" 2>/dev/null; then
-    # the one documented command: YAMNet with a head trained on ../shared iff it beats the class mapping (needs the
+    # the one documented command: the best trained head iff it beats the class mapping (needs the
     # converter extra, TensorFlow, on this machine only; the sensor itself runs on the TFLite runtime)
     "$VENV/bin/pip" install -q -e ".[convert]"
     "$VENV/bin/custom-convert" default-bundle --shared "$SHARED" --out "$WORK/bundle"

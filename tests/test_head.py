@@ -31,7 +31,14 @@ QUICK = ["--limit-per-label", "6", "--augment", "1"]  # the documented small bui
 @pytest.fixture(scope="module")
 def headed_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("head") / "bundle"
-    assert convert(["head", "--shared", str(shared), "--out", str(out), *QUICK]) == 0
+    assert convert(["head", "--shared", str(shared), "--out", str(out), "--backbone", "yamnet", *QUICK]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def efficientat_headed_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("head-efficientat") / "bundle"
+    assert convert(["head", "--shared", str(shared), "--out", str(out), "--backbone", "efficientat", *QUICK]) == 0
     return out
 
 
@@ -69,7 +76,10 @@ def test_classify_runs_the_head(headed_bundle: Path, shared: Path) -> None:
     assert event["model"]["bundle_id"] == "yamnet-head-urban10" and len(event["scores"]) == 10
 
 
-def test_daemon_runs_the_head(headed_bundle, shared, broker, subscriber_factory, make_daemon, tmp_path) -> None:
+@pytest.mark.parametrize("which", ["headed_bundle", "efficientat_headed_bundle"])
+def test_daemon_runs_the_head(which, request, shared, broker, subscriber_factory, make_daemon, tmp_path) -> None:
+    headed_bundle = request.getfixturevalue(which)
+    bundle_id = load_bundle(headed_bundle).bundle_id
     subscriber = subscriber_factory(broker, ["custom/test-sensor/events"])
     config = daemon_config(headed_bundle, broker.port, tmp_path / "spool.sqlite", window={"length_s": 2, "hop_s": 2})
     daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"]).start()
@@ -78,7 +88,7 @@ def test_daemon_runs_the_head(headed_bundle, shared, broker, subscriber_factory,
     for message in events:
         event = message.json()
         jsonschema.validate(event, SCHEMA)
-        assert event["model"]["bundle_id"] == "yamnet-head-urban10"
+        assert event["model"]["bundle_id"] == bundle_id
     assert daemon.stop() == 0
 
 
@@ -94,7 +104,35 @@ def test_head_classes_must_match_the_manifest(headed_bundle: Path, shared: Path,
     assert len(lines) == 1 and "head.classes" in lines[0] and "Traceback" not in done.stderr
 
 
-def test_headed_models_run_in_tflite_runtime_214(headed_bundle: Path, tmp_path: Path) -> None:
+def test_efficientat_head_runs_end_to_end_through_classify(efficientat_headed_bundle: Path, shared: Path) -> None:
+    from custom.convert.efficientat_embed import EfficientATEmbedder
+    from custom.daemon.audiofile import read_audio
+    from custom.daemon.head import pool_features
+
+    bundle = load_bundle(efficientat_headed_bundle)
+    assert bundle.backbone == "efficientat" and bundle.head is not None
+    assert bundle.head.embedding.shape[-1] == 384 and bundle.head.classes == bundle.class_names
+    done = sensord("classify", "--bundle", str(efficientat_headed_bundle), "--json", str(shared / SIREN))
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout.splitlines()[0])
+    jsonschema.validate(event, SCHEMA)
+    assert event["model"]["bundle_id"] == "efficientat-head-urban10" and len(event["scores"]) == 10
+    # the head read the 384-d pooled feature: the same head on the embedder's own (independently exposed) tensor
+    # and logits of the first window gives the event's scores
+    model = Model(bundle)
+    rate = bundle.frontend.sample_rate_hz
+    window = read_audio(shared / SIREN, rate).waveform[: 10 * rate]
+    got = model.scores(window).scores
+    rows = EfficientATEmbedder(shared / "models/efficientat_mn04_as.tflite")(window, rate)
+    logits = 1.0 / (1.0 + np.exp(-rows["logits"]))
+    features = pool_features(rows["pooled"], logits, bundle.head.pooling, bundle.head.with_scores)
+    np.testing.assert_allclose(got, model.head(features).reshape(-1), atol=1e-4)
+    np.testing.assert_allclose([event["scores"][n] for n in bundle.class_names], got, atol=2e-3)
+
+
+@pytest.mark.parametrize("which", ["headed_bundle", "efficientat_headed_bundle"])
+def test_headed_models_run_in_tflite_runtime_214(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    headed_bundle = request.getfixturevalue(which)
     python = os.environ.get("CUSTOM_TFLITE214_PYTHON")
     if not python:
         pytest.fail("CUSTOM_TFLITE214_PYTHON is not set: tests/run.sh creates the tflite-runtime 2.14 venv")
@@ -114,7 +152,8 @@ def test_headed_models_run_in_tflite_runtime_214(headed_bundle: Path, tmp_path: 
     theirs = np.load(tmp_path / "out" / f"{head_file.stem}.npy")
     ours = np.stack([Model(bundle).head(f).reshape(-1) for f in features])
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
-    waveform = np.random.default_rng(1).standard_normal((2, 15600)).astype(np.float32) * 0.1
+    size = int(np.prod(bundle.backbone_model.input.shape))
+    waveform = np.random.default_rng(1).standard_normal((2, size)).astype(np.float32) * 0.1
     np.save(tmp_path / "wave.npy", waveform)
     backbone = headed_bundle / bundle.backbone_model.file
     done = subprocess.run(
@@ -132,6 +171,7 @@ def _fake_shared(shared: Path, tmp_path: Path, rows: list[dict[str, str]], holdo
     (fake / "data/train-audio").mkdir(parents=True)
     (fake / "models").symlink_to(shared / "models")
     (fake / "data/clips").symlink_to(shared / "data/clips")
+    (fake / "data/audioset").symlink_to(shared / "data/audioset")
     lines = ["# test holdout list", *(hashlib.sha256(r.encode()).hexdigest() for r in holdout)]
     (fake / "data/holdout-recordings.sha256").write_text("\n".join(lines) + "\n")
     with open(shared / "data/train-audio/manifest.csv", newline="") as handle:
@@ -197,3 +237,17 @@ def test_a_class_missing_is_a_data_error(shared: Path, tmp_path: Path, capsys) -
     assert convert(["head", "--shared", str(fake), "--out", str(tmp_path / "b"), *QUICK]) == 65
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "no training recordings for class(es) bird" in last
+
+
+def test_choice_weighs_cost_only_on_a_tie() -> None:
+    from custom.convert.head import TIE_TOP1, choose_candidate
+
+    def head(name: str, top1: float, cost: float, shippable: bool = True) -> dict:
+        return {"name": name, "figures": {"top1": top1}, "cost_ms": cost, "shippable": shippable}
+
+    tied = [head("yamnet", 0.850, 123.0), head("efficientat", 0.850 - TIE_TOP1 / 2, 33.0)]
+    assert choose_candidate(tied)["name"] == "efficientat"  # a tie: the cheaper ships
+    clear = [head("yamnet", 0.850 + 2 * TIE_TOP1, 123.0), head("efficientat", 0.850, 33.0)]
+    assert choose_candidate(clear)["name"] == "yamnet"  # a clear win ships, whatever it costs
+    combined = [*clear, head("averaged", 0.95, 156.0, shippable=False)]
+    assert choose_candidate(combined)["name"] == "yamnet"  # a combination is measured, never shipped
