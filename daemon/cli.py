@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from . import exitcodes
+from .summary import DEFAULT_PERIOD_S
 
 DEFAULT_CONFIG = Path("/etc/custom-sensor/config.yaml")
 
@@ -53,7 +54,12 @@ def _run(args: argparse.Namespace) -> int:
     from .service import run_service
 
     return run_service(
-        args.config, input_file=args.input, realtime=not args.fast, loop=args.loop, stall_after=args.fault_stall_after
+        args.config,
+        input_file=args.input,
+        realtime=not args.fast,
+        loop=args.loop,
+        stall_after=args.fault_stall_after,
+        summary_period_s=args.summary_period_s,
     )
 
 
@@ -72,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # --input as fast as possible (tests)
     # Test-only fault injection: stall the pipeline after N windows, to prove the systemd watchdog stops.
     p.add_argument("--fault-stall-after", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
+    # Test-only: a short summary period (e.g. 6 s) so a test sees several "hours".
+    p.add_argument("--summary-period-s", type=float, default=DEFAULT_PERIOD_S, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
 
     p = sub.add_parser(

@@ -22,6 +22,12 @@ from .levels import LevelMeter, WindowLevels
 from .model import Model
 from .windows import Window
 
+# The model sees the band it was trained on. Every model we ship learnt from 16 kHz recordings (all of ../shared is
+# 16 kHz: nothing above 8 kHz), so a window captured at 48 kHz (the default, for full-band levels) is brought to
+# 16 kHz first, then to the bundle's own rate (32 kHz for EfficientAT, whose head would otherwise meet a band it
+# never saw in training). Levels are measured on the capture-rate window, untouched.
+TRAINED_BAND_RATE_HZ = 16000
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -39,7 +45,9 @@ class Pipeline:
         """The per-window hot path: resample for the model, score, measure levels on the capture-rate audio (the
         full band), build the event (with `processing_ms`). `clock`: the NTP state at the window start (live only)."""
         t0 = time.perf_counter()
-        waveform = resample(window.samples, int(round(window.rate_hz)), self.bundle.frontend.sample_rate_hz)
+        waveform = resample(window.samples, int(round(window.rate_hz)), TRAINED_BAND_RATE_HZ)
+        if self.bundle.frontend.sample_rate_hz != TRAINED_BAND_RATE_HZ:  # EfficientAT's 32 kHz front end
+            waveform = resample(waveform, TRAINED_BAND_RATE_HZ, self.bundle.frontend.sample_rate_hz)
         result = self.model.scores(waveform)
         levels = self.meter(window.samples, window.rate_hz)
         elapsed_ms = (time.perf_counter() - t0) * 1e3

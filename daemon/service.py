@@ -31,7 +31,7 @@ from .ringbuffer import RingBuffer
 from .runtime import RuntimeMissingError
 from .source import AudioSource
 from .spool import Spool
-from .summary import HourlySummary, summary_period_s
+from .summary import DEFAULT_PERIOD_S, HourlySummary
 from .windows import Window, Windower
 
 log = logging.getLogger("custom.daemon.service")
@@ -51,9 +51,11 @@ class Service:
         realtime: bool = True,
         loop: bool = False,
         stall_after: int | None = None,
+        summary_period_s: float = DEFAULT_PERIOD_S,
     ):
         """`stall_after` is test-only fault injection (hidden `--fault-stall-after`): stop processing after that
-        many windows, to prove the watchdog stops (there is no real way to hang TFLite on demand)."""
+        many windows, to prove the watchdog stops (there is no real way to hang TFLite on demand).
+        `summary_period_s` is an hour except in tests (hidden `--summary-period-s`)."""
         self.config_path = config_path
         self.input_file = input_file
         self.realtime = realtime
@@ -66,6 +68,7 @@ class Service:
         self._next_watchdog = 0.0
         self._stall_limit_s = 0.0
         self._stall_after = stall_after
+        self._summary_period_s = summary_period_s
         self.config: Config | None = None
         self.pipeline: Pipeline | None = None
         self.discovery = Discovery()
@@ -85,7 +88,7 @@ class Service:
         self._use_config(config, self.pipeline)
         self.health = Health()
         self.summary = HourlySummary(
-            config.sensor_id, self.pipeline.context.location, self.pipeline.context.class_names, summary_period_s(),
+            config.sensor_id, self.pipeline.context.location, self.pipeline.context.class_names, self._summary_period_s,
             grace_s=config.window.length_s + STALL_MARGIN_S,
         )  # fmt: skip
         self._start_transport(config)
@@ -321,6 +324,7 @@ def run_service(
     realtime: bool = True,
     loop: bool = False,
     stall_after: int | None = None,
+    summary_period_s: float = DEFAULT_PERIOD_S,
 ) -> int:
     """Entry point of `custom-sensord run`; returns the process exit code."""
     setup_logging("INFO")
@@ -333,7 +337,7 @@ def run_service(
     if input_file is not None and not input_file.is_file():
         log.error("--input %s: no such file", input_file)
         return exitcodes.NO_INPUT
-    service = Service(config_path, input_file, realtime, loop, stall_after)
+    service = Service(config_path, input_file, realtime, loop, stall_after, summary_period_s)
     service.install_signal_handlers()
     try:
         service.start(config)

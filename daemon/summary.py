@@ -28,8 +28,6 @@ from .levels import WindowLevels
 
 SCHEMA_VERSION = 1
 DEFAULT_PERIOD_S = 3600.0
-# Test-only: a short period (e.g. 20 s) so a test sees several "hours"; never set in the shipped unit.
-PERIOD_ENV = "CUSTOM_SENSORD_SUMMARY_PERIOD_S"
 
 
 def energy_mean_db(levels_db: Sequence[float], weights: Sequence[float] | None = None) -> float | None:
@@ -187,14 +185,3 @@ def _all_synced(p: _Period) -> bool | None:
     if p.unsynced:
         return False
     return None if p.windows and p.unknown == p.windows else True
-
-
-def summary_period_s() -> float:
-    """The summary period: an hour, unless a test shortens it through PERIOD_ENV."""
-    import os
-
-    value = os.environ.get(PERIOD_ENV)
-    try:
-        return float(value) if value else DEFAULT_PERIOD_S
-    except ValueError:
-        return DEFAULT_PERIOD_S

@@ -1,5 +1,5 @@
 """Hourly summaries: content from short synthetic "hours", Lden, and end to end through the daemon and a broker
-outage (no summary lost). The period is shortened through the test-only CUSTOM_SENSORD_SUMMARY_PERIOD_S."""
+outage (no summary lost). The period is shortened through the hidden test-only `--summary-period-s`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from custom.daemon.levels import LevelMeter
-from custom.daemon.summary import PERIOD_ENV, HourlySummary, energy_mean_db, lden
+from custom.daemon.summary import HourlySummary, energy_mean_db, lden
 from custom.testing.daemon import daemon_config
 from tests.conftest import ROOT
 
@@ -109,7 +109,7 @@ def test_daemon_publishes_summaries_through_the_spool_and_loses_none_in_a_broker
     is there exactly in order, each with its windows, and the shutdown sends a partial one."""
     subscriber = subscriber_factory(broker, ["custom/test-sensor/#"], client_id="summary-listener", clean=False)
     config = daemon_config(yamnet_bundle, broker.port, tmp_path / "spool.sqlite", window={"length_s": 2, "hop_s": 2})
-    daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"], env={PERIOD_ENV: "6"}).start()
+    daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop", "--summary-period-s", "6"]).start()
     assert subscriber.wait_for(lambda ms: len(_summaries(subscriber)) >= 1, timeout=60), daemon.log()
 
     broker.stop()
