@@ -280,14 +280,20 @@ def test_end_to_end_from_the_daemon_to_a_row(
     published = {m.json()["event_id"]: m.json() for m in listener.messages}
     with psycopg.connect(ingest_db) as conn:
         rows = conn.execute(
-            "SELECT event_id::text, scores, labels, laeq, window_start FROM events ORDER BY window_start"
+            "SELECT event_id::text, scores, labels, laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced"
+            " FROM events ORDER BY window_start"
         ).fetchall()
         sensor = conn.execute("SELECT ST_Y(location), ST_X(location), name FROM sensors").fetchall()
-    for event_id, stored_scores, labels, laeq, _ in rows:
+    for event_id, stored_scores, labels, *levels, unit, synced in rows:
         sent = published[event_id]  # every row is an event the daemon published, with its scores and level intact
         assert stored_scores == sent["scores"]
         assert labels == [label["name"] for label in sent["labels"]]
-        assert laeq == pytest.approx(sent["level"]["laeq"], abs=0.05)
+        names = ("laeq", "lafmax", "lafmin", "la10", "la50", "la90")
+        assert levels == [pytest.approx(sent["level"][k], abs=0.05) for k in names]
+        assert (unit, synced) == (sent["level"]["unit"], sent["clock"]["synced"])
     assert sensor == [(pytest.approx(40.4169), pytest.approx(-3.7035), "Puerta del Sol")]
     assert daemon.stop() == 0
+    partial = "SELECT count(*) FROM summaries WHERE sensor_id = 'test-sensor' AND partial"
+    assert wait_rows(ingest_db, partial, lambda n: n >= 1, timeout=20) == 1, "the shutdown summary was not stored"
+    assert _count(ingest_db, "SELECT count(*) FROM rejected") == 0, "the ingest refused something the daemon sent"
     assert ingest.stop() == 0
