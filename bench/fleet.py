@@ -36,6 +36,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 WINDOW_S = 10.0
 MADRID = (40.4168, -3.7038)
 PUBLISH_INFLIGHT = 1000
+CLOCK_SYNCED = {"synced": True, "max_error_ms": 8.0}  # what a live sensor with NTP attaches to every event
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ScoreTable:
     thresholds: tuple[float, ...]
     bundle_id: str
     bundle_sha256: str
-    rows: tuple[tuple[tuple[float, ...], float | None], ...]  # (scores, level) per real window
+    rows: tuple[tuple[tuple[float, ...], dict[str, Any]], ...]  # (scores, event `level`) per real window
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -71,7 +72,7 @@ def score_table(bundle: Path, clips: list[Path]) -> ScoreTable:
     for line in out.stdout.splitlines():
         event = json.loads(line)
         scores = tuple(float(event["scores"][name]) for name in loaded.class_names)
-        rows.append((scores, event["level"]["laeq"]))
+        rows.append((scores, event["level"]))  # the daemon's WindowLevels.to_event() for that window
     if not rows:
         raise RuntimeError(f"custom-sensord classify produced no windows: {out.stderr.strip()[-500:]}")
     return ScoreTable(loaded.class_names, loaded.thresholds, loaded.bundle_id, loaded.sha256, tuple(rows))
@@ -117,7 +118,7 @@ def publish_fleet(
             thresholds=table.thresholds,
             bundle_id=table.bundle_id,
             bundle_sha256=table.bundle_sha256,
-            level_unit="dB(A)",
+            level_unit=table.rows[0][1]["unit"],
         )
         for i in sensors
     }
@@ -139,9 +140,7 @@ def publish_fleet(
                 time.sleep(delay)
             scores, level = table.rows[rng.randrange(len(table.rows))]
             start = start_epoch + k * WINDOW_S
-            event = contexts[i].build(
-                scores, start, start + WINDOW_S, level if level is not None else float("nan"), 5.0
-            )
+            event = contexts[i].build(scores, start, start + WINDOW_S, level, 5.0, clock=CLOCK_SYNCED)
             sent[event["event_id"]] = time.time()
             client.publish(f"{prefix}/{sensor_id(i)}/events", json.dumps(event), qos=1)
     for _ in range(len(sent)):
@@ -352,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import build
     from .common import WORK_DIR
 
-    cache = WORK_DIR / "fleet-scores.json"
+    cache = WORK_DIR / "fleet-scores-v2.json"  # v2: a window's whole `level` object (event schema 2), not just LAeq
     if cache.is_file():
         table = ScoreTable.from_json(cache.read_text())
     else:

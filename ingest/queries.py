@@ -10,4 +10,4 @@ def query(name: str) -> str:
     return resources.files("custom.ingest").joinpath("queries", f"{name}.sql").read_text()
 
 
-NAMES = ("events_per_class_per_hour", "loudest_hours", "silent_sensors", "sensor_map")
+NAMES = ("events_per_class_per_hour", "loudest_hours", "silent_sensors", "sensor_map", "summary_hours")

@@ -4,8 +4,10 @@ Events are checked against the schema the daemon package ships (`custom.daemon/e
 start, so the ingest and the sensors can never disagree on what an event is; jsonschema-rs does it (~15 us per event;
 the pure-Python validator costs milliseconds, more than the whole database write). The schema's version pin is
 widened to "any version from 1 to one past the shipped one": a fleet is upgraded sensor by sensor, and during the
-upgrade both the old and the bumped version arrive. Hourly summaries are checked against `summary.schema.json` when
-the daemon package ships one, and stored as sent otherwise.
+upgrade both the old and the bumped version arrive. Hourly summaries are checked the same way against
+`summary.schema.json` (same widening) and keyed by their period: a sensor that restarts mid-hour sends a partial
+summary and later the rest of the same hour, both with the hour boundary as `period.start`; only the period end
+tells them apart.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from importlib import resources
 from typing import Any
 
@@ -37,8 +39,13 @@ class EventRow:
 
 @dataclass(frozen=True)
 class SummaryRow:
+    """A valid summary; (sensor_id, period_start, period_end) is its identity: a redelivered copy repeats all three,
+    the two parts of an hour cut by a restart share the start but not the end."""
+
     sensor_id: str
-    hour_start: str
+    period_start: str
+    period_end: str
+    partial: bool
     payload: str  # JSON text
 
 
@@ -65,13 +72,14 @@ class Judge:
         shipped = event_schema if event_schema is not None else _package_schema("event.schema.json")
         if shipped is None:
             raise RuntimeError("custom.daemon ships no event.schema.json: is custom-sensor installed?")
+        summary = summary_schema if summary_schema is not None else _package_schema("summary.schema.json")
+        if summary is None:
+            raise RuntimeError("custom.daemon ships no summary.schema.json: is custom-sensor installed?")
         self.shipped_version = _pinned_version(shipped)
         self.accepted_versions = tuple(range(1, self.shipped_version + 2))
-        widened = copy.deepcopy(shipped)
-        widened.setdefault("properties", {})["schema_version"] = {"enum": list(self.accepted_versions)}
-        self._event = jsonschema_rs.validator_for(widened)
-        summary = summary_schema if summary_schema is not None else _package_schema("summary.schema.json")
-        self._summary = jsonschema_rs.validator_for(summary) if summary is not None else None
+        self._event = jsonschema_rs.validator_for(_widened(shipped, self.accepted_versions))
+        self.summary_versions = tuple(range(1, _pinned_version(summary) + 2))
+        self._summary = jsonschema_rs.validator_for(_widened(summary, self.summary_versions))
 
     def judge(self, topic: str, payload: bytes) -> EventRow | SummaryRow | Rejection:
         kind = topic.rsplit("/", 1)[-1]
@@ -96,17 +104,17 @@ class Judge:
         return EventRow(topic, text, data["sensor_id"], day)
 
     def _judge_summary(self, topic: str, payload: bytes, data: Any) -> SummaryRow | Rejection:
-        if self._summary is not None:
-            error = _first_error(self._summary, data)
-            if error:
-                return rejection(topic, payload, f"fails summary schema: {error}")
-        if not isinstance(data, dict):
-            return rejection(topic, payload, "summary is not a JSON object")
-        sensor = data.get("sensor_id") or topic.rsplit("/", 2)[-2]
-        hour = _hour_start(data)
-        if not isinstance(sensor, str) or hour is None:
-            return rejection(topic, payload, "summary names no sensor_id or hour start")
-        return SummaryRow(sensor, hour, json.dumps(data, separators=(",", ":")))
+        error = _first_error(self._summary, data)
+        if error:
+            return rejection(topic, payload, f"fails summary schema: {error}")
+        period = data["period"]
+        for key in ("start", "end"):
+            try:
+                datetime.fromisoformat(period[key].replace("Z", "+00:00"))
+            except ValueError:
+                return rejection(topic, payload, f"period/{key}: {period[key]} is not a calendar date and time")
+        text = json.dumps(data, separators=(",", ":"))
+        return SummaryRow(data["sensor_id"], period["start"], period["end"], period["partial"], text)
 
 
 def _pinned_version(schema: dict[str, Any]) -> int:
@@ -118,6 +126,12 @@ def _pinned_version(schema: dict[str, Any]) -> int:
     return 1
 
 
+def _widened(schema: dict[str, Any], versions: tuple[int, ...]) -> dict[str, Any]:
+    widened = copy.deepcopy(schema)
+    widened.setdefault("properties", {})["schema_version"] = {"enum": list(versions)}
+    return widened
+
+
 def _first_error(validator: Any, data: Any) -> str | None:
     """None when valid (the fast path: ~15 us per event in Rust), else where and why, e.g. `window/start: ...`."""
     if validator.is_valid(data):
@@ -125,20 +139,6 @@ def _first_error(validator: Any, data: Any) -> str | None:
     error = next(iter(validator.iter_errors(data)))
     where = "/".join(str(p) for p in error.instance_path) or "(top)"
     return f"{where}: {error.message}"[:REASON_KEEP_CHARS]
-
-
-def _hour_start(data: dict[str, Any]) -> str | None:
-    """The summary's hour: `hour_start`, or `start` inside `hour`/`window`/`period`, or a top-level `start`."""
-    for key in ("hour_start", "start"):
-        if isinstance(data.get(key), str):
-            return data[key]
-    for key in ("hour", "window", "period"):
-        node = data.get(key)
-        if isinstance(node, dict) and isinstance(node.get("start"), str):
-            return node["start"]
-        if isinstance(node, str):
-            return node
-    return None
 
 
 def rejection(topic: str, payload: bytes, reason: str) -> Rejection:

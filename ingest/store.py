@@ -20,8 +20,8 @@ PARTITION_LOCK = 7_215_001  # pg_advisory_xact_lock key: two ingests never creat
 
 _CREATE_STAGE = "CREATE TEMPORARY TABLE IF NOT EXISTS stage_raw (payload jsonb) ON COMMIT DELETE ROWS"
 
-# Columns out of validated event JSON. Fields the schema does not pin (levels added by issue #14, the clock flag, a
-# top that names no class) are taken only when they have the expected JSON type, else NULL: never an error.
+# Columns out of validated event JSON (event.schema.json). Fields the schema lets be null or absent (a level that
+# could not be computed, `clock` on files classified offline, a top that names no class) become NULL: never an error.
 _EXTRACT = """
 SELECT (p->>'event_id')::uuid AS event_id, (p->'window'->>'start')::timestamptz AS window_start,
        (p->'window'->>'end')::timestamptz AS window_end, p->>'sensor_id' AS sensor_id,
@@ -30,13 +30,11 @@ SELECT (p->>'event_id')::uuid AS event_id, (p->'window'->>'start')::timestamptz 
        ARRAY(SELECT l->>'name' FROM jsonb_array_elements(p->'labels') AS l
               WHERE jsonb_typeof(l->'name') = 'string') AS labels,
        p->'scores' AS scores,
-       ingest_num(p->'level'->'laeq') AS laeq,
-       ingest_num(coalesce(p->'level'->'lafmax', p->'level'->'LAFmax', p->'level'->'la_fmax')) AS lafmax,
-       ingest_num(coalesce(p->'level'->'la10', p->'level'->'LA10')) AS la10,
-       ingest_num(coalesce(p->'level'->'la50', p->'level'->'LA50')) AS la50,
-       ingest_num(coalesce(p->'level'->'la90', p->'level'->'LA90')) AS la90,
+       ingest_num(p->'level'->'laeq') AS laeq, ingest_num(p->'level'->'lafmax') AS lafmax,
+       ingest_num(p->'level'->'lafmin') AS lafmin, ingest_num(p->'level'->'la10') AS la10,
+       ingest_num(p->'level'->'la50') AS la50, ingest_num(p->'level'->'la90') AS la90,
        ingest_text(p->'level'->'unit') AS level_unit,
-       ingest_bool(coalesce(p->'clock_synced', p->'clock'->'synced', p->'level'->'clock_synced')) AS clock_synced,
+       ingest_bool(p->'clock'->'synced') AS clock_synced, ingest_num(p->'clock'->'max_error_ms') AS clock_max_error_ms,
        ingest_text(p->'model'->'bundle_id') AS bundle_id, ingest_text(p->'model'->'sha256') AS bundle_sha256,
        ingest_num(p->'processing_ms') AS processing_ms,
        ingest_num(p->'location'->'lat') AS lat, ingest_num(p->'location'->'lon') AS lon,
@@ -51,10 +49,11 @@ _INSERT_EVENTS = f"""
 WITH src AS MATERIALIZED ({_EXTRACT}
 ), ins AS (
     INSERT INTO events (event_id, window_start, window_end, sensor_id, schema_version, top_class, top_score,
-                        labels, scores, laeq, lafmax, la10, la50, la90, level_unit, clock_synced, bundle_id,
-                        processing_ms)
+                        labels, scores, laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced,
+                        clock_max_error_ms, bundle_id, processing_ms)
     SELECT event_id, window_start, window_end, sensor_id, schema_version, top_class, top_score, labels, scores,
-           laeq, lafmax, la10, la50, la90, level_unit, clock_synced, bundle_id, processing_ms
+           laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced, clock_max_error_ms, bundle_id,
+           processing_ms
       FROM src
     ON CONFLICT DO NOTHING
     RETURNING sensor_id, date_trunc('hour', window_start) AS hour_start, top_class, labels, laeq
@@ -152,9 +151,9 @@ class Store:
                 inserted = cur.execute(_INSERT_EVENTS).fetchone()[0]
             if summaries:
                 cur.executemany(
-                    "INSERT INTO summaries (sensor_id, hour_start, payload) VALUES (%s, %s, %s::jsonb) "
-                    "ON CONFLICT DO NOTHING",
-                    [(s.sensor_id, s.hour_start, s.payload) for s in summaries],
+                    "INSERT INTO summaries (sensor_id, period_start, period_end, partial, payload) "
+                    "VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
+                    [(s.sensor_id, s.period_start, s.period_end, s.partial, s.payload) for s in summaries],
                 )
             if rejections:
                 cur.executemany(

@@ -1,4 +1,6 @@
-"""The real `custom-ingest run` as a subprocess (so tests can kill -9 it), and a database reader for assertions."""
+"""The real `custom-ingest run` as a subprocess (so tests can kill -9 it), a database reader for assertions, and
+events and hourly summaries built the way the daemon builds them (its own `EventContext`, `LevelMeter`,
+`HourlySummary`), so the ingest is tested against what sensors really send."""
 
 from __future__ import annotations
 
@@ -7,10 +9,67 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+
+from custom.daemon.event import EventContext
+from custom.daemon.levels import LevelMeter, WindowLevels
+from custom.daemon.summary import HourlySummary
+
+TONE_RATE_HZ = 16000
+TONE_HZ = 1000.0  # A-weighting is 0 dB at 1 kHz: the tone's LAeq is the level it was made at
+CALIBRATION_DB = 100.0  # so levels read as dB(A) SPL, like a calibrated sensor's
+WINDOW_S = 10.0
+
+
+@lru_cache(maxsize=64)
+def tone_levels(laeq_db: float, seconds: float = WINDOW_S) -> WindowLevels:
+    """The daemon's LevelMeter on a steady 1 kHz sine made to read `laeq_db` dB(A) (AES17: a full-scale sine is
+    0 dBFS); checked, so a test's expected figures are the ones the event carries."""
+    t = np.arange(int(seconds * TONE_RATE_HZ)) / TONE_RATE_HZ
+    amplitude = 10.0 ** ((laeq_db - CALIBRATION_DB) / 20.0)
+    levels = LevelMeter(calibration_db=CALIBRATION_DB)(amplitude * np.sin(2 * np.pi * TONE_HZ * t), TONE_RATE_HZ)
+    assert abs(levels.laeq - laeq_db) < 0.05, f"tone made for {laeq_db} dB(A) measures {levels.laeq}"
+    return levels
+
+
+def build_event(
+    context: EventContext,
+    scores: Sequence[float],
+    start: float,
+    laeq_db: float,
+    clock: Mapping[str, Any] | None = None,
+    processing_ms: float = 3.0,
+) -> dict[str, Any]:
+    """One window's event as the daemon publishes it: real scores, the LevelMeter's levels of a tone."""
+    return context.build(scores, start, start + WINDOW_S, tone_levels(laeq_db).to_event(), processing_ms, clock=clock)
+
+
+def hour_in_parts(
+    context: EventContext, restart_at: float, end_at: float, laeq_db: float, labels: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two summaries of an hour cut by a restart, from the daemon's HourlySummary: windows from the hour's start
+    to `restart_at` then the partial one sent on shutdown; a new HourlySummary (a new process) counting windows from
+    `restart_at` to `end_at`, then the rest of the hour once it is due. Both carry the hour boundary as period start."""
+    hour = restart_at - restart_at % 3600
+    parts = []
+    for first, last in ((hour, restart_at), (restart_at, end_at)):
+        summary = HourlySummary(context.sensor_id, context.location, context.class_names)
+        start = first
+        while start + WINDOW_S <= last:
+            summary.add(start, start + WINDOW_S, tone_levels(laeq_db), labels, True)
+            start += WINDOW_S
+        if last < hour + 3600:
+            parts.append(summary.close(last))
+        else:
+            (done,) = summary.due(hour + 3600 + summary.grace_s)
+            parts.append(done)
+    return parts[0], parts[1]
 
 
 class IngestProcess:

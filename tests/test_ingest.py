@@ -7,6 +7,7 @@ import json
 import math
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -16,7 +17,7 @@ import pytest
 from bench.fleet import ScoreTable, publish_fleet, score_table
 from custom.daemon.event import EventContext
 from custom.ingest.cli import main as ingest_cli
-from custom.testing.ingest import wait_rows
+from custom.testing.ingest import build_event, hour_in_parts, wait_rows
 
 CLIPS = ["siren/us8k_102871-8-0-8.flac", "dog", "horn", "jackhammer", "children"]
 QUEUE_ALL = "max_queued_messages 1000000"  # keep the whole backlog; 0 ("no limit") is buggy in mosquitto 2.0
@@ -78,32 +79,49 @@ def test_bad_input_duplicates_and_schema_versions(scores, broker, ingest_db, mak
     context = EventContext(
         "s1", {"lat": 40.42, "lon": -3.70}, scores.class_names, scores.thresholds, "b", "0" * 64, "dB(A)"
     )
-    v1 = context.build(scores.rows[0][0], 1764500000.0, 1764500010.0, 61.0, 4.0)
-    v2 = context.build(scores.rows[1][0], 1764500010.0, 1764500020.0, 65.0, 4.0)
-    v2["schema_version"] += 1  # a sensor already on the bumped schema (issue #14): levels it may add are stored
-    v2["level"].update(lafmax=71.5, la10=66.0, la50=63.0, la90=60.5)
-    too_new = {**v1, "event_id": "00000000-0000-4000-8000-000000000001", "schema_version": v1["schema_version"] + 2}
-    no_sensor = {k: v for k, v in v1.items() if k != "sensor_id"}
+    v2 = build_event(context, scores.rows[0][0], 1764500000.0, 61.0)  # no `clock`: what classify prints offline
+    clock = {"synced": False, "max_error_ms": 16000.0}
+    v3 = build_event(context, scores.rows[1][0], 1764500010.0, 65.0, clock=clock)
+    v3["schema_version"] += 1  # a sensor already on the next schema: accepted during a fleet upgrade
+    too_new = {**v2, "event_id": "00000000-0000-4000-8000-000000000001", "schema_version": v2["schema_version"] + 2}
+    no_sensor = {k: v for k, v in v2.items() if k != "sensor_id"}
     client = _publisher(broker.port)
-    for payload in (json.dumps(v1), json.dumps(v1), json.dumps(v2), b"\xff not json", json.dumps(no_sensor),
+    for payload in (json.dumps(v2), json.dumps(v2), json.dumps(v3), b"\xff not json", json.dumps(no_sensor),
                     json.dumps(too_new), "[1, 2]"):  # fmt: skip
         client.publish("custom/s1/events", payload, qos=1).wait_for_publish(5)
-    summary = {"sensor_id": "s1", "hour_start": "2025-11-30T10:00:00.000Z", "laeq": 63.1}
-    client.publish("custom/s1/summary", json.dumps(summary), qos=1).wait_for_publish(5)
+    # an hour cut by a restart at 10:20: the partial summary sent on shutdown, the rest of the hour after the restart
+    # (same period start), and the partial once more, as the spool redelivers a row whose PUBACK was lost
+    partial, rest = hour_in_parts(context, 1764496800.0 + 1200, 1764496800.0 + 3600, 62.0, ["Siren"])
+    for summary in (partial, rest, partial):
+        client.publish("custom/s1/summary", json.dumps(summary), qos=1).wait_for_publish(5)
 
     assert wait_rows(ingest_db, "SELECT count(*) FROM rejected", lambda n: n >= 4, timeout=20) == 4, ingest.log()
-    assert wait_rows(ingest_db, "SELECT count(*) FROM summaries", lambda n: n >= 1, timeout=20) == 1, ingest.log()
+    assert wait_rows(ingest_db, "SELECT count(*) FROM summaries", lambda n: n >= 2, timeout=20) == 2, ingest.log()
     with psycopg.connect(ingest_db) as conn:
         rows = conn.execute(
-            "SELECT event_id::text, schema_version, laeq, lafmax, la90, top_class FROM events ORDER BY window_start"
+            "SELECT event_id::text, schema_version, laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced,"
+            " clock_max_error_ms, top_class FROM events ORDER BY window_start"
+        ).fetchall()
+        parts = conn.execute(
+            "SELECT period_start, period_end, partial, payload FROM summaries ORDER BY period_end"
         ).fetchall()
         reasons = [r[0] for r in conn.execute("SELECT reason FROM rejected ORDER BY reason")]
         hourly = conn.execute("SELECT events, laeq FROM hourly").fetchall()
         sensor = conn.execute("SELECT ST_X(location), ST_Y(location) FROM sensors WHERE id = 's1'").fetchone()
-    assert [r[0] for r in rows] == [v1["event_id"], v2["event_id"]], "duplicate stored or valid event lost"
-    assert rows[0][1:5] == (v1["schema_version"], 61.0, None, None)
-    assert rows[1][1:5] == (v2["schema_version"], 65.0, 71.5, 60.5)
-    assert rows[0][5] == v1["top"]["name"]
+    assert [r[0] for r in rows] == [v2["event_id"], v3["event_id"]], "duplicate stored or valid event lost"
+    for row, sent in zip(rows, (v2, v3), strict=True):
+        level = sent["level"]
+        assert row[1:9] == (sent["schema_version"], level["laeq"], level["lafmax"], level["lafmin"], level["la10"],
+                            level["la50"], level["la90"], "dB(A)"), row  # fmt: skip
+        assert row[11] == sent["top"]["name"]
+    assert rows[0][9:11] == (None, None), "no clock sent: NULL, not a guess"
+    assert rows[1][9:11] == (False, 16000.0)
+    ten = datetime(2025, 11, 30, 10, tzinfo=UTC)
+    assert [p[:3] for p in parts] == [
+        (ten, ten + timedelta(minutes=20), True),
+        (ten, ten + timedelta(hours=1), False),
+    ], "both parts of the hour stored, the redelivered partial once"
+    assert [p[3] for p in parts] == [partial, rest]
     assert any(r.startswith("not JSON") for r in reasons), reasons
     assert any("sensor_id" in r for r in reasons), reasons
     assert any("schema_version" in r for r in reasons), reasons
@@ -262,14 +280,20 @@ def test_end_to_end_from_the_daemon_to_a_row(
     published = {m.json()["event_id"]: m.json() for m in listener.messages}
     with psycopg.connect(ingest_db) as conn:
         rows = conn.execute(
-            "SELECT event_id::text, scores, labels, laeq, window_start FROM events ORDER BY window_start"
+            "SELECT event_id::text, scores, labels, laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced"
+            " FROM events ORDER BY window_start"
         ).fetchall()
         sensor = conn.execute("SELECT ST_Y(location), ST_X(location), name FROM sensors").fetchall()
-    for event_id, stored_scores, labels, laeq, _ in rows:
+    for event_id, stored_scores, labels, *levels, unit, synced in rows:
         sent = published[event_id]  # every row is an event the daemon published, with its scores and level intact
         assert stored_scores == sent["scores"]
         assert labels == [label["name"] for label in sent["labels"]]
-        assert laeq == pytest.approx(sent["level"]["laeq"], abs=0.05)
+        names = ("laeq", "lafmax", "lafmin", "la10", "la50", "la90")
+        assert levels == [pytest.approx(sent["level"][k], abs=0.05) for k in names]
+        assert (unit, synced) == (sent["level"]["unit"], sent["clock"]["synced"])
     assert sensor == [(pytest.approx(40.4169), pytest.approx(-3.7035), "Puerta del Sol")]
     assert daemon.stop() == 0
+    partial = "SELECT count(*) FROM summaries WHERE sensor_id = 'test-sensor' AND partial"
+    assert wait_rows(ingest_db, partial, lambda n: n >= 1, timeout=20) == 1, "the shutdown summary was not stored"
+    assert _count(ingest_db, "SELECT count(*) FROM rejected") == 0, "the ingest refused something the daemon sent"
     assert ingest.stop() == 0

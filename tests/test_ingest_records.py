@@ -1,25 +1,37 @@
-"""How the ingest judges one message: event schema from the daemon package (version pin widened by one), summaries
-checked against a summary schema only when one exists, dates PostgreSQL would refuse caught before the database."""
+"""How the ingest judges one message: event and summary schemas from the daemon package (version pins widened by one),
+each message built by the daemon's own code, dates PostgreSQL would refuse caught before the database."""
 
 from __future__ import annotations
 
 import json
 
+import jsonschema
+
 from custom.daemon.event import EventContext
-from custom.ingest.records import EventRow, Judge, Rejection, SummaryRow
+from custom.ingest.records import EventRow, Judge, Rejection, SummaryRow, _package_schema
+from custom.testing.ingest import build_event, hour_in_parts
 
 CONTEXT = EventContext("s1", {"lat": 40.4, "lon": -3.7}, ("Siren", "Dog"), (0.5, 0.5), "b", "0" * 64, "dB(A)")
-SUMMARY_SCHEMA = {
-    "type": "object",
-    "required": ["sensor_id", "hour_start", "laeq"],
-    "properties": {"laeq": {"type": "number"}},
-}
+T0 = 1764500400.0  # 2025-11-30T11:00:00Z
 
 
 def _event(**changes) -> dict:
-    event = CONTEXT.build([0.9, 0.1], 1764500000.0, 1764500010.0, 60.0, 3.0)
+    event = build_event(CONTEXT, [0.9, 0.1], T0, 60.0, clock={"synced": True, "max_error_ms": 12.5})
     event.update(changes)
     return event
+
+
+def test_fixtures_are_what_the_daemon_schemas_describe():
+    event = _event()
+    jsonschema.validate(event, _package_schema("event.schema.json"))
+    assert event["level"]["laeq"] == 60.0 and event["level"]["unit"] == "dB(A)"
+    assert event["level"]["lafmin"] <= event["level"]["la90"] <= event["level"]["lafmax"]
+    partial, rest = hour_in_parts(CONTEXT, T0 + 1200, T0 + 3600, 60.0, ["Siren"])
+    for summary in (partial, rest):
+        jsonschema.validate(summary, _package_schema("summary.schema.json"))
+    assert partial["period"]["start"] == rest["period"]["start"] == "2025-11-30T11:00:00.000Z"
+    assert (partial["period"]["partial"], rest["period"]["partial"]) == (True, False)
+    assert (partial["minutes_covered"], rest["minutes_covered"]) == (20.0, 40.0)
 
 
 def test_versions_from_one_to_one_past_the_shipped_schema():
@@ -38,18 +50,25 @@ def test_a_date_that_does_not_exist_is_rejected_before_the_database():
     event["window"]["start"] = "2026-02-30T10:00:00.000Z"
     judged = Judge().judge("custom/s1/events", json.dumps(event).encode())
     assert isinstance(judged, Rejection) and "not a calendar date" in judged.reason
+    partial, _ = hour_in_parts(CONTEXT, T0 + 1200, T0 + 3600, 60.0)
+    partial["period"]["end"] = "2026-02-30T10:20:00.000Z"
+    judged = Judge().judge("custom/s1/summary", json.dumps(partial).encode())
+    assert isinstance(judged, Rejection) and judged.reason.startswith("period/end: 2026-02-30")
 
 
-def test_summaries_checked_only_when_a_schema_exists():
-    good = {"sensor_id": "s1", "hour_start": "2026-11-25T13:00:00.000Z", "laeq": 61.2}
-    bad = {"sensor_id": "s1", "hour_start": "2026-11-25T13:00:00.000Z", "laeq": "loud"}
-    strict = Judge(summary_schema=SUMMARY_SCHEMA)
-    assert isinstance(strict.judge("custom/s1/summary", json.dumps(good).encode()), SummaryRow)
-    refused = strict.judge("custom/s1/summary", json.dumps(bad).encode())
-    assert isinstance(refused, Rejection) and refused.reason.startswith("fails summary schema: laeq")
-    lenient = Judge(summary_schema=None)  # no summary.schema.json shipped (yet): stored as sent, keyed by its hour
-    if lenient._summary is None:
-        row = lenient.judge("custom/s1/summary", json.dumps(bad).encode())
-        assert isinstance(row, SummaryRow) and row.hour_start == bad["hour_start"]
-    no_hour = lenient.judge("custom/s1/summary", json.dumps({"sensor_id": "s1", "laeq": 1.0}).encode())
-    assert isinstance(no_hour, Rejection)
+def test_summaries_keyed_by_their_period_and_checked_against_the_schema():
+    judge = Judge()
+    partial, rest = hour_in_parts(CONTEXT, T0 + 1200, T0 + 3600, 60.0, ["Siren"])
+    rows = [judge.judge("custom/s1/summary", json.dumps(s).encode()) for s in (partial, rest)]
+    assert all(isinstance(r, SummaryRow) for r in rows), rows
+    assert [(r.sensor_id, r.period_start, r.period_end, r.partial) for r in rows] == [
+        ("s1", "2025-11-30T11:00:00.000Z", "2025-11-30T11:20:00.000Z", True),
+        ("s1", "2025-11-30T11:00:00.000Z", "2025-11-30T12:00:00.000Z", False),
+    ]
+    assert json.loads(rows[0].payload) == partial
+    bad = {**partial, "level": {**partial["level"], "laeq": "loud"}}
+    refused = judge.judge("custom/s1/summary", json.dumps(bad).encode())
+    assert isinstance(refused, Rejection) and refused.reason.startswith("fails summary schema: level/laeq")
+    no_period = {k: v for k, v in partial.items() if k != "period"}
+    refused = judge.judge("custom/s1/summary", json.dumps(no_period).encode())
+    assert isinstance(refused, Rejection) and "period" in refused.reason

@@ -36,13 +36,15 @@ CREATE TABLE events (
     top_score      real,
     labels         text[]      NOT NULL,       -- classes at or above their threshold: "was a siren heard"
     scores         jsonb       NOT NULL,       -- every class with its score: {"Siren": 0.91, ...}
-    laeq           real,                       -- levels: NULL when the sensor did not send them
+    laeq           real,                       -- levels (event `level`): NULL where the sensor sent null
     lafmax         real,
+    lafmin         real,
     la10           real,
     la50           real,
     la90           real,
     level_unit     text,
-    clock_synced   boolean,
+    clock_synced   boolean,                    -- event `clock.synced`: NULL when not sent or not known
+    clock_max_error_ms real,
     bundle_id      text,
     processing_ms  real,
     ingested_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -60,13 +62,18 @@ CREATE TABLE rejected (
     received_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Hourly summaries published by sensors on <prefix>/<sensor_id>/summary, kept as sent.
+-- Summaries published by sensors on <prefix>/<sensor_id>/summary, kept as sent. An hour can come in parts: a sensor
+-- stopped mid-hour sends a partial summary (period start = the hour, end = the stop) and, once restarted, another for
+-- the rest of the hour with the same period start. The period end tells the parts apart; a redelivered copy repeats
+-- all three key columns and is dropped by ON CONFLICT DO NOTHING.
 CREATE TABLE summaries (
-    sensor_id   text        NOT NULL,
-    hour_start  timestamptz NOT NULL,
-    payload     jsonb       NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (sensor_id, hour_start)
+    sensor_id    text        NOT NULL,
+    period_start timestamptz NOT NULL,
+    period_end   timestamptz NOT NULL,
+    partial      boolean     NOT NULL,
+    payload      jsonb       NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sensor_id, period_start, period_end)
 );
 
 -- Hourly rollup maintained by the ingest in the same transaction as the events it counts (only rows that were
