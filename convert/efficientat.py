@@ -12,23 +12,15 @@ aggregation and thresholds are chosen on real recordings (same rules and grouped
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from custom.daemon import exitcodes
-from custom.daemon.bundle import AGGREGATIONS, BundleDraft, BundleError, ClassSpec, sha256_file, write_bundle
+from custom.daemon.bundle import AGGREGATIONS, BundleError
 from custom.daemon.frontend_efficientat import EFFICIENTAT
-from custom.daemon.model import Model
 
-from .classes import URBAN_CLASSES
-from .clips import clip_outputs, read_manifest, recording_folds
 from .efficientat_embed import inspect_model
-from .ontology import Ontology
-from .yamnet import DEFAULT_THRESHOLD, _pool, choose_variant, class_outputs, clip_thresholds, read_class_map
+from .yamnet import MappingSource, read_class_map, write_mapping_bundle
 
 HELP = "build a bundle from EfficientAT mn04 (32 kHz log-mel in, AudioSet logits out)"
 MODEL_FILE = "efficientat_mn04_as.tflite"
@@ -72,68 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if len(class_map) != spec.output.shape[-1]:
         print(f"custom-convert efficientat: {args.labels}: {len(class_map)} labels, model has {spec.output.shape[-1]}")
         return exitcodes.CONFIG
-    ontology = Ontology.load(args.ontology) if args.ontology else None
-    mappings = {False: class_outputs(class_map, None)}
-    if ontology is not None:
-        mappings[True] = class_outputs(class_map, ontology)
-    descendants = ontology is not None
-    aggregation = args.aggregation or "max"
-    thresholds = [DEFAULT_THRESHOLD] * len(URBAN_CLASSES)
-    calibration: dict = {"rule": f"fixed default {DEFAULT_THRESHOLD} (no --clips given)"}
-
-    def draft(mapping: list[tuple[int, ...]], agg: str, cuts: list[float]) -> BundleDraft:
-        return BundleDraft(
-            bundle_id=args.bundle_id,
-            version=args.version,
-            backbone="efficientat",
-            frontend=EFFICIENTAT,
-            backbone_model=spec,
-            classes=[
-                ClassSpec(c.name, c.audioset_name, c.mid, t, idx)
-                for c, t, idx in zip(URBAN_CLASSES, cuts, mapping, strict=True)
-            ],
-            sources={MODEL_FILE: args.tflite},
-            aggregation=agg,
-            provenance={
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "tool": "custom-convert efficientat",
-                "source_model": {"file": args.tflite.name, "sha256": sha256_file(args.tflite)},
-                "class_map": {"file": args.labels.name, "sha256": sha256_file(args.labels)},
-                "output_activation": "sigmoid on logits",
-                "descendants_pooled": descendants,
-                "thresholds": calibration,
-            },
-        )
-
-    if args.clips is not None:
-        from tqdm import tqdm
-
-        clips = read_manifest(args.clips)
-        with tempfile.TemporaryDirectory() as tmp:
-            model = Model(write_bundle(draft(mappings[descendants], aggregation, thresholds), Path(tmp) / "probe"))
-            with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
-                outputs = clip_outputs(model, clips, progress=bar.update)
-        truth = np.array([c.class_index for c in clips])
-        variants = choose_variant(outputs, truth, mappings)
-        print(f"{'aggregation':<12} {'descendants':<12} {'top-1':>6} {'macro AP':>9}   (on {len(clips)} clips)")
-        for v in variants:
-            print(f"{v.aggregation:<12} {str(v.descendants):<12} {v.top1:>6.3f} {v.macro_ap:>9.3f}")
-        best = variants[0] if args.aggregation is None else next(v for v in variants if v.aggregation == aggregation)
-        aggregation, descendants = best.aggregation, best.descendants
-        scores = _pool(outputs, aggregation, mappings[descendants])
-        thresholds, cv = clip_thresholds(scores, truth, recording_folds(clips))
-        calibration = {
-            "rule": "per class, the threshold with the best F1 on the clips (one-vs-rest), clamped to 0.05..0.95",
-            "clips": {"manifest": str(args.clips), "count": len(clips), "sha256": sha256_file(args.clips)},
-            "chosen": {"aggregation": aggregation, "descendants": descendants, "top1": best.top1},
-            "variants": [v.__dict__ for v in variants],
-            "cross_validated": {"folds": "2, grouped by source recording", **cv},
-        }
-        print(f"chosen: aggregation={aggregation} descendants={descendants} (top-1 {best.top1:.3f})")
-    bundle = write_bundle(draft(mappings[descendants], aggregation, thresholds), args.out)
-    Model(bundle)  # proves the written bundle loads and its tensors match the manifest
-    size_kb = sum((bundle.path / name).stat().st_size for name in bundle.files) / 1024
-    print(f"wrote {bundle.path} ({bundle.bundle_id} {bundle.version}, 32 kHz log-mel input, {size_kb:.0f} KiB)")
-    print("thresholds: " + ", ".join(f"{c.name} {c.threshold:.2f}" for c in bundle.classes))
-    print(f"bundle sha256 {bundle.sha256}  ({time.monotonic() - started:.1f} s)")
-    return exitcodes.OK
+    source = MappingSource(
+        "custom-convert efficientat", "efficientat", EFFICIENTAT, spec, args.tflite, MODEL_FILE, args.labels,
+        class_map, {"output_activation": "sigmoid on logits"},
+    )  # fmt: skip
+    return write_mapping_bundle(source, args, started)

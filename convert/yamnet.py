@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,8 @@ from custom.daemon.bundle import (
     sha256_file,
     write_bundle,
 )
-from custom.daemon.frontend import YAMNET
+from custom.daemon.frontend import YAMNET, FrontendParams
+from custom.daemon.frontend_efficientat import EfficientATParams
 from custom.daemon.model import Model, aggregate_patches
 from custom.daemon.runtime import load_interpreter
 
@@ -164,6 +166,92 @@ def clip_thresholds(scores: np.ndarray, truth: np.ndarray, folds: np.ndarray) ->
     return shipped, report
 
 
+@dataclass(frozen=True)
+class MappingSource:
+    """An AudioSet-output backbone to map our classes onto: what `write_mapping_bundle` needs besides the options."""
+
+    tool: str  # e.g. "custom-convert yamnet": in messages and provenance
+    backbone: str  # bundle backbone kind
+    frontend: FrontendParams | EfficientATParams
+    spec: ModelSpec
+    tflite: Path
+    model_file: str  # the backbone's file name inside the bundle
+    class_map_path: Path
+    class_map: dict[str, int]
+    provenance: dict[str, Any]  # extra provenance (e.g. the output activation)
+
+
+def write_mapping_bundle(src: MappingSource, args: argparse.Namespace, started: float) -> int:
+    """Our 10 classes mapped from the backbone's AudioSet outputs by mid; with --clips, aggregation, descendants and
+    thresholds chosen on real recordings (2 folds grouped by source recording report the figures). Shared by
+    `custom-convert yamnet` and `custom-convert efficientat`, so both backbones are mapped by the same rules."""
+    ontology = Ontology.load(args.ontology) if args.ontology else None
+    mappings = {False: class_outputs(src.class_map, None)}
+    if ontology is not None:
+        mappings[True] = class_outputs(src.class_map, ontology)
+    descendants = ontology is not None
+    aggregation = args.aggregation or "max"
+    thresholds = [DEFAULT_THRESHOLD] * len(URBAN_CLASSES)
+    calibration: dict = {"rule": f"fixed default {DEFAULT_THRESHOLD} (no --clips given)"}
+
+    def draft(mapping: list[tuple[int, ...]], agg: str, cuts: list[float]) -> BundleDraft:
+        return BundleDraft(
+            bundle_id=args.bundle_id,
+            version=args.version,
+            backbone=src.backbone,
+            frontend=src.frontend,
+            backbone_model=src.spec,
+            classes=[
+                ClassSpec(c.name, c.audioset_name, c.mid, t, idx)
+                for c, t, idx in zip(URBAN_CLASSES, cuts, mapping, strict=True)
+            ],
+            sources={src.model_file: src.tflite},
+            aggregation=agg,
+            provenance={
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "tool": src.tool,
+                "source_model": {"file": src.tflite.name, "sha256": sha256_file(src.tflite)},
+                "class_map": {"file": src.class_map_path.name, "sha256": sha256_file(src.class_map_path)},
+                **src.provenance,
+                "descendants_pooled": descendants,
+                "thresholds": calibration,
+            },
+        )
+
+    if args.clips is not None:
+        from tqdm import tqdm
+
+        clips = read_manifest(args.clips)
+        with tempfile.TemporaryDirectory() as tmp:
+            model = Model(write_bundle(draft(mappings[descendants], aggregation, thresholds), Path(tmp) / "probe"))
+            with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
+                outputs = clip_outputs(model, clips, progress=bar.update)
+        truth = np.array([c.class_index for c in clips])
+        variants = choose_variant(outputs, truth, mappings)
+        print(f"{'aggregation':<12} {'descendants':<12} {'top-1':>6} {'macro AP':>9}   (on {len(clips)} clips)")
+        for v in variants:
+            print(f"{v.aggregation:<12} {str(v.descendants):<12} {v.top1:>6.3f} {v.macro_ap:>9.3f}")
+        best = variants[0] if args.aggregation is None else next(v for v in variants if v.aggregation == aggregation)
+        aggregation, descendants = best.aggregation, best.descendants
+        scores = _pool(outputs, aggregation, mappings[descendants])
+        thresholds, cv = clip_thresholds(scores, truth, recording_folds(clips))
+        calibration = {
+            "rule": "per class, the threshold with the best F1 on the clips (one-vs-rest), clamped to 0.05..0.95",
+            "clips": {"manifest": str(args.clips), "count": len(clips), "sha256": sha256_file(args.clips)},
+            "chosen": {"aggregation": aggregation, "descendants": descendants, "top1": best.top1},
+            "variants": [v.__dict__ for v in variants],
+            "cross_validated": {"folds": "2, grouped by source recording", **cv},
+        }
+        print(f"chosen: aggregation={aggregation} descendants={descendants} (top-1 {best.top1:.3f})")
+    bundle = write_bundle(draft(mappings[descendants], aggregation, thresholds), args.out)
+    Model(bundle)  # proves the written bundle loads and its tensors match the manifest
+    size_kb = sum((bundle.path / name).stat().st_size for name in bundle.files) / 1024
+    print(f"wrote {bundle.path} ({bundle.bundle_id} {bundle.version}, {src.spec.input_kind} input, {size_kb:.0f} KiB)")
+    print("thresholds: " + ", ".join(f"{c.name} {c.threshold:.2f}" for c in bundle.classes))
+    print(f"bundle sha256 {bundle.sha256}  ({time.monotonic() - started:.1f} s)")
+    return exitcodes.OK
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     class_map_path = args.class_map or args.tflite.with_name("yamnet_class_map.csv")
@@ -176,70 +264,8 @@ def run(args: argparse.Namespace) -> int:
     except (BundleError, ValueError) as exc:
         print(f"custom-convert yamnet: {args.tflite}: not a usable YAMNet model: {exc}")
         return exitcodes.CONFIG
-    class_map = read_class_map(class_map_path)
-    ontology = Ontology.load(args.ontology) if args.ontology else None
-    mappings = {False: class_outputs(class_map, None)}
-    if ontology is not None:
-        mappings[True] = class_outputs(class_map, ontology)
-    descendants = ontology is not None
-    aggregation = args.aggregation or "max"
-    thresholds = [DEFAULT_THRESHOLD] * len(URBAN_CLASSES)
-    calibration: dict = {"rule": f"fixed default {DEFAULT_THRESHOLD} (no --clips given)"}
-
-    def draft(mapping: list[tuple[int, ...]], agg: str, cuts: list[float]) -> BundleDraft:
-        return BundleDraft(
-            bundle_id=args.bundle_id,
-            version=args.version,
-            backbone="yamnet",
-            frontend=YAMNET,
-            backbone_model=spec,
-            classes=[
-                ClassSpec(c.name, c.audioset_name, c.mid, t, idx)
-                for c, t, idx in zip(URBAN_CLASSES, cuts, mapping, strict=True)
-            ],
-            sources={MODEL_FILE: args.tflite},
-            aggregation=agg,
-            provenance={
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "tool": "custom-convert yamnet",
-                "source_model": {"file": args.tflite.name, "sha256": sha256_file(args.tflite)},
-                "class_map": {"file": class_map_path.name, "sha256": sha256_file(class_map_path)},
-                "descendants_pooled": descendants,
-                "thresholds": calibration,
-            },
-        )
-
-    if args.clips is not None:
-        from tqdm import tqdm
-
-        clips = read_manifest(args.clips)
-        with tempfile.TemporaryDirectory() as tmp:
-            probe = write_bundle(draft(mappings[descendants], aggregation, thresholds), Path(tmp) / "probe")
-            model = Model(probe)
-            with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
-                outputs = clip_outputs(model, clips, progress=bar.update)
-        truth = np.array([c.class_index for c in clips])
-        folds = recording_folds(clips)
-        variants = choose_variant(outputs, truth, mappings)
-        print(f"{'aggregation':<12} {'descendants':<12} {'top-1':>6} {'macro AP':>9}   (on {len(clips)} clips)")
-        for v in variants:
-            print(f"{v.aggregation:<12} {str(v.descendants):<12} {v.top1:>6.3f} {v.macro_ap:>9.3f}")
-        best = variants[0] if args.aggregation is None else next(v for v in variants if v.aggregation == aggregation)
-        aggregation, descendants = best.aggregation, best.descendants
-        scores = _pool(outputs, aggregation, mappings[descendants])
-        thresholds, cv = clip_thresholds(scores, truth, folds)
-        calibration = {
-            "rule": "per class, the threshold with the best F1 on the clips (one-vs-rest), clamped to 0.05..0.95",
-            "clips": {"manifest": str(args.clips), "count": len(clips), "sha256": sha256_file(args.clips)},
-            "chosen": {"aggregation": aggregation, "descendants": descendants, "top1": best.top1},
-            "variants": [v.__dict__ for v in variants],
-            "cross_validated": {"folds": "2, grouped by source recording", **cv},
-        }
-        print(f"chosen: aggregation={aggregation} descendants={descendants} (top-1 {best.top1:.3f})")
-    bundle = write_bundle(draft(mappings[descendants], aggregation, thresholds), args.out)
-    Model(bundle)  # proves the written bundle loads and its tensors match the manifest
-    size_kb = sum((bundle.path / name).stat().st_size for name in bundle.files) / 1024
-    print(f"wrote {bundle.path} ({bundle.bundle_id} {bundle.version}, {spec.input_kind} input, {size_kb:.0f} KiB)")
-    print("thresholds: " + ", ".join(f"{c.name} {c.threshold:.2f}" for c in bundle.classes))
-    print(f"bundle sha256 {bundle.sha256}  ({time.monotonic() - started:.1f} s)")
-    return exitcodes.OK
+    source = MappingSource(
+        "custom-convert yamnet", "yamnet", YAMNET, spec, args.tflite, MODEL_FILE, class_map_path,
+        read_class_map(class_map_path), {},
+    )  # fmt: skip
+    return write_mapping_bundle(source, args, started)
