@@ -45,7 +45,7 @@ from .headdata import (
     DataError,
     Examples,
     build_examples,
-    grouped_folds,
+    recording_fold_map,
     load_examples,
     load_waveform,
     read_recordings,
@@ -340,7 +340,7 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
     real = np.asarray(base.real)
     real_rows = np.flatnonzero(real >= 0)
     truth = y[real_rows]
-    fold_of = grouped_folds([recordings[i].group for i in real[real_rows]], truth, FOLDS, args.seed)
+    fold_of = recording_fold_map([recordings[i].group for i in real[real_rows]], truth, FOLDS, args.seed)
     on_clips = np.array([recordings[i].source == "clips" for i in real[real_rows]])
 
     result = HeadResult(truth=truth, held_out_rows=held_out)

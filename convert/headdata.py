@@ -205,7 +205,7 @@ def build_examples(
     return examples
 
 
-def grouped_folds(groups: Sequence[str], labels: np.ndarray, folds: int, seed: int) -> dict[str, int]:
+def recording_fold_map(groups: Sequence[str], labels: np.ndarray, folds: int, seed: int) -> dict[str, int]:
     """Fold per recording id, recordings of each class spread round-robin (rarest class first)."""
     rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
