@@ -45,10 +45,10 @@ from .headdata import (
     DataError,
     Examples,
     build_examples,
-    recording_fold_map,
     load_examples,
     load_waveform,
     read_recordings,
+    recording_fold_map,
     save_examples,
 )
 from .metrics import best_f1_threshold, per_class_ap
