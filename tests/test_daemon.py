@@ -78,7 +78,10 @@ def test_live_mic_to_broker_with_outage_and_clean_stop(
     starts = [_ts(e["window"]["start"]) for e in unique.values()]
     assert starts == sorted(starts), "events out of order"
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert all(abs(g - 10.0) < 0.01 for g in gaps), f"a window went missing: gaps {gaps}"
+    # A missing window is a 20 s step. Steps of 10 s +- tens of ms are the capture clock refining its anchor in place
+    # (the first blocks of a live stream can arrive late by tens of ms under load; a window published before the
+    # refinement keeps its earlier estimate), seen once here as 9.962 s on a loaded 2-core machine.
+    assert all(abs(g - 10.0) < 0.1 for g in gaps), f"a window went missing: gaps {gaps}"
 
     # --- clean stop: offline retained, STOPPING=1, exit 0
     assert daemon.stop() == 0, daemon.log()
