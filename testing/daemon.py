@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -16,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from .process import LoggedProcess
 
 
 class NotifyListener:
@@ -60,52 +60,34 @@ class NotifyListener:
         self._thread.join(2.0)
 
 
-class Daemon:
+class Daemon(LoggedProcess):
     """One `custom-sensord run` subprocess with its own config, spool and stderr log file."""
 
+    name = "daemon"
+
     def __init__(self, workdir: Path, config: dict[str, Any], args: list[str], env: dict[str, str]) -> None:
+        super().__init__(workdir / "daemon.log")
         self.workdir = workdir
         self.config_path = workdir / "config.yaml"
-        self.log_path = workdir / "daemon.log"
         self.write_config(config)
         self.args = args
         self.env = env
-        self.proc: subprocess.Popen | None = None
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(config))
 
     def start(self) -> Daemon:
         command = [sys.executable, "-m", "custom.daemon.cli", "run", "--config", str(self.config_path), *self.args]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._launch(command, self.env)
         return self
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait; returns the exit code (kills it after `timeout` so a hang fails the test)."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError(f"daemon did not stop within {timeout} s; log:\n{self.log()}") from None
-        self._log.close()
-        return code
-
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_log(self, needle: str, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout

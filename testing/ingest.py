@@ -5,8 +5,6 @@ events and hourly summaries built the way the daemon builds them (its own `Event
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +18,8 @@ import pytest
 from custom.daemon.event import EventContext
 from custom.daemon.levels import LevelMeter, WindowLevels
 from custom.daemon.summary import HourlySummary
+
+from .process import LoggedProcess
 
 TONE_RATE_HZ = 16000
 TONE_HZ = 1000.0  # A-weighting is 0 dB at 1 kHz: the tone's LAeq is the level it was made at
@@ -72,49 +72,23 @@ def hour_in_parts(
     return parts[0], parts[1]
 
 
-class IngestProcess:
+class IngestProcess(LoggedProcess):
     """One ingest with a fixed client id: restarting it resumes the same persistent MQTT session."""
 
+    name = "ingest"
+
     def __init__(self, workdir: Path, dsn: str, broker_port: int, client_id: str, group: str = "ingest") -> None:
+        super().__init__(workdir / f"{client_id}.log")
         self.workdir, self.dsn, self.broker_port = workdir, dsn, broker_port
         self.client_id, self.group = client_id, group
-        self.log_path = workdir / f"{client_id}.log"
-        self.proc: subprocess.Popen | None = None
 
     def start(self, *extra: str, env: dict[str, str] | None = None) -> IngestProcess:
         command = [
             sys.executable, "-m", "custom.ingest.cli", "run", "--dsn", self.dsn, "--mqtt-host", "127.0.0.1",
             "--mqtt-port", str(self.broker_port), "--client-id", self.client_id, "--group", self.group, *extra,
         ]  # fmt: skip
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
-        self.proc = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
+        self._launch(command, {**os.environ, **(env or {})})
         return self
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, no last commit, no last acknowledgement."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError(f"ingest did not stop within {timeout} s; log:\n{self.log()}") from None
-        self._log.close()
-        return code
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def wait_rows(dsn: str, sql: str, predicate: Callable[[int], bool], timeout: float) -> int:
