@@ -86,10 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.CONFIG
     if args.command == "run":
         return _run(config)
-    try:
-        conn = connect(config.database.dsn)
-    except psycopg.Error as exc:
-        print(f"custom-ingest: database.dsn: cannot connect ({_first_line(exc)})", file=sys.stderr)
+    conn = _connect(config)
+    if conn is None:
         return exitcodes.UNAVAILABLE
     with conn:
         if args.command == "migrate":
@@ -104,13 +102,20 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.OK
 
 
+def _connect(config: IngestConfig) -> psycopg.Connection | None:
+    """The database, or None after one line naming the setting (the ingest cannot work without it)."""
+    try:
+        return connect(config.database.dsn)
+    except psycopg.Error as exc:
+        print(f"custom-ingest: database.dsn: cannot connect ({_first_line(exc)})", file=sys.stderr)
+        return None
+
+
 def _run(config: IngestConfig) -> int:
     from .consumer import Ingest
 
-    try:
-        conn = connect(config.database.dsn)
-    except psycopg.Error as exc:
-        print(f"custom-ingest: database.dsn: cannot connect ({_first_line(exc)})", file=sys.stderr)
+    conn = _connect(config)
+    if conn is None:
         return exitcodes.UNAVAILABLE
     with conn:
         missing = pending(conn)
