@@ -23,7 +23,7 @@ from .capture import FileSource, MicCapture
 from .clock import ClockProbe
 from .config import Config, ConfigError, load_config
 from .discovery import Discovery
-from .health import Health, mic_down_since, mic_state, status_line
+from .health import Health, mic_down_since, status_line
 from .notify import Notifier, setup_logging
 from .pipeline import Pipeline, build_pipeline
 from .publisher import Publisher
@@ -243,7 +243,7 @@ class Service:
         assert self.config is not None
         if self.summary is not None:
             self._publish_summaries(self.summary.due(time.time()))
-        mic = mic_state(self.source.state().to_health() if self.source is not None else None)
+        mic = self.source.state().status if self.source is not None else None
         if mic != self._mic_status:  # a dead microphone shows in `systemctl status` at once, not at the next health
             self._mic_status = mic
             self._next_health = 0.0
