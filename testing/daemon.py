@@ -119,9 +119,7 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
     yield make
     for daemon in made:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(5)
+        daemon.reap()
 
 
 def daemon_config(bundle: Path, broker_port: int, spool: Path, **overrides: Any) -> dict[str, Any]:

@@ -119,6 +119,4 @@ def make_ingest(tmp_path: Path) -> Iterator[Callable[..., IngestProcess]]:
 
     yield make
     for ingest in made:
-        if ingest.proc is not None and ingest.proc.poll() is None:
-            ingest.proc.kill()
-            ingest.proc.wait(5)
+        ingest.reap()

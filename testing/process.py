@@ -41,5 +41,10 @@ class LoggedProcess:
             self.proc.wait(10)
         self._log.close()
 
+    def reap(self) -> None:
+        """Test teardown: whatever a test left running is killed, so no process outlives its test."""
+        if self.proc is not None:
+            self.kill()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
