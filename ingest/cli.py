@@ -1,8 +1,8 @@
 """`custom-ingest`: store a sensor fleet's MQTT events in PostgreSQL/PostGIS, exactly once.
 
-Three commands: `migrate` (create or upgrade the schema), `run` (the long-running ingest) and `retention` (drop
-event partitions older than N days). Bad settings exit 78 with one line naming the key; an unreachable database at
-`migrate`/`retention` exits 69.
+Four commands: `migrate` (create or upgrade the schema), `run` (the long-running ingest), `retention` (drop
+event partitions older than N days) and `serve` (the read-only web dashboard). Bad settings exit 78 with one line
+naming the key; an unreachable database at `migrate`/`retention`/`serve` exits 69.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ Run several ingests with the same --group and different --client-id to split the
 
   custom-ingest migrate --dsn "host=127.0.0.1 dbname=custom user=custom"
   custom-ingest run --dsn "host=127.0.0.1 dbname=custom user=custom" --mqtt-host 127.0.0.1 --client-id ingest-a
+  custom-ingest serve --dsn "host=127.0.0.1 dbname=custom user=dashboard" --port 8080
 
+Exceedance alert rules (alerts: in the config file) are evaluated by `run` and shown by `serve`.
 Settings may also come from a YAML file (--config; top-level keys or an `ingest:` section); see ingest/README.md.
 """
 
@@ -45,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="custom-ingest", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{migrate,run,retention}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{migrate,run,retention,serve}")
     sub.add_parser("migrate", parents=[common], help="apply the SQL migrations not yet applied, in order")
     run = sub.add_parser("run", parents=[common], help="consume the fleet's events until SIGTERM")
     run.add_argument("--mqtt-host", help="broker host (mqtt.host)")
@@ -57,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-wait", type=float, help="longest wait in s for a batch to fill (batch_wait_s)")
     ret = sub.add_parser("retention", parents=[common], help="drop event partitions older than --days days")
     ret.add_argument("--days", type=int, help="days of events to keep (retention_days)")
+    web = sub.add_parser("serve", parents=[common], help="the web dashboard (read-only; map, charts, alerts)")
+    web.add_argument("--host", help="address to listen on (dashboard.host; default 127.0.0.1)")
+    web.add_argument("--port", type=int, help="TCP port (dashboard.port; default 8080)")
+    web.add_argument("--tile-url", help="basemap tile URL template, {z}/{x}/{y} (dashboard.tile_url; default none)")
     return parser
 
 
@@ -71,6 +77,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "batch_rows": getattr(args, "batch_rows", None),
         "batch_wait_s": getattr(args, "batch_wait", None),
         "retention_days": getattr(args, "days", None),
+        "dashboard.dsn": args.dsn if args.command == "serve" else None,
+        "dashboard.host": getattr(args, "host", None),
+        "dashboard.port": getattr(args, "port", None),
+        "dashboard.tile_url": getattr(args, "tile_url", None),
     }
 
 
@@ -86,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.CONFIG
     if args.command == "run":
         return _run(config)
+    if args.command == "serve":
+        return _serve(config)
     conn = _connect(config)
     if conn is None:
         return exitcodes.UNAVAILABLE
@@ -131,6 +143,30 @@ def _run(config: IngestConfig) -> int:
         config.event_topic, config.summary_topic, config.mqtt.host, config.mqtt.port, config.mqtt.client_id,
     )  # fmt: skip
     return ingest.run()
+
+
+def _serve(config: IngestConfig) -> int:
+    from psycopg_pool import PoolTimeout
+
+    from .serve import serve
+
+    dsn = config.dashboard.dsn or config.database.dsn
+    key = "dashboard.dsn" if config.dashboard.dsn else "database.dsn"
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            missing = pending(conn)
+    except psycopg.Error as exc:
+        print(f"custom-ingest: {key}: cannot connect ({_first_line(exc)})", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
+    if missing:
+        print(f"custom-ingest: database schema is behind ({', '.join(missing)}): run `custom-ingest migrate`",
+              file=sys.stderr)  # fmt: skip
+        return exitcodes.CONFIG
+    try:
+        return serve(config)
+    except PoolTimeout as exc:
+        print(f"custom-ingest: {key}: cannot connect ({_first_line(exc)})", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
 
 
 def _first_line(exc: BaseException) -> str:

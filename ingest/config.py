@@ -10,8 +10,11 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+
+from .alert_rules import AlertSettings, RuleError, parse_alerts
 
 _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -42,6 +45,17 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """`custom-ingest serve`. The DSN should name a role in `custom_reader` (read-only); empty: database.dsn."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    dsn: str = ""
+    tile_url: str = ""  # e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png; empty: points, scale and labels only
+    tile_attribution: str = ""
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -49,6 +63,9 @@ class IngestConfig:
     batch_wait_s: float = 0.2  # longest a message waits for its batch to fill (latency vs. throughput)
     retention_days: int = 0  # drop event partitions older than this many days; 0 keeps everything
     health_interval_s: float = 10.0
+    timezone: str = "UTC"  # local time of alert periods (`between`), Lden day/evening/night and the heatmap's hours
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
     @property
     def event_topic(self) -> str:
@@ -119,12 +136,18 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> I
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    top = {k: v for k, v in data.items() if k not in ("mqtt", "database")}
+    top = {k: v for k, v in data.items() if k not in ("mqtt", "database", "alerts", "dashboard")}
     config = _section(IngestConfig, top, "ingest")
+    try:
+        alerts = parse_alerts(data.get("alerts"), "ingest.alerts")
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
     config = replace(
         config,
         mqtt=_section(MqttSettings, data.get("mqtt"), "ingest.mqtt"),
         database=_section(DatabaseSettings, data.get("database"), "ingest.database"),
+        alerts=alerts,
+        dashboard=_section(DashboardSettings, data.get("dashboard"), "ingest.dashboard"),
     )
     _check(config)
     return config
@@ -147,3 +170,11 @@ def _check(config: IngestConfig) -> None:
         raise ConfigError("ingest.batch_wait_s: must be > 0")
     if config.retention_days < 0:
         raise ConfigError("ingest.retention_days: must be >= 0 (0 keeps everything)")
+    try:
+        ZoneInfo(config.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"ingest.timezone: {config.timezone!r} is not an IANA time zone (e.g. Europe/Madrid)"
+        ) from None
+    if not 0 < config.dashboard.port < 65536:
+        raise ConfigError(f"ingest.dashboard.port: {config.dashboard.port} is not a TCP port")

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,6 +29,7 @@ import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .alerts import Alerts
 from .config import IngestConfig
 from .records import EventRow, Judge, Rejection, SummaryRow, rejection
 from .store import Store, connect, drop_old_partitions
@@ -36,6 +37,7 @@ from .store import Store, connect, drop_old_partitions
 log = logging.getLogger("custom.ingest")
 
 RETENTION_EVERY_S = 3600.0
+REPUBLISH_CLOSED_S = 24 * 3600  # alert episodes closed this recently are republished when an ingest starts
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Ingest:
         self.config = config
         self.judge = judge
         self.counters = Counters()
+        self.alerts = Alerts(config.alerts, config.timezone, config.mqtt.topic_prefix)
         self._inbox: queue.Queue[Incoming] = queue.Queue()
         self._stop = threading.Event()
         self._generation = 0
@@ -134,6 +137,8 @@ class Ingest:
         pending: list[Incoming] = []
         next_health = time.monotonic()
         next_retention = time.monotonic()
+        next_silent_check = time.monotonic()
+        republish = bool(self.config.alerts.rules)
         failures = 0
         try:
             while not self._stop.is_set():
@@ -154,11 +159,17 @@ class Ingest:
                     if dropped:
                         log.info("retention: dropped %s", ", ".join(dropped))
                     next_retention = now + RETENTION_EVERY_S
-                if not pending:
-                    continue
                 try:
-                    self._commit(store, pending)
-                    pending = []
+                    if republish:
+                        since = datetime.now(UTC) - timedelta(seconds=REPUBLISH_CLOSED_S)
+                        self._publish_alerts(store, self.alerts.recent(store.conn, since))
+                        republish = False
+                    if now >= next_silent_check:
+                        self._publish_alerts(store, self.alerts.on_timer(store.conn))
+                        next_silent_check = now + self.config.alerts.check_s
+                    if pending:
+                        self._commit(store, pending)
+                        pending = []
                 except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.DeadlockDetected) as exc:
                     self._db_failed(exc)
                     _close_quietly(store)
@@ -230,11 +241,13 @@ class Ingest:
             inserted = store.write(events, summaries, rejections)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
             inserted = self._commit_one_by_one(store, events, summaries, rejections)
+        changed = self.alerts.on_commit(store.conn, [row.sensor_id for row in events])
         self._maybe_crash_after_commit()
         generation = self._generation
         for item in batch:
             if item.qos > 0 and item.generation == generation:
                 self._client.ack(item.mid, item.qos)
+        self._publish_alerts(store, changed)
         with self.counters.lock:
             c = self.counters
             c.stored += inserted
@@ -278,6 +291,14 @@ class Ingest:
                 rejections.append(rejection(topic, payload, f"database refused it: {_one_line(exc)}"))
         store.write([], [], rejections)
         return inserted
+
+    def _publish_alerts(self, store: Store, sensors: set[str] | list[str]) -> None:
+        """Each sensor's open episodes, retained on <prefix>/_alerts/<sensor>, after the change is committed."""
+        if not sensors:
+            return
+        for topic, payload in self.alerts.states(store.conn, sorted(sensors)):
+            log.info("alerts: %s %s", topic, payload)
+            self._client.publish(topic, payload, qos=1, retain=True)
 
     def _publish_health(self) -> None:
         health = self.counters.snapshot()

@@ -18,6 +18,7 @@ pytest_plugins = [
     "custom.testing.daemon",
     "custom.testing.postgres",
     "custom.testing.ingest",
+    "custom.testing.dashboard",
 ]
 
 

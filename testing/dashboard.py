@@ -1,0 +1,168 @@
+"""The dashboard under test: a fixture fleet in the real PostgreSQL, `custom-ingest serve` as a subprocess logged in as
+a read-only role, and a headless Debian Chromium driven by Playwright.
+
+The fleet is written through the ingest's own write path (Judge + Store), with window times relative to now so the
+page's "last 24 h" panels and the silent flag see what a live fleet would show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from custom.daemon.event import EventContext
+
+from .broker import free_port, port_open
+from .ingest import WINDOW_S, build_event
+from .postgres import PgCluster
+from .process import LoggedProcess
+
+CHROMIUM = Path(os.environ.get("CUSTOM_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+CLASSES = ("Siren", "Dog", "Vehicle horn")
+READER = "dashboard_test"  # a login role in custom_reader (migration 002): what `serve` connects as
+
+
+@dataclass(frozen=True)
+class FixtureSensor:
+    sensor_id: str
+    lat: float
+    lon: float
+    heard: str
+    laeq: float
+    silent_for_s: float  # how long before now its latest window ended
+
+
+FLEET = (
+    FixtureSensor("A", 40.4169, -3.7035, "Siren", 72.0, 0.0),
+    FixtureSensor("B", 40.4200, -3.7050, "Dog", 58.0, 0.0),
+    FixtureSensor("C", 40.4100, -3.6900, "Vehicle horn", 50.0, 900.0),  # silent for 15 minutes
+)
+
+
+def fixture_event(sensor: FixtureSensor, start: float, laeq: float, heard: str | None = None) -> bytes:
+    context = EventContext(
+        sensor.sensor_id, {"lat": sensor.lat, "lon": sensor.lon, "name": f"street {sensor.sensor_id}"},
+        CLASSES, (0.5, 0.5, 0.5), "fixture-bundle", "0" * 64, "dB(A)",
+    )  # fmt: skip
+    name = heard or sensor.heard
+    scores = [0.9 if c == name else 0.01 for c in CLASSES]
+    clock = {"synced": True, "max_error_ms": 4.0}
+    return json.dumps(build_event(context, scores, start, laeq, clock=clock)).encode()
+
+
+def write_fixture_fleet(dsn: str, now: float) -> dict[str, int]:
+    """Per sensor: its last 30 minutes of windows (alternating its class and nothing much), and one window per hour
+    over the 3 days before (so every Lden period has data). Returns the event count per sensor."""
+    from custom.ingest.records import EventRow, Judge
+    from custom.ingest.store import Store, connect
+
+    judge = Judge()
+    rows: list[EventRow] = []
+    counts: dict[str, int] = {}
+    for sensor in FLEET:
+        end = now - sensor.silent_for_s
+        end -= end % WINDOW_S
+        starts = [end - WINDOW_S * (k + 1) for k in range(180)]
+        starts += [end - 3600.0 * (h + 1) for h in range(72)]
+        for k, start in enumerate(starts):
+            heard = sensor.heard if k % 2 == 0 else "Dog"
+            row = judge.judge("custom/x/events", fixture_event(sensor, start, sensor.laeq + (k % 3), heard))
+            assert isinstance(row, EventRow), row
+            rows.append(row)
+        counts[sensor.sensor_id] = len(starts)
+    with connect(dsn) as conn:
+        Store(conn).write(rows, [], [])
+    return counts
+
+
+def reader_dsn(cluster: PgCluster, dsn: str) -> str:
+    """`dsn` logged in as a role that is only in custom_reader (the role migration 002 grants SELECT to)."""
+    import psycopg
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        exists = conn.execute("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (READER,)).fetchone()
+        if exists != (True,):
+            conn.execute(f"CREATE ROLE {READER} LOGIN IN ROLE custom_reader")
+    return dsn.replace(f"user={cluster.user}", f"user={READER}")
+
+
+class DashboardProcess(LoggedProcess):
+    name = "dashboard"
+
+    def __init__(self, workdir: Path, dsn: str, config: Path | None = None) -> None:
+        super().__init__(workdir / "serve.log")
+        self.dsn, self.config, self.port = dsn, config, free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> DashboardProcess:
+        command = [sys.executable, "-m", "custom.ingest.cli", "serve", "--dsn", self.dsn, "--port", str(self.port)]
+        if self.config is not None:
+            command += ["--config", str(self.config)]
+        self._launch(command, dict(os.environ))
+        deadline = time.monotonic() + timeout
+        while not port_open("127.0.0.1", self.port):
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, f"dashboard did not listen:\n{self.log()}"
+            time.sleep(0.1)
+        return self
+
+    def get(self, path: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) of GET path; errors are answers too."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=30) as reply:
+                return reply.status, reply.headers.get("Content-Type", ""), reply.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("Content-Type", ""), err.read()
+
+
+@pytest.fixture
+def make_dashboard(tmp_path: Path) -> Iterator[Callable[..., DashboardProcess]]:
+    made: list[DashboardProcess] = []
+
+    def make(dsn: str, config: Path | None = None) -> DashboardProcess:
+        server = DashboardProcess(tmp_path, dsn, config)
+        made.append(server)
+        return server.start()
+
+    yield make
+    for server in made:
+        server.reap()
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[Any]:
+    """A page in headless Debian Chromium (Playwright drives the system browser; nothing is downloaded), with a new
+    empty profile; console errors are collected in `page.console_errors`."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} not found (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="custom-chromium-") as profile:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1000}, accept_downloads=True,
+        )  # fmt: skip
+        page = context.new_page()
+        page.console_errors = []
+        page.on("console", lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None)
+        try:
+            yield page
+        finally:
+            context.close()
