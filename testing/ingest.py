@@ -90,6 +90,14 @@ class IngestProcess(LoggedProcess):
         self._launch(command, {**os.environ, **(env or {})})
         return self
 
+    def wait_subscribed(self, timeout: float = 20.0) -> None:
+        """Until the ingest has its MQTT session (messages published before that have no queue to wait in)."""
+        deadline = time.monotonic() + timeout
+        while "consuming" not in self.log() or "MQTT connected" not in self.log():
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+
 
 def wait_rows(dsn: str, sql: str, predicate: Callable[[int], bool], timeout: float) -> int:
     """Poll `sql` (one integer) until predicate(value) holds or timeout; returns the last value seen."""

@@ -45,14 +45,6 @@ def _publisher(port: int) -> mqtt.Client:
     return client
 
 
-def _wait_subscribed(ingest, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while "consuming" not in ingest.log() or "MQTT connected" not in ingest.log():
-        assert ingest.proc.poll() is None, ingest.log()
-        assert time.monotonic() < deadline, ingest.log()
-        time.sleep(0.05)
-
-
 def _fleet_in_background(port: int, table: ScoreTable, sensors: int, windows: int, period: float, result: dict):
     def run() -> None:
         result["sent"] = publish_fleet("127.0.0.1", port, table, range(sensors), windows, period, time.time() - 7200)
@@ -74,7 +66,7 @@ def _assert_exactly_once(dsn: str, sent: dict[str, float]) -> None:
 
 def test_bad_input_duplicates_and_schema_versions(scores, broker, ingest_db, make_ingest, subscriber_factory):
     ingest = make_ingest(ingest_db, broker.port).start()
-    _wait_subscribed(ingest)
+    ingest.wait_subscribed()
     health = subscriber_factory(broker, ["custom/_ingest/+/health"])
     context = EventContext(
         "s1", {"lat": 40.42, "lon": -3.70}, scores.class_names, scores.thresholds, "b", "0" * 64, "dB(A)"
@@ -143,8 +135,8 @@ def test_kill9_mid_batch_then_restart_every_event_exactly_once(
     health = subscriber_factory(broker, ["custom/_ingest/+/health"])
     a = make_ingest(ingest_db, broker.port, client_id="ingest-a").start("--batch-rows", "500")
     b = make_ingest(ingest_db, broker.port, client_id="ingest-b").start("--batch-rows", "500")
-    _wait_subscribed(a)
-    _wait_subscribed(b)
+    a.wait_subscribed()
+    b.wait_subscribed()
     result: dict = {}
     fleet = _fleet_in_background(broker.port, scores, sensors=100, windows=60, period=0.25, result=result)
     assert wait_rows(ingest_db, "SELECT count(*) FROM events", lambda n: n >= 1000, timeout=60) >= 1000, a.log()
@@ -174,7 +166,7 @@ def test_crash_between_commit_and_ack_is_redelivered_and_stored_once(
     health = subscriber_factory(broker, ["custom/_ingest/+/health"])
     ingest = make_ingest(ingest_db, broker.port)
     ingest.start("--batch-rows", "100", env={"CUSTOM_INGEST_FAULT": "exit-after-commit:3"})
-    _wait_subscribed(ingest)
+    ingest.wait_subscribed()
     result: dict = {}
     fleet = _fleet_in_background(broker.port, scores, sensors=20, windows=30, period=0.2, result=result)
     assert ingest.proc.wait(60) == 137, ingest.log()
@@ -211,7 +203,7 @@ def test_database_outage_pauses_then_resumes_without_loss(
     config = tmp_path / "ingest.yaml"
     config.write_text("mqtt:\n  receive_maximum: 200\n")  # small window: the broker, not the ingest, holds the rest
     ingest = make_ingest(ingest_db, broker.port).start("--config", str(config))
-    _wait_subscribed(ingest)
+    ingest.wait_subscribed()
     result: dict = {}
     fleet = _fleet_in_background(broker.port, scores, sensors=50, windows=40, period=1.0, result=result)
     assert wait_rows(ingest_db, "SELECT count(*) FROM events", lambda n: n >= 200, timeout=30) >= 200, ingest.log()
@@ -269,7 +261,7 @@ def test_end_to_end_from_the_daemon_to_a_row(
     from custom.testing.daemon import daemon_config
 
     ingest = make_ingest(ingest_db, broker.port).start()
-    _wait_subscribed(ingest)
+    ingest.wait_subscribed()
     listener = subscriber_factory(broker, ["custom/test-sensor/events"])
     virtual_mic.play(shared / "data/clips" / CLIPS[0], loop=True)
     daemon = make_daemon(daemon_config(yamnet_bundle, broker.port, tmp_path / "spool.sqlite"), env=virtual_mic.env)

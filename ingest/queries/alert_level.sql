@@ -1,5 +1,5 @@
 -- Alert rule "level": per sensor, the energy-mean LAeq of the windows that ended in the `minutes` before its latest
--- window end; the rule holds when that is above `threshold`, the windows cover at least 90 % of the span, and the
+-- window end; the rule holds when that is above `threshold`, the windows cover at least 90 per cent of the span, and the
 -- latest window end falls in the rule's daily period. Parameters: sensors (text[]), minutes, threshold, tz, start,
 -- stop (time or NULL).
 SELECT s.id AS sensor_id, s.last_seen AS at, w.laeq AS value,
