@@ -1,4 +1,5 @@
-"""The documented city-team queries (ingest/queries/*.sql, quoted in ingest/README.md), loadable by name."""
+"""The documented queries (ingest/queries/*.sql, all quoted in ingest/README.md), loadable by name: the city team's,
+the dashboard panels' and the alert rules'."""
 
 from __future__ import annotations
 
@@ -11,3 +12,6 @@ def query(name: str) -> str:
 
 
 NAMES = ("events_per_class_per_hour", "loudest_hours", "silent_sensors", "sensor_map", "summary_hours")
+DASHBOARD = ("dashboard_sensors", "dashboard_alerts", "dashboard_series", "dashboard_heatmap", "dashboard_lden",
+             "dashboard_health")  # fmt: skip
+ALERTS = ("alert_level", "alert_class", "alert_silent")

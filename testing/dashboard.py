@@ -146,23 +146,33 @@ def make_dashboard(tmp_path: Path) -> Iterator[Callable[..., DashboardProcess]]:
         server.reap()
 
 
+@dataclass
+class Browser:
+    page: Any  # playwright.sync_api.Page
+    console_errors: list[str]
+
+
 @pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator[Any]:
+def browser(tmp_path: Path) -> Iterator[Browser]:
     """A page in headless Debian Chromium (Playwright drives the system browser; nothing is downloaded), with a new
-    empty profile; console errors are collected in `page.console_errors`."""
+    empty profile; the page's console errors are collected (a page that works offline logs none)."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} not found (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import ConsoleMessage, sync_playwright
 
     with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="custom-chromium-") as profile:
         context = pw.chromium.launch_persistent_context(
             profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 1000}, accept_downloads=True,
         )  # fmt: skip
-        page = context.new_page()
-        page.console_errors = []
-        page.on("console", lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None)
+        opened = Browser(context.new_page(), [])
+
+        def console(message: ConsoleMessage) -> None:
+            if message.type == "error":
+                opened.console_errors.append(message.text)
+
+        opened.page.on("console", console)
         try:
-            yield page
+            yield opened
         finally:
             context.close()

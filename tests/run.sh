@@ -31,7 +31,8 @@ apt-get install -y -qq --no-install-recommends \
   mosquitto mosquitto-clients \
   pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 \
   openssl sox shellcheck \
-  postgresql postgresql-15-postgis-3 >/dev/null  # ingest tests: a throwaway cluster per session (testing/postgres.py)
+  postgresql postgresql-15-postgis-3 \
+  chromium >/dev/null  # ingest: a throwaway PostgreSQL per session (testing/postgres.py); the dashboard in Chromium
 
 echo "== python environment ($VENV)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

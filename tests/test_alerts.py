@@ -14,6 +14,7 @@ import pytest
 from custom.ingest.config import ConfigError, load_config
 from custom.testing.dashboard import FixtureSensor, fixture_event, reader_dsn
 from custom.testing.ingest import WINDOW_S, wait_rows
+from tests.conftest import ROOT
 
 RULES = """
 timezone: Europe/Madrid
@@ -40,7 +41,7 @@ def _events(dsn: str, sensor: str) -> str:
 
 
 def test_rules_fire_once_per_episode_across_a_crash_and_show_on_the_page(
-    broker, ingest_db, pg_cluster, make_ingest, subscriber_factory, make_dashboard, browser_page, tmp_path
+    broker, ingest_db, pg_cluster, make_ingest, subscriber_factory, make_dashboard, browser, tmp_path
 ):
     config = tmp_path / "ingest.yaml"
     config.write_text(RULES)
@@ -48,7 +49,7 @@ def test_rules_fire_once_per_episode_across_a_crash_and_show_on_the_page(
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
-    page = browser_page
+    page = browser.page
     page.goto(make_dashboard(reader_dsn(pg_cluster, ingest_db)).url + "/")
     page.wait_for_selector("body[data-ready='1']", timeout=20000)
     assert page.locator("#alerts").get_attribute("data-count") == "0"
@@ -154,3 +155,10 @@ def test_rules_parse_into_the_config(tmp_path):
     with pytest.raises(ConfigError, match="ingest.timezone"):
         load_config(path)
     assert config.alerts.check_s == 0.5
+
+
+def test_the_example_config_loads():
+    config = load_config(ROOT / "ingest/ingest.example.yaml")
+    assert [r.name for r in config.alerts.rules] == ["night-noise", "sirens", "dead-sensor"]
+    night = config.alerts.rules[0]
+    assert (night.start.hour, night.end.hour, night.minutes) == (23, 7, 5)

@@ -107,9 +107,9 @@ def test_unknown_sensor_is_404_and_the_role_cannot_write(fleet, make_dashboard):
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == sum(fleet[1].values())
 
 
-def test_page_in_chromium(fleet, make_dashboard, browser_page, tmp_path):
+def test_page_in_chromium(fleet, make_dashboard, browser, tmp_path):
     server = make_dashboard(fleet[0])
-    page = browser_page
+    page = browser.page
     page.goto(server.url + "/")
     page.wait_for_selector("body[data-ready='1']", timeout=20000)
     assert page.locator("path.sensor-marker").count() == len(FLEET)
@@ -136,4 +136,4 @@ def test_page_in_chromium(fleet, make_dashboard, browser_page, tmp_path):
         page.locator("#dl-series").click()
     rows = list(csv.DictReader(io.StringIO(download.value.path().read_text())))
     assert len(rows) == 180 + 23
-    assert page.console_errors == []
+    assert browser.console_errors == []

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from custom.daemon.event import EventContext
-from custom.ingest.queries import NAMES, query
+from custom.ingest.queries import ALERTS, DASHBOARD, NAMES, query
 from custom.ingest.records import Judge
 from custom.ingest.store import Store, connect
 from custom.testing.ingest import build_event, hour_in_parts
@@ -110,5 +110,5 @@ def test_summary_hours_puts_an_hour_in_parts_back_together(fleet_db):
 
 def test_readme_quotes_the_tested_sql():
     readme = (ROOT / "ingest/README.md").read_text()
-    for name in NAMES:
+    for name in (*NAMES, *DASHBOARD, *ALERTS):
         assert query(name).strip() in readme, f"ingest/README.md does not quote ingest/queries/{name}.sql verbatim"
