@@ -17,4 +17,4 @@ done
 cp leaflet/dist/leaflet.js leaflet/dist/leaflet.css uplot/dist/uPlot.iife.min.js uplot/dist/uPlot.min.css "$out/"
 cp leaflet/LICENSE "$out/LICENSE.leaflet"
 cp uplot/LICENSE "$out/LICENSE.uplot"
-echo "vendored into $out: $(ls "$out" | tr "\n" " ")"
+echo "vendored leaflet and uplot (versions: ingest/web/package.json) into $out"
