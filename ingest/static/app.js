@@ -10,6 +10,7 @@ const CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#
 
 const $ = (id) => document.getElementById(id);
 const iso = (date) => date.toISOString().replace(/\.\d{3}Z$/, "Z");
+const when = (text) => (text ? text.replace("T", " ").replace(/\.\d+Z$/, "Z") : text); // for people: no "T", no µs
 
 async function getJSON(url) {
   const reply = await fetch(url);
@@ -115,9 +116,10 @@ async function openSensor(id) {
 function drawHealth(h) {
   const synced = h.synced_share === null ? null : `${(100 * h.synced_share).toFixed(1)} % of windows`;
   fillTable($("health"), ["", ""], [
-    ["last seen", h.last_seen], ["first seen", h.first_seen], ["bundle", h.bundle_id],
-    ["windows (24 h)", h.windows], ["clock synced", synced], ["largest clock error", h.max_clock_error_ms],
-    ["unmeasured minutes (mic down) in hour " + (h.summary_hour || "–"), h.mic_down_min],
+    ["last seen", when(h.last_seen)], ["first seen", when(h.first_seen)], ["bundle", h.bundle_id],
+    ["windows (24 h)", h.windows], ["clock synced", synced],
+    ["largest clock error", h.max_clock_error_ms === null ? null : `${h.max_clock_error_ms} ms`],
+    [`unmeasured minutes (mic down), hour ${when(h.summary_hour) || "–"}`, h.mic_down_min],
   ]);
 }
 
@@ -180,7 +182,7 @@ async function loadAlerts() {
   $("dl-alerts-csv").href = `/api/alerts?format=csv&since=${since}`;
   const rows = await getJSON(`/api/alerts?since=${since}`);
   const table = fillTable($("alerts"), ["sensor", "rule", "kind", "opened", "closed", "detail"],
-                          rows.map((a) => [a.sensor_id, a.rule, a.kind, a.opened_at, a.closed_at || "open", a.detail]));
+                          rows.map((a) => [a.sensor_id, a.rule, a.kind, when(a.opened_at), when(a.closed_at) || "open", a.detail]));
   [...table.rows].slice(1).forEach((tr, i) => { if (!rows[i].closed_at) tr.className = "open"; });
   $("alerts").dataset.count = String(rows.length);
 }
