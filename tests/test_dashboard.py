@@ -13,7 +13,9 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from custom.ingest.cli import main as ingest_cli
 from custom.testing.dashboard import FLEET, reader_dsn, write_fixture_fleet
+from custom.testing.postgres import create_database
 
 
 @pytest.fixture
@@ -137,3 +139,13 @@ def test_page_in_chromium(fleet, make_dashboard, browser, tmp_path):
     rows = list(csv.DictReader(io.StringIO(download.value.path().read_text())))
     assert len(rows) == 180 + 23
     assert browser.console_errors == []
+
+
+def test_serve_names_the_setting_when_it_cannot_start(pg_cluster, capsys):
+    assert ingest_cli(["serve", "--dsn", "host=127.0.0.1 port=1 dbname=x connect_timeout=2"]) == 69
+    assert "dashboard.dsn: cannot connect" in capsys.readouterr().err
+    bare = create_database(pg_cluster, "not_migrated")
+    assert ingest_cli(["serve", "--dsn", bare]) == 78
+    assert "run `custom-ingest migrate`" in capsys.readouterr().err
+    assert ingest_cli(["serve", "--dsn", bare, "--port", "70000"]) == 78
+    assert "ingest.dashboard.port" in capsys.readouterr().err

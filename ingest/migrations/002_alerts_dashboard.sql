@@ -16,7 +16,7 @@ CREATE TABLE alerts (
     raised_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     UNIQUE (rule, sensor_id, opened_at)
 );
-CREATE UNIQUE INDEX alerts_one_open ON alerts (rule, sensor_id) WHERE closed_at IS NULL;
+CREATE UNIQUE INDEX alerts_one_open ON alerts (sensor_id, rule) WHERE closed_at IS NULL;  -- also: a sensor's open ones
 CREATE INDEX alerts_opened ON alerts (opened_at DESC);
 
 -- The dashboard reads; it never writes. `custom_reader` may SELECT and nothing else; give the dashboard a login role
