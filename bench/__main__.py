@@ -96,7 +96,7 @@ def takes_batch(bundle: Path) -> bool:
 
 def window_patches(backbone: str) -> int:
     """Patches in one 10 s window at 16 kHz, from the daemon's own front end parameters."""
-    from custom.daemon.frontend import VGGISH, YAMNET
+    from custom.daemon.model.frontend import VGGISH, YAMNET
 
     params = VGGISH if backbone == "vggish" else YAMNET
     samples = int(WINDOW_S * params.sample_rate_hz)

@@ -21,9 +21,9 @@ from custom.convert.classes import URBAN_CLASSES
 from custom.convert.clips import read_manifest
 from custom.convert.efficientat_embed import EfficientATEmbedder
 from custom.convert.tflite_outputs import expose_outputs
-from custom.daemon.audiofile import read_audio
-from custom.daemon.frontend import YAMNET, Frontend
-from custom.daemon.runtime import interpreter_class
+from custom.daemon.audio.audiofile import read_audio
+from custom.daemon.model.frontend import YAMNET, Frontend
+from custom.daemon.model.runtime import interpreter_class
 from custom.testing.shared import shared_dir
 
 WINDOW_S = 10.0

@@ -19,8 +19,8 @@ from .common import WORK_DIR
 
 
 def measure(bundle: Path, threads: int, windows: np.ndarray, warmup: int) -> dict[str, tuple[float, float]]:
-    from custom.daemon.bundle import load_bundle
-    from custom.daemon.model import Model
+    from custom.daemon.model.bundle import load_bundle
+    from custom.daemon.model.inference import Model
 
     loaded = load_bundle(bundle)
     models = {"batched": Model(loaded, threads=threads), "per patch": Model(loaded, threads=threads, batched=False)}

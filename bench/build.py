@@ -86,7 +86,7 @@ def make_windows(path: Path, count: int, rate_hz: int = INPUT_RATE_HZ) -> Path:
             return path
     import soundfile
 
-    from custom.daemon.frontend import to_model_rate
+    from custom.daemon.audio.pcm import to_model_rate
 
     samples = int(WINDOW_S * rate_hz)
     pieces, total = [], 0
@@ -112,7 +112,7 @@ def make_live_audio(path: Path, seconds: float = 60.0) -> Path:
         return path
     import soundfile
 
-    from custom.daemon.frontend import to_model_rate
+    from custom.daemon.audio.pcm import to_model_rate
 
     pieces, total, files = [], 0, clip_files(per_class=3)
     for i in range(10_000):

@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 
-from custom.daemon.audiofile import read_audio
-from custom.daemon.frontend_efficientat import EFFICIENTAT, EfficientATFrontend
+from custom.daemon.audio.audiofile import read_audio
+from custom.daemon.model.frontend_efficientat import EFFICIENTAT, EfficientATFrontend
 from custom.testing.shared import shared_dir
 
 

@@ -61,7 +61,7 @@ class ScoreTable:
 
 def score_table(bundle: Path, clips: list[Path]) -> ScoreTable:
     """Run `custom-sensord classify --json` (the daemon's own code, TFLite runtime) over real clips."""
-    from custom.daemon.bundle import load_bundle
+    from custom.daemon.model.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     command = [sys.executable, "-m", "custom.daemon.cli", "classify", "--json", "--bundle", str(bundle)]
@@ -107,7 +107,7 @@ def publish_fleet(
     returns {event_id: publish wall time}. One QoS 1 paho client, waits until the broker acknowledged everything."""
     import paho.mqtt.client as mqtt
 
-    from custom.daemon.event import EventContext
+    from custom.daemon.publish.event import EventContext
 
     rng = random.Random(seed)
     contexts = {

@@ -20,7 +20,7 @@ COUNTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 def tflite_flops(path: Path | str) -> float:
     """FLOPs of one invoke of a .tflite model (2 per multiply-accumulate of its conv and dense ops)."""
-    from custom.daemon.runtime import load_interpreter
+    from custom.daemon.model.runtime import load_interpreter
 
     interpreter = load_interpreter(path, threads=1)
     shapes = {t["index"]: tuple(int(d) for d in t["shape"]) for t in interpreter.get_tensor_details()}

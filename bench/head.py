@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from custom.convert.evaluate import score_metrics, tflite_scores
     from custom.convert.tflite_export import export_tflite
     from custom.convert.train import Hyper, _configure_tf, fit_family, inference_model
-    from custom.daemon.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
+    from custom.daemon.model.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
 
     _configure_tf(args.threads)
     started = time.perf_counter()

@@ -13,11 +13,11 @@ import time
 import numpy as np
 import soxr
 
-from custom.daemon.audiofile import read_audio
-from custom.daemon.bundle import load_bundle
-from custom.daemon.frontend import resample
-from custom.daemon.levels import LevelMeter
-from custom.daemon.model import Model
+from custom.daemon.audio.audiofile import read_audio
+from custom.daemon.audio.pcm import resample
+from custom.daemon.model.bundle import load_bundle
+from custom.daemon.model.inference import Model
+from custom.daemon.noise.levels import LevelMeter
 
 from .build import clip_files, yamnet_bundle
 from .common import WINDOW_S, WORK_DIR

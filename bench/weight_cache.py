@@ -30,7 +30,7 @@ PATCHES = 10
 
 
 def _interpreter(model: Path, threads: int) -> None:
-    from custom.daemon.runtime import RowRunner
+    from custom.daemon.model.runtime import RowRunner
 
     runner = RowRunner(model, threads=threads)
     x = np.random.default_rng(0).normal(size=(PATCHES, *runner.row_shape)).astype(np.float32)

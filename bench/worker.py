@@ -4,9 +4,10 @@ Run by the orchestrator as `python -m bench.worker ...`, one subprocess per meas
 is that pipeline's alone, imports included, as the process on a sensor would pay it.
 
 Pipelines:
-- ``bundle``: the sensor's path. soxr to 16 kHz (nothing at 16 kHz input), then `custom.daemon.model.Model.scores`
-  (numpy log-mel, TFLite backbone with all patches of the window in one invoke where the model takes a batch, or one
-  per patch with --per-patch as before issue 13, then PCA + classifier or class mapping). No TensorFlow is imported.
+- ``bundle``: the sensor's path. soxr to 16 kHz (nothing at 16 kHz input), then
+  `custom.daemon.model.inference.Model.scores` (numpy log-mel, TFLite backbone with all patches of the window in one
+  invoke where the model takes a batch, or one per patch with --per-patch as before issue 13, then PCA + classifier
+  or class mapping). No TensorFlow is imported.
 - ``baseline``: the seed project's way, kept under bench/ only. resampy (kaiser_best, its default) to 16 kHz,
   the same numpy log-mel (ours: the seed's mel_features.py computes the same thing at the same cost, the seed's
   extra cost was resampy + TensorFlow), VGGish as a float32 Keras model in full TensorFlow with the same weights,
@@ -28,10 +29,10 @@ from .common import INPUT_RATE_HZ, emit, proc_status_kib, shared_dir
 def _bundle_pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """(per-window function, load info) for a bundle on the daemon's own code path."""
     t0 = time.perf_counter()
-    from custom.daemon.bundle import load_bundle
-    from custom.daemon.frontend import to_model_rate
-    from custom.daemon.model import Model
-    from custom.daemon.runtime import runtime_name
+    from custom.daemon.audio.pcm import to_model_rate
+    from custom.daemon.model.bundle import load_bundle
+    from custom.daemon.model.inference import Model
+    from custom.daemon.model.runtime import runtime_name
 
     t1 = time.perf_counter()
     model = Model(load_bundle(args.bundle), threads=args.threads, batched=not args.per_patch)
@@ -55,8 +56,9 @@ def _baseline_pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     import tensorflow as tf
 
     from custom.convert.vggish_model import build_keras, read_checkpoint
-    from custom.daemon.frontend import VGGISH, Frontend, to_mono_float32
-    from custom.daemon.postprocess import AudioSetPCA
+    from custom.daemon.audio.pcm import to_mono_float32
+    from custom.daemon.model.frontend import VGGISH, Frontend
+    from custom.daemon.model.postprocess import AudioSetPCA
 
     from .build import architecture
 

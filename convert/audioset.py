@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
-from custom.daemon.bundle import sha256_file
+from custom.daemon.model.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
+from custom.daemon.model.bundle import sha256_file
 
 from .classes import URBAN_CLASSES, UrbanClass
 from .ontology import Ontology

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from custom.daemon.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
-from custom.daemon.bundle import ModelSpec, TensorSpec
+from custom.daemon.model.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
+from custom.daemon.model.bundle import ModelSpec, TensorSpec
 
 from .classes import URBAN_CLASSES
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from custom.daemon.audiofile import read_audio
-from custom.daemon.model import Model
+from custom.daemon.audio.audiofile import read_audio
+from custom.daemon.model.inference import Model
 
 from .classes import URBAN_CLASSES
 

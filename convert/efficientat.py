@@ -2,7 +2,7 @@
 
 EfficientAT mn04_as (Schmid et al., ICASSP 2023; fschmid56/EfficientAT, MIT) is a MobileNetV3 distilled from PaSST
 on AudioSet: mAP 0.432 against YAMNet's ~0.31, at about a tenth of YAMNet's operations per 10 s window. Its
-front end (daemon/frontend_efficientat.py) is numpy, so the sensor runs it on the TFLite runtime like YAMNet.
+front end (daemon/model/frontend_efficientat.py) is numpy, so the sensor runs it on the TFLite runtime like YAMNet.
 
 The bundle maps our 10 classes from its 527 AudioSet outputs by mid (never by position), exactly as the YAMNet
 bundle does, with a sigmoid on the logits; with --ontology a class also pools its descendants, and with --clips the
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from custom.daemon import exitcodes
-from custom.daemon.bundle import AGGREGATIONS, BundleError
-from custom.daemon.frontend_efficientat import EFFICIENTAT
+from custom.daemon.model.bundle import AGGREGATIONS, BundleError
+from custom.daemon.model.frontend_efficientat import EFFICIENTAT
 
 from .efficientat_embed import inspect_model
 from .yamnet import MappingSource, read_class_map, write_mapping_bundle

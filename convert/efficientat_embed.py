@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from custom.daemon.bundle import BundleError, ModelSpec, TensorSpec
-from custom.daemon.frontend import resample as resample_audio
-from custom.daemon.frontend import to_mono_float32
-from custom.daemon.frontend_efficientat import EFFICIENTAT, EfficientATFrontend
-from custom.daemon.runtime import interpreter_class, load_interpreter
+from custom.daemon.audio.pcm import resample as resample_audio
+from custom.daemon.audio.pcm import to_mono_float32
+from custom.daemon.model.bundle import BundleError, ModelSpec, TensorSpec
+from custom.daemon.model.frontend_efficientat import EFFICIENTAT, EfficientATFrontend
+from custom.daemon.model.runtime import interpreter_class, load_interpreter
 
 from .tflite_outputs import expose_outputs
 

@@ -3,7 +3,7 @@
     custom-convert evaluate --bundle BUNDLE_DIR --data ../shared/data/audioset/eval.npz [--report DIR]
     custom-convert evaluate --classifier out/classifier --data ../shared/data/audioset/eval.npz
 
-The classifier runs on the TFLite runtime the sensor uses (custom.daemon.runtime.RowRunner), one window per
+The classifier runs on the TFLite runtime the sensor uses (custom.daemon.model.runtime.RowRunner), one window per
 invoke, so the figures are those of the file that ships. Thresholds come from the bundle manifest (--bundle) or from
 classifier.json beside the model (--classifier). Labels include ontology descendants ("Bark" counts as Dog), as in
 training; clips with none of our classes are "other".
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE
+from custom.daemon.model.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE
 
 from .audioset import ClipSet, load_clips, sha256_of
 from .classes import URBAN_CLASSES
@@ -112,7 +112,7 @@ def _classifier(bundle_dir: Path | None, classifier_path: Path | None) -> tuple[
     """(tflite path, thresholds, description) from a bundle folder or a `train` output (exactly one given)."""
     expected = [c.name for c in URBAN_CLASSES]
     if bundle_dir is not None:
-        from custom.daemon.bundle import load_bundle
+        from custom.daemon.model.bundle import load_bundle
 
         bundle = load_bundle(bundle_dir)
         if bundle.classifier_model is None:
@@ -151,7 +151,7 @@ def _classifier(bundle_dir: Path | None, classifier_path: Path | None) -> tuple[
 def tflite_scores(path: Path, embeddings: np.ndarray, threads: int = 1) -> np.ndarray:
     """[N, classes] scores from the .tflite on the sensor's runtime and row runner, one [1,10,128] window per
     invoke as on the sensor."""
-    from custom.daemon.runtime import RowRunner
+    from custom.daemon.model.runtime import RowRunner
 
     return RowRunner(path, threads=threads)(embeddings).astype(np.float64)
 

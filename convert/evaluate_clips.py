@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.bundle import BundleError, load_bundle
-from custom.daemon.model import Model
+from custom.daemon.model.bundle import BundleError, load_bundle
+from custom.daemon.model.inference import Model
 
 from .classes import URBAN_CLASSES
 from .clips import clip_outputs, read_manifest

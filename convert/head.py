@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.bundle import (
+from custom.daemon.model.bundle import (
     BundleDraft,
     ClassSpec,
     HeadSpec,
@@ -34,8 +34,8 @@ from custom.daemon.bundle import (
     sha256_file,
     write_bundle,
 )
-from custom.daemon.head import pool_features
-from custom.daemon.model import Model
+from custom.daemon.model.head import pool_features
+from custom.daemon.model.inference import Model
 
 from .classes import CLASS_NAMES, URBAN_CLASSES
 from .head_backbones import BACKBONES, HeadBackbone, prepare

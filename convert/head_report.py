@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from custom.daemon.audiofile import read_audio
-from custom.daemon.bundle import load_bundle
-from custom.daemon.model import Model
+from custom.daemon.audio.audiofile import read_audio
+from custom.daemon.model.bundle import load_bundle
+from custom.daemon.model.inference import Model
 
 from .classes import CLASS_NAMES, URBAN_CLASSES
 from .head import CHOICE_RULE, FOLDS, THRESHOLD_RULE, HeadResult

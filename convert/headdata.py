@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.audiofile import AudioFileError, read_audio
-from custom.daemon.frontend import SAMPLE_RATE_HZ
+from custom.daemon.audio.audiofile import AudioFileError, read_audio
+from custom.daemon.audio.pcm import SAMPLE_RATE_HZ
 
 from .classes import URBAN_CLASSES
 
@@ -134,7 +134,9 @@ def load_waveform(recording: Recording, rate_hz: int = SAMPLE_RATE_HZ) -> np.nda
 class BackboneFeatures:
     """Scores and dequantised embeddings per patch, from a bundle's backbone exactly as the daemon computes them."""
 
-    def __init__(self, model) -> None:  # a custom.daemon.model.Model of a bundle whose head declares the embedding
+    def __init__(
+        self, model
+    ) -> None:  # a custom.daemon.model.inference.Model of a bundle whose head declares the embedding
         self.model = model
 
     def __call__(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

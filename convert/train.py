@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE, EMBEDDING_SIZE, FRAMES_PER_CLIP
+from custom.daemon.model.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE, EMBEDDING_SIZE, FRAMES_PER_CLIP
 
 from .audioset import ClipSet, load_clips
 from .classes import URBAN_CLASSES
@@ -401,7 +401,7 @@ def train(
 
 def check_tflite(path: Path, keras_model: Any, embeddings: np.ndarray, tolerance: float = 1e-4) -> dict[str, Any]:
     """Run the written .tflite on the TFLite runtime and compare with Keras; raise if they disagree."""
-    from custom.daemon.runtime import runtime_name
+    from custom.daemon.model.runtime import runtime_name
 
     from .evaluate import tflite_scores
 

@@ -3,7 +3,7 @@
 Get `vggish_model.ckpt` and `vggish_pca_params.npz` from Google's AudioSet storage (links in the README, or
 tensorflow/models research/audioset/vggish). The checkpoint is read by its TF1 variable names, rebuilt as a Keras
 network identical to vggish_slim.py and exported to TFLite in the chosen quantization mode; the PCA file is copied
-into the bundle unchanged and applied by the daemon (custom.daemon.postprocess), the one implementation of the
+into the bundle unchanged and applied by the daemon (custom.daemon.model.postprocess), the one implementation of the
 AudioSet postprocess. The converter checks its own output: the TFLite embeddings must match the float Keras network
 (cosine) on silence, seeded noise, a tone and real calibration clips, or no bundle is written.
 """
@@ -22,13 +22,21 @@ from typing import Any
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.audiofile import AudioFileError, read_audio
-from custom.daemon.audioset_params import EMBEDDING_SIZE, NUM_BANDS, NUM_FRAMES
-from custom.daemon.bundle import BundleDraft, BundleError, ClassSpec, ModelSpec, TensorSpec, sha256_file, write_bundle
-from custom.daemon.frontend import VGGISH, Frontend
-from custom.daemon.model import Model
-from custom.daemon.postprocess import AudioSetPCA
-from custom.daemon.runtime import RowRunner
+from custom.daemon.audio.audiofile import AudioFileError, read_audio
+from custom.daemon.model.audioset_params import EMBEDDING_SIZE, NUM_BANDS, NUM_FRAMES
+from custom.daemon.model.bundle import (
+    BundleDraft,
+    BundleError,
+    ClassSpec,
+    ModelSpec,
+    TensorSpec,
+    sha256_file,
+    write_bundle,
+)
+from custom.daemon.model.frontend import VGGISH, Frontend
+from custom.daemon.model.inference import Model
+from custom.daemon.model.postprocess import AudioSetPCA
+from custom.daemon.model.runtime import RowRunner
 
 from .classes import URBAN_CLASSES
 from .classifier_artifact import CLASSIFIER_FILE, Classifier, InputError, read_classifier

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from custom.daemon.audioset_params import EMBEDDING_SIZE, NUM_BANDS, NUM_FRAMES
+from custom.daemon.model.audioset_params import EMBEDDING_SIZE, NUM_BANDS, NUM_FRAMES
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.bundle import (
+from custom.daemon.model.bundle import (
     AGGREGATIONS,
     BundleDraft,
     BundleError,
@@ -37,10 +37,10 @@ from custom.daemon.bundle import (
     sha256_file,
     write_bundle,
 )
-from custom.daemon.frontend import YAMNET, FrontendParams
-from custom.daemon.frontend_efficientat import EfficientATParams
-from custom.daemon.model import Model, aggregate_patches
-from custom.daemon.runtime import load_interpreter
+from custom.daemon.model.frontend import YAMNET, FrontendParams
+from custom.daemon.model.frontend_efficientat import EfficientATParams
+from custom.daemon.model.inference import Model, aggregate_patches
+from custom.daemon.model.runtime import load_interpreter
 
 from .classes import URBAN_CLASSES
 from .clips import clip_outputs, read_manifest, recording_folds

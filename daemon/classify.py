@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from . import exitcodes
-from .audiofile import AudioFile, AudioFileError, read_audio
-from .bundle import BundleError
+from .audio.audiofile import AudioFile, AudioFileError, read_audio
+from .audio.windows import recording_windows
 from .config import ModelConfig
+from .model.bundle import BundleError
+from .model.runtime import RuntimeMissingError
 from .pipeline import bundle_pipeline
-from .runtime import RuntimeMissingError
-from .windows import recording_windows
 
 DEFAULT_BUNDLE = ModelConfig.bundle  # the daemon's default bundle folder
 DEFAULT_THREADS = ModelConfig.threads  # the daemon's default, so classify measures what the sensor runs

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import exitcodes
-from .summary import DEFAULT_PERIOD_S
+from .noise.summary import DEFAULT_PERIOD_S
 
 DEFAULT_CONFIG = Path("/etc/custom-sensor/config.yaml")
 
@@ -38,7 +38,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from .devices import format_devices, list_input_devices
+    from .audio.devices import format_devices, list_input_devices
 
     devices = list_input_devices()
     if args.json:
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_devices)
 
-    from . import calibrate
+    from .noise import calibrate
 
     p = sub.add_parser(
         "calibrate",

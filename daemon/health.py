@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .event import iso_utc
+from .publish.event import iso_utc
 
 LATENCY_SAMPLES = 100  # inference times kept for p50/p95
 CPU_TEMP_PATH = Path("/sys/class/thermal/thermal_zone0/temp")

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle, BundleError, load_bundle
+from .audio.pcm import resample
+from .audio.windows import Window
 from .clock import ClockState
 from .config import Config, ConfigError
-from .event import EventContext
-from .frontend import resample
-from .levels import LevelMeter, WindowLevels
-from .model import Model
-from .windows import Window
+from .model.bundle import Bundle, BundleError, load_bundle
+from .model.inference import Model
+from .noise.levels import LevelMeter, WindowLevels
+from .publish.event import EventContext
 
 # The model sees the band it was trained on. Every model we ship learnt from 16 kHz recordings (all of ../shared is
 # 16 kHz: nothing above 8 kHz), so a window captured at 48 kHz (the default, for full-band levels) is brought to

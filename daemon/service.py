@@ -19,20 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from . import exitcodes
-from .capture import FileSource, MicCapture
+from .audio.capture import FileSource, MicCapture
+from .audio.ringbuffer import RingBuffer
+from .audio.source import AudioSource
+from .audio.windows import Window, Windower
 from .clock import ClockProbe
 from .config import Config, ConfigError, load_config
-from .discovery import Discovery
 from .health import Health, mic_down_since, status_line
+from .model.runtime import RuntimeMissingError
+from .noise.summary import DEFAULT_PERIOD_S, HourlySummary
 from .notify import Notifier, setup_logging
 from .pipeline import Pipeline, build_pipeline
-from .publisher import Publisher
-from .ringbuffer import RingBuffer
-from .runtime import RuntimeMissingError
-from .source import AudioSource
-from .spool import Spool
-from .summary import DEFAULT_PERIOD_S, HourlySummary
-from .windows import Window, Windower
+from .publish.discovery import Discovery
+from .publish.publisher import Publisher
+from .publish.spool import Spool
 
 log = logging.getLogger("custom.daemon.service")
 

@@ -47,7 +47,7 @@ echo "== python environment ($VENV)"
 mkdir -p "$WORK"
 
 echo "== default model bundle ($WORK/bundle)"
-if ! "$VENV/bin/python" -c "from custom.daemon.bundle import load_bundle; load_bundle('$WORK/bundle')" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "from custom.daemon.model.inference.bundle import load_bundle; load_bundle('$WORK/bundle')" 2>/dev/null; then
     # the one documented command: the best trained head iff it beats the class mapping (needs the
     # converter extra, TensorFlow, on this machine only; the sensor itself runs on the TFLite runtime)
     "$VENV/bin/pip" install -q -e ".[convert]"

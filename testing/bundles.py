@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from custom.daemon.bundle import MANIFEST_NAME
+from custom.daemon.model.bundle import MANIFEST_NAME
 
 
 def edit_manifest(bundle: Path, edit: Callable[[dict[str, Any]], Any]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from custom.daemon.event import EventContext
+from custom.daemon.publish.event import EventContext
 
 from .broker import free_port, port_open
 from .ingest import WINDOW_S, build_event

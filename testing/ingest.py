@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from custom.daemon.event import EventContext
-from custom.daemon.levels import LevelMeter, WindowLevels
-from custom.daemon.summary import HourlySummary
+from custom.daemon.noise.levels import LevelMeter, WindowLevels
+from custom.daemon.noise.summary import HourlySummary
+from custom.daemon.publish.event import EventContext
 
 from .process import LoggedProcess
 

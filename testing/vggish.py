@@ -16,7 +16,8 @@ import soundfile
 
 from custom.convert.classes import URBAN_CLASSES
 from custom.convert.vggish_model import NUM_BANDS, NUM_FRAMES, OFFICIAL, SCOPE, Architecture, expected_variables
-from custom.daemon.frontend import VGGISH, Frontend, to_model_rate
+from custom.daemon.audio.pcm import to_model_rate
+from custom.daemon.model.frontend import VGGISH, Frontend
 
 # A narrow VGGish: official names and layer stack, ~1/8 the widths, so all modes convert in seconds.
 SMALL = Architecture(conv_widths=(8, 16, 32, 64), fc_width=256)

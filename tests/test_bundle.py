@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from custom.daemon.bundle import MANIFEST_NAME, BundleError, load_bundle
-from custom.daemon.model import Model
+from custom.daemon.model.bundle import MANIFEST_NAME, BundleError, load_bundle
+from custom.daemon.model.inference import Model
 from custom.testing.bundles import edit_manifest
 
 
@@ -87,7 +87,7 @@ def test_tensor_shape_not_as_the_manifest_says(bundle_copy: Path):
 
 def test_truncated_model_with_matching_checksum_is_refused(bundle_copy: Path):
     """Someone truncated the model and 'fixed' the manifest: the runtime's refusal is still one clear line."""
-    from custom.daemon.bundle import sha256_file
+    from custom.daemon.model.bundle import sha256_file
 
     model_file = bundle_copy / "yamnet.tflite"
     model_file.write_bytes(model_file.read_bytes()[:5000])
@@ -99,7 +99,7 @@ def test_truncated_model_with_matching_checksum_is_refused(bundle_copy: Path):
 def test_coral_patch_yamnet_cannot_take_a_batch(shared: Path):
     """Coral's patch YAMNet declares a fixed [1, 96, 64] input and reshapes to [1, 96, 64, 1] inside, so it runs
     one patch per invoke (measured in bench/RESULTS.md); the row runner does not try to batch it."""
-    from custom.daemon.runtime import RowRunner
+    from custom.daemon.model.runtime import RowRunner
 
     path = shared / "models" / "yamnet_spectra_in.tflite"
     runner = RowRunner(path)

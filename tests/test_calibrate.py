@@ -14,8 +14,8 @@ import pytest
 import soundfile
 import yaml
 
-from custom.daemon.calibrate import measure, set_calibration
 from custom.daemon.config import load_config
+from custom.daemon.noise.calibrate import measure, set_calibration
 from tests.conftest import ROOT
 
 SHIPPED = (ROOT / "config.yaml").read_text()
@@ -58,7 +58,7 @@ def test_edit_keeps_a_trailing_comment_inserts_a_missing_key_and_refuses_flow_st
 
 
 def test_measure_rejects_what_is_not_a_steady_1khz_tone() -> None:
-    from custom.daemon.calibrate import CalibrationError, check
+    from custom.daemon.noise.calibrate import CalibrationError, check
 
     t = np.arange(3 * RATE) / RATE
     check(measure((0.1 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), RATE))

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from custom.daemon.capture import FileSource, MicCapture
-from custom.daemon.devices import format_devices, list_input_devices
-from custom.daemon.frontend import to_model_rate
-from custom.daemon.ringbuffer import RingBuffer
-from custom.daemon.windows import Window, Windower
+from custom.daemon.audio.capture import FileSource, MicCapture
+from custom.daemon.audio.devices import format_devices, list_input_devices
+from custom.daemon.audio.pcm import to_model_rate
+from custom.daemon.audio.ringbuffer import RingBuffer
+from custom.daemon.audio.windows import Window, Windower
 
 CLIP = "data/clips/chatter/noisex92_babble_t000.flac"  # 10 s of steady canteen babble, RMS 0.05-0.08 every second
 SHORT_CLIP = "data/clips/jackhammer/us8k_98223-7-9-0.flac"  # 1.48 s
@@ -188,7 +188,7 @@ def test_a_refused_rate_falls_back_to_the_devices_default_once(virtual_mic_48k, 
     faked; opening, capturing and the warning are real."""
     import sounddevice as sd
 
-    from custom.daemon import capture as capture_module
+    from custom.daemon.audio import capture as capture_module
 
     monkeypatch.setattr(capture_module, "supports_rate", lambda device, rate, channels=1: rate != 16000)
     capture, collector = live(sample_rate_hz=16000)
@@ -227,9 +227,9 @@ def test_list_input_devices_sees_the_virtual_mic(virtual_mic) -> None:
 
 CHILD = """
 import json, sys, threading
-from custom.daemon.capture import MicCapture
-from custom.daemon.ringbuffer import RingBuffer
-from custom.daemon.windows import Windower
+from custom.daemon.audio.capture import MicCapture
+from custom.daemon.audio.ringbuffer import RingBuffer
+from custom.daemon.audio.windows import Windower
 ring = RingBuffer.for_duration(6.0)
 capture = MicCapture(ring, rescan=False, sample_rate_hz=16000)
 windower = Windower(ring, None, 1.0)

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import jsonschema
 
-from custom.daemon.devices import rescan_devices
+from custom.daemon.audio.devices import rescan_devices
 from custom.testing.daemon import daemon_config
 from custom.testing.shared import ROOT
 

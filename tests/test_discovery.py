@@ -18,10 +18,10 @@ import pytest
 
 from custom.convert.classes import CLASS_NAMES
 from custom.daemon.config import MqttConfig
-from custom.daemon.discovery import DeviceInfo, Discovery, discovery_messages, ha_id, removal_messages
-from custom.daemon.event import EventContext
-from custom.daemon.publisher import Publisher
-from custom.daemon.spool import Spool
+from custom.daemon.publish.discovery import DeviceInfo, Discovery, discovery_messages, ha_id, removal_messages
+from custom.daemon.publish.event import EventContext
+from custom.daemon.publish.publisher import Publisher
+from custom.daemon.publish.spool import Spool
 from custom.daemon.topics import Topics
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "daemon" / "event.schema.json").read_text())

@@ -19,9 +19,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from custom.daemon.audiofile import read_audio
-from custom.daemon.bundle import BundleError, load_bundle
-from custom.daemon.frontend_efficientat import EFFICIENTAT, EfficientATFrontend
+from custom.daemon.audio.audiofile import read_audio
+from custom.daemon.model.bundle import BundleError, load_bundle
+from custom.daemon.model.frontend_efficientat import EFFICIENTAT, EfficientATFrontend
 from tests.conftest import ROOT
 
 MODEL = "models/efficientat_mn04_as.tflite"
@@ -84,7 +84,7 @@ def test_exposed_embeddings_reproduce_the_models_own_logits(embedder, shared: Pa
     """The 384-d and 512-d outputs are the tensors that feed the last layers: the model's own weights applied to
     them in numpy give its 527 logits, and exposing them leaves the logits bit-identical."""
     from custom.convert.efficientat_embed import logits_from_embeddings
-    from custom.daemon.runtime import load_interpreter
+    from custom.daemon.model.runtime import load_interpreter
 
     weights = embedder.weights()
     original = load_interpreter(shared / MODEL)

@@ -118,8 +118,8 @@ def test_evaluate_a_bundle_through_the_daemon_loader(shared: Path, tmp_path: Pat
     """--bundle takes the classifier and thresholds from the manifest and scores with the TFLite runtime."""
     pytest.importorskip("tensorflow")
     from custom.convert.cli import main as convert
-    from custom.daemon.bundle import BundleDraft, ClassSpec, ModelSpec, TensorSpec, write_bundle
-    from custom.daemon.frontend import VGGISH
+    from custom.daemon.model.bundle import BundleDraft, ClassSpec, ModelSpec, TensorSpec, write_bundle
+    from custom.daemon.model.frontend import VGGISH
     from custom.testing.vggish import write_classifier
 
     clf_dir = tmp_path / "clf"

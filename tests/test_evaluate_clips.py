@@ -8,9 +8,9 @@ from pathlib import Path
 
 from custom.convert.cli import main as convert
 from custom.convert.metrics import average_precision, best_f1_threshold, confusion_matrix
-from custom.daemon.audiofile import read_audio
-from custom.daemon.bundle import load_bundle
-from custom.daemon.model import Model
+from custom.daemon.audio.audiofile import read_audio
+from custom.daemon.model.bundle import load_bundle
+from custom.daemon.model.inference import Model
 
 CLIPS = [
     "siren/us8k_102871-8-0-8.flac",

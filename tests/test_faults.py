@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from custom.daemon import cli
-from custom.daemon.bundle import sha256_file
 from custom.daemon.config import _key
+from custom.daemon.model.bundle import sha256_file
 from custom.testing.bundles import edit_manifest
 from custom.testing.config_trees import keys, trees
 from custom.testing.daemon import Daemon, daemon_config
@@ -550,7 +550,7 @@ def test_security_faults_are_logged_once_and_retried_with_backoff(
     for name, daemon in daemons.items():
         assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()
         text = daemon.log()
-        warnings = [ln for ln in text.splitlines() if " WARNING custom.daemon.publisher: " in ln]
+        warnings = [ln for ln in text.splitlines() if " WARNING custom.daemon.publish.publisher: " in ln]
         assert len(warnings) == 1 and cases[name][2] in warnings[0], (name, warnings)
         delays = [float(d) for d in re.findall(r"MQTT reconnect in ([\d.]+) s", text)]
         assert len(delays) >= 3, (name, delays)  # it keeps trying

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from custom.daemon.frontend import VGGISH, YAMNET, Frontend, FrontendParams, mel_matrix, to_model_rate, to_mono_float32
-from custom.daemon.runtime import load_interpreter
+from custom.daemon.audio.pcm import to_model_rate, to_mono_float32
+from custom.daemon.model.frontend import VGGISH, YAMNET, Frontend, FrontendParams, mel_matrix
+from custom.daemon.model.runtime import load_interpreter
 
 
 def _mel(f_hz: float) -> float:

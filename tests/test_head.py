@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from custom.convert.cli import main as convert
-from custom.daemon.bundle import load_bundle
-from custom.daemon.model import Model
+from custom.daemon.model.bundle import load_bundle
+from custom.daemon.model.inference import Model
 from custom.testing.daemon import daemon_config
 from tests.conftest import ROOT
 
@@ -54,7 +54,7 @@ def test_headed_bundle_manifest_and_scores(headed_bundle: Path, shared: Path) ->
     provenance = bundle.provenance
     assert provenance["thresholds"]["rule"] and provenance["cross_validated"]["chosen"]["pooling"]
     model = Model(bundle)
-    from custom.daemon.audiofile import read_audio
+    from custom.daemon.audio.audiofile import read_audio
 
     scores = model.scores(read_audio(shared / SIREN).waveform).scores
     assert scores.shape == (10,) and np.all((scores >= 0) & (scores <= 1))
@@ -106,8 +106,8 @@ def test_head_classes_must_match_the_manifest(headed_bundle: Path, shared: Path,
 
 def test_efficientat_head_runs_end_to_end_through_classify(efficientat_headed_bundle: Path, shared: Path) -> None:
     from custom.convert.efficientat_embed import EfficientATEmbedder
-    from custom.daemon.audiofile import read_audio
-    from custom.daemon.head import pool_features
+    from custom.daemon.audio.audiofile import read_audio
+    from custom.daemon.model.head import pool_features
 
     bundle = load_bundle(efficientat_headed_bundle)
     assert bundle.backbone == "efficientat" and bundle.head is not None

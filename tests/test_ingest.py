@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from bench.fleet import ScoreTable, publish_fleet, score_table
-from custom.daemon.event import EventContext
+from custom.daemon.publish.event import EventContext
 from custom.ingest.cli import main as ingest_cli
 from custom.testing.ingest import build_event, hour_in_parts, wait_rows
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from custom.daemon.event import EventContext
+from custom.daemon.publish.event import EventContext
 from custom.ingest.queries import ALERTS, DASHBOARD, NAMES, query
 from custom.ingest.records import Judge
 from custom.ingest.store import Store, connect

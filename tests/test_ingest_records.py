@@ -7,7 +7,7 @@ import json
 
 import jsonschema
 
-from custom.daemon.event import EventContext
+from custom.daemon.publish.event import EventContext
 from custom.ingest.records import EventRow, Judge, Rejection, SummaryRow, _package_schema
 from custom.testing.ingest import build_event, hour_in_parts
 

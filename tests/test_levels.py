@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soxr
 
-from custom.daemon.audiofile import read_audio
-from custom.daemon.levels import FAST_TAU_S, LevelMeter, a_weighting_db
+from custom.daemon.audio.audiofile import read_audio
+from custom.daemon.noise.levels import FAST_TAU_S, LevelMeter, a_weighting_db
 from custom.testing.shared import shared_dir
 
 # IEC 61672-1:2013 Table 3 at the octave-band centres: nominal A-weighting (dB) and the Class 2 acceptance limits
@@ -132,7 +132,7 @@ def test_fast_level_of_a_step_down_decays_at_the_fast_time_constant() -> None:
     signal = tone(1000.0, 4.0, rate)
     signal[2 * rate :] = 0.0
     meter = LevelMeter()
-    from custom.daemon.levels import fast_mean_square, power_db
+    from custom.daemon.noise.levels import fast_mean_square, power_db
 
     fast = power_db(fast_mean_square(meter.weighted(signal, rate) ** 2, rate, step=48))  # every ms
     rate_db_per_s = (fast[2200] - fast[2700]) / 0.5

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from custom.daemon.levels import a_weighting_db
+from custom.daemon.noise.levels import a_weighting_db
 from custom.testing.daemon import daemon_config
 from tests.conftest import ROOT
 

@@ -4,7 +4,7 @@ and Home Assistant's top-class entity shows "none" rather than the best class be
 from __future__ import annotations
 
 from custom.convert.classes import CLASS_NAMES
-from custom.daemon.discovery import NOTHING_HEARD
+from custom.daemon.publish.discovery import NOTHING_HEARD
 from tests.test_discovery import configs, make_event, render
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from custom.daemon.postprocess import AudioSetPCA
+from custom.daemon.model.postprocess import AudioSetPCA
 
 
 @pytest.fixture(scope="module")

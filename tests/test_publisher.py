@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from custom.daemon.config import ConfigError, MqttConfig, TlsConfig
-from custom.daemon.publisher import Publisher, TokenBucket
-from custom.daemon.spool import Spool
+from custom.daemon.publish.publisher import Publisher, TokenBucket
+from custom.daemon.publish.spool import Spool
 from custom.daemon.topics import Topics
 
 SENSOR = "s1"
@@ -30,8 +30,8 @@ WAIT_S = 10.0
 CHILD = """
 import sys, time, uuid
 from custom.daemon.config import MqttConfig
-from custom.daemon.publisher import Publisher, TokenBucket
-from custom.daemon.spool import Spool
+from custom.daemon.publish.publisher import Publisher, TokenBucket
+from custom.daemon.publish.spool import Spool
 from custom.daemon.topics import Topics
 host, port, spool_path, connect, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
 spool = Spool(spool_path, max_rows=10000, max_bytes=10**8)
@@ -333,12 +333,14 @@ def _wait_attempts(pub: Publisher, n: int, timeout: float = WAIT_S) -> None:
 
 def _warnings(caplog) -> list[str]:
     return [
-        r.getMessage() for r in caplog.records if r.name == "custom.daemon.publisher" and r.levelno >= logging.WARNING
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "custom.daemon.publish.publisher" and r.levelno >= logging.WARNING
     ]
 
 
 def test_wrong_password_logs_once_and_keeps_retrying(password_broker, spool, publishers, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="custom.daemon.publisher")
+    caplog.set_level(logging.DEBUG, logger="custom.daemon.publish.publisher")
     wrong = tmp_path / "wrong.pw"
     wrong.write_text("not-it\n")
     pub = publishers(
@@ -378,7 +380,7 @@ def test_tls_with_right_ca_delivers(tls_broker, subscriber_factory, spool, publi
 
 
 def test_tls_with_wrong_ca_is_named_and_retried(tls_broker, spool, publishers, certs, caplog):
-    caplog.set_level(logging.DEBUG, logger="custom.daemon.publisher")
+    caplog.set_level(logging.DEBUG, logger="custom.daemon.publish.publisher")
     config = mqtt_config(tls_broker, tls=TlsConfig(enabled=True, ca=certs["other-ca.crt"]), reconnect_max_s=0.1)
     pub = publishers(config, TOPICS, spool)
     pub.start()
@@ -389,7 +391,7 @@ def test_tls_with_wrong_ca_is_named_and_retried(tls_broker, spool, publishers, c
 
 
 def test_plain_client_on_tls_port_is_named(tls_broker, spool, publishers, caplog):
-    caplog.set_level(logging.DEBUG, logger="custom.daemon.publisher")
+    caplog.set_level(logging.DEBUG, logger="custom.daemon.publish.publisher")
     pub = publishers(mqtt_config(tls_broker, reconnect_max_s=0.1), TOPICS, spool)
     pub.start()
     _wait_attempts(pub, 3)
@@ -399,7 +401,7 @@ def test_plain_client_on_tls_port_is_named(tls_broker, spool, publishers, caplog
 
 
 def test_tls_client_on_plain_port_is_named(broker, spool, publishers, certs, caplog):
-    caplog.set_level(logging.DEBUG, logger="custom.daemon.publisher")
+    caplog.set_level(logging.DEBUG, logger="custom.daemon.publish.publisher")
     config = mqtt_config(broker, tls=TlsConfig(enabled=True, ca=certs["ca.crt"]), reconnect_max_s=0.1)
     pub = publishers(config, TOPICS, spool)
     pub.start()

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from custom.daemon.capture import _ClockTracker
-from custom.daemon.ringbuffer import RingBuffer
-from custom.daemon.windows import Windower
+from custom.daemon.audio.capture import _ClockTracker
+from custom.daemon.audio.ringbuffer import RingBuffer
+from custom.daemon.audio.windows import Windower
 
 RATE = 16000
 T0 = 1_750_000_000.25  # a fixed wall time: timestamps must come out exactly from it

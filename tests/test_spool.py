@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from custom.daemon.spool import Spool
+from custom.daemon.publish.spool import Spool
 from custom.testing.disk import remount, tmpfs
 
 TOPIC = "custom/s1/events"
@@ -73,7 +73,7 @@ def test_survives_reopen_and_ids_never_go_back(tmp_path: Path):
 # Writes rows as fast as it can and prints each id only after put() returned (committed).
 WRITER = """
 import sys
-from custom.daemon.spool import Spool
+from custom.daemon.publish.spool import Spool
 spool = Spool(sys.argv[1], max_rows=10**6, max_bytes=10**9)
 i = 0
 while True:

@@ -11,8 +11,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from custom.daemon.levels import LevelMeter
-from custom.daemon.summary import HourlySummary, energy_mean_db, lden
+from custom.daemon.noise.levels import LevelMeter
+from custom.daemon.noise.summary import HourlySummary, energy_mean_db, lden
 from custom.testing.daemon import daemon_config
 from tests.conftest import ROOT
 

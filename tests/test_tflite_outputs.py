@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from custom.convert.tflite_outputs import expose_outputs, final_layer
-from custom.daemon.audiofile import read_audio
-from custom.daemon.frontend import YAMNET, Frontend
+from custom.daemon.audio.audiofile import read_audio
+from custom.daemon.model.frontend import YAMNET, Frontend
 
 MODELS = ("yamnet_classification.tflite", "yamnet_spectra_in.tflite")
 

@@ -16,7 +16,7 @@ from custom.convert import audioset
 from custom.convert.classes import URBAN_CLASSES
 from custom.convert.cli import main as convert
 from custom.convert.train import TFLITE_TOLERANCE
-from custom.daemon.runtime import load_interpreter
+from custom.daemon.model.runtime import load_interpreter
 
 pytestmark = pytest.mark.tf
 pytest.importorskip("tensorflow")

@@ -23,10 +23,10 @@ import soundfile
 
 from custom.convert.tflite_export import QUANTIZE_MODES
 from custom.daemon import exitcodes
-from custom.daemon.bundle import BundleError, load_bundle
-from custom.daemon.model import Model
-from custom.daemon.postprocess import AudioSetPCA
-from custom.daemon.runtime import load_interpreter
+from custom.daemon.model.bundle import BundleError, load_bundle
+from custom.daemon.model.inference import Model
+from custom.daemon.model.postprocess import AudioSetPCA
+from custom.daemon.model.runtime import load_interpreter
 from custom.testing.vggish import (
     SMALL,
     clip_patches,
@@ -218,7 +218,7 @@ def test_bundle_from_before_the_batch_export_still_loads(
     """A bundle whose backbone has a fixed [1, 96, 64] input (as written before) loads and runs one patch per
     invoke, with the same scores as the new export of the same weights."""
     from custom.convert.tflite_export import export_tflite
-    from custom.daemon.bundle import BundleDraft, ModelSpec, TensorSpec, write_bundle
+    from custom.daemon.model.bundle import BundleDraft, ModelSpec, TensorSpec, write_bundle
 
     new = load_bundle(small_bundles["float32"])
     fixed = tmp_path / "vggish.tflite"

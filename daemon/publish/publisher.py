@@ -30,10 +30,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from .backoff import Backoff
-from .config import ConfigError, MqttConfig
+from ..backoff import Backoff
+from ..config import ConfigError, MqttConfig
+from ..topics import Topics
 from .spool import Spool
-from .topics import Topics
 
 log = logging.getLogger(__name__)
 

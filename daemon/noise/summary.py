@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .event import iso_utc
+from ..publish.event import iso_utc
 from .levels import WindowLevels
 
 SCHEMA_VERSION = 1

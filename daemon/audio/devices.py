@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .frontend import SAMPLE_RATE_HZ
+from .pcm import SAMPLE_RATE_HZ
 
 PREFERRED_RATE_HZ = SAMPLE_RATE_HZ  # the model rate: capturing at it means no resampling at all
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import exitcodes
+from .. import exitcodes
 from .levels import LevelMeter
 
 TONE_HZ = 1000.0
@@ -86,8 +86,8 @@ def check(m: Measurement) -> None:
 
 def record(config, seconds: float) -> tuple[np.ndarray, float]:  # noqa: ANN001 - config.AudioConfig
     """`seconds` of audio (after SETTLE_S) from the configured microphone, through the daemon's own capture."""
-    from .capture import MicCapture
-    from .ringbuffer import RingBuffer
+    from ..audio.capture import MicCapture
+    from ..audio.ringbuffer import RingBuffer
 
     total_s = seconds + SETTLE_S
     ring = RingBuffer.for_duration(total_s + 2.0, max_rate_hz=max(48000, config.sample_rate_hz or 0))
@@ -154,7 +154,7 @@ def write_config(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config, parse_config
+    from ..config import ConfigError, load_config, parse_config
 
     try:
         config = load_config(args.config)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from .topics import Topics
+from ..topics import Topics
 
 NOTHING_HEARD = "none"  # the top-class entity's state when no class reached its threshold (event top.name null)
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .backoff import Backoff
+from ..backoff import Backoff
 from .devices import PREFERRED_RATE_HZ, rescan_devices, supports_rate
-from .frontend import to_mono_float32
+from .pcm import to_mono_float32
 from .ringbuffer import RingBuffer
 from .source import SourceState, SourceStatus
 

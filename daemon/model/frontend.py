@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16000
+from ..audio.pcm import SAMPLE_RATE_HZ
 
 # HTK mel scale constants, as in mel_features.py and tf.signal.linear_to_mel_weight_matrix.
 _MEL_BREAK_FREQUENCY_HZ = 700.0
@@ -70,41 +70,6 @@ class FrontendParams:
 
 VGGISH = FrontendParams(log_offset=0.01, patch_hop_frames=96)
 YAMNET = FrontendParams(log_offset=0.001, patch_hop_frames=48)
-
-
-def to_mono_float32(audio: np.ndarray) -> np.ndarray:
-    """Integer or float samples, any channel count (frames x channels) -> mono float32 in [-1, 1]."""
-    audio = np.asarray(audio)
-    if np.issubdtype(audio.dtype, np.integer):
-        info = np.iinfo(audio.dtype)
-        if info.min == 0:  # unsigned PCM (8-bit WAV) is centred on the midpoint
-            mid = (int(info.max) + 1) // 2
-            audio = (audio.astype(np.float32) - mid) / mid
-        else:
-            audio = audio.astype(np.float32) / float(-int(info.min))
-    elif np.issubdtype(audio.dtype, np.floating):
-        audio = audio.astype(np.float32, copy=False)
-    else:
-        raise TypeError(f"unsupported sample type {audio.dtype}")
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1, dtype=np.float32)
-    elif audio.ndim != 1:
-        raise ValueError(f"audio must be 1-D or frames x channels, got shape {audio.shape}")
-    return audio
-
-
-def resample(audio: np.ndarray, rate_hz: int, target_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
-    """Resample mono float32 with soxr (high quality, ~90x faster than resampy and no numba)."""
-    if rate_hz == target_hz:
-        return audio
-    import soxr  # imported here so that 16 kHz capture never pays for it
-
-    return soxr.resample(audio, rate_hz, target_hz, quality="HQ").astype(np.float32, copy=False)
-
-
-def to_model_rate(audio: np.ndarray, rate_hz: int, target_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
-    """Any rate/dtype/channel count -> mono float32 at the model rate."""
-    return resample(to_mono_float32(audio), rate_hz, target_hz)
 
 
 def hz_to_mel(frequencies_hz: np.ndarray | float) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontend import SAMPLE_RATE_HZ, to_model_rate
+from .pcm import SAMPLE_RATE_HZ, to_model_rate
 
 
 class AudioFileError(ValueError):
