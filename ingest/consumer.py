@@ -168,9 +168,11 @@ class Ingest:
                         self._publish_alerts(store, self.alerts.on_timer(store.conn))
                         next_silent_check = now + self.config.alerts.check_s
                     if pending:
-                        self._commit(store, pending)
-                        pending = []
+                        changed = self._commit(store, pending)
+                        pending = []  # acknowledged: never retried (its packet ids may name other messages now)
+                        self._publish_alerts(store, changed)
                 except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.DeadlockDetected) as exc:
+                    republish = bool(self.config.alerts.rules)  # a change may have been committed, not published
                     self._db_failed(exc)
                     _close_quietly(store)
                     store = None
@@ -225,7 +227,8 @@ class Ingest:
         if first:
             log.warning("database unavailable, pausing (nothing is acknowledged): %s", _one_line(exc))
 
-    def _commit(self, store: Store, batch: list[Incoming]) -> None:
+    def _commit(self, store: Store, batch: list[Incoming]) -> set[str]:
+        """Store, evaluate the alert rules, acknowledge; returns the sensors whose alert episodes changed."""
         events: list[EventRow] = []
         summaries: list[SummaryRow] = []
         rejections: list[Rejection] = []
@@ -247,7 +250,6 @@ class Ingest:
         for item in batch:
             if item.qos > 0 and item.generation == generation:
                 self._client.ack(item.mid, item.qos)
-        self._publish_alerts(store, changed)
         with self.counters.lock:
             c = self.counters
             c.stored += inserted
@@ -260,6 +262,7 @@ class Ingest:
             log.warning(
                 "rejected %d message(s), e.g. %s: %s", len(rejections), rejections[0].topic, rejections[0].reason
             )
+        return changed
 
     def _maybe_crash_after_commit(self) -> None:
         """Test-only fault: CUSTOM_INGEST_FAULT=exit-after-commit:N dies (exit 137, no cleanup) right after the Nth

@@ -10,4 +10,5 @@ SELECT s.id AS sensor_id, s.last_seen AS at, c.windows::double precision AS valu
                        WHERE e.sensor_id = s.id AND e.labels @> ARRAY[%(label)s]::text[]
                          AND e.window_start > s.last_seen - make_interval(mins => %(minutes)s) - interval '1 minute'
                          AND e.window_end > s.last_seen - make_interval(mins => %(minutes)s)) AS c
- WHERE s.id = ANY(%(sensors)s);
+ WHERE s.id = ANY(%(sensors)s)
+ ORDER BY s.id;  -- one row-lock order for every ingest

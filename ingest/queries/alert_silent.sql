@@ -9,4 +9,5 @@ SELECT id AS sensor_id,
        format('no event for %%s min (last %%s)', round(extract(epoch FROM %(now)s - last_seen) / 60),
               to_char(last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS"Z"')) AS detail
   FROM sensors
- WHERE %(sensors)s::text[] IS NULL OR id = ANY(%(sensors)s);
+ WHERE %(sensors)s::text[] IS NULL OR id = ANY(%(sensors)s)
+ ORDER BY id;  -- one row-lock order for every ingest
