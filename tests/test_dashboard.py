@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from custom.ingest.cli import main as ingest_cli
+from custom.testing.broker import free_port
 from custom.testing.dashboard import FLEET, reader_dsn, write_fixture_fleet
 from custom.testing.postgres import create_database
 
@@ -149,3 +150,21 @@ def test_serve_names_the_setting_when_it_cannot_start(pg_cluster, capsys):
     assert "run `custom-ingest migrate`" in capsys.readouterr().err
     assert ingest_cli(["serve", "--dsn", bare, "--port", "70000"]) == 78
     assert "ingest.dashboard.port" in capsys.readouterr().err
+
+
+def test_page_draws_without_reachable_tiles(fleet, make_dashboard, browser, tmp_path):
+    """A basemap URL that cannot answer (a closed loopback port, like any tile server seen from an offline site): the
+    tiles fail, the points, labels and scale are drawn all the same."""
+    config = tmp_path / "ingest.yaml"
+    closed = free_port()
+    config.write_text(
+        f"dashboard: {{tile_url: 'http://127.0.0.1:{closed}/{{z}}/{{x}}/{{y}}.png', tile_attribution: x}}\n"
+    )
+    page = browser.page
+    page.goto(make_dashboard(fleet[0], config).url + "/")
+    page.wait_for_selector("body[data-ready='1']", timeout=20000)
+    assert page.locator("img.leaflet-tile").count() > 0, "the tile layer was not configured"
+    assert page.locator("path.sensor-marker").count() == len(FLEET)
+    assert page.locator(".sensor-label").count() == len(FLEET)
+    assert page.locator(".leaflet-control-scale-line").inner_text().strip()
+    page.screenshot(path=str(tmp_path / "no-tiles.png"))
