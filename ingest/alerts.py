@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -48,6 +48,11 @@ SELECT s.id, coalesce(json_agg(json_build_object('rule', a.rule, 'kind', a.kind,
 
 _RECENT = "SELECT DISTINCT sensor_id FROM alerts WHERE closed_at IS NULL OR closed_at > %(since)s"
 
+# The earliest latest-window of a batch's sensors: below it no window start is needed, so the rule queries can take a
+# constant lower bound and PostgreSQL plans them over the last day partitions only (runtime pruning of a month of
+# partitions, once per sensor, cost ~4 ms per sensor: seconds per batch at 1,000 sensors).
+_EARLIEST = "SELECT min(last_seen) FROM sensors WHERE id = ANY(%(sensors)s)"
+
 
 class Alerts:
     """The rules of one ingest; stateless between calls (all state is in the `alerts` table)."""
@@ -80,8 +85,12 @@ class Alerts:
     ) -> set[str]:
         changed: set[str] = set()
         with conn.transaction():
+            earliest = conn.execute(_EARLIEST, {"sensors": sensors}).fetchone() if sensors is not None else None
             for rule in rules:
-                rows = conn.execute(query(f"alert_{rule.kind}"), self._params(rule, sensors, now)).fetchall()
+                params = self._params(rule, sensors, now)
+                if earliest is not None and earliest[0] is not None:
+                    params["since"] = earliest[0] - timedelta(minutes=rule.minutes + 1)
+                rows = conn.execute(query(f"alert_{rule.kind}"), params).fetchall()
                 opening = [row for row in rows if row[3]]
                 closing = [row for row in rows if not row[3]]
                 if opening:
@@ -101,7 +110,7 @@ class Alerts:
             return {"sensors": sensors, "minutes": rule.minutes, "now": now or datetime.now(UTC)}
         return {
             "sensors": sensors, "minutes": rule.minutes, "threshold": rule.threshold, "label": rule.label,
-            "tz": self.timezone, "start": rule.start, "stop": rule.end,
+            "tz": self.timezone, "start": rule.start, "stop": rule.end, "since": None,
         }  # fmt: skip
 
     def states(self, conn: psycopg.Connection[Any], sensors: Sequence[str]) -> list[tuple[str, str]]:
