@@ -19,6 +19,7 @@ import psycopg
 
 from .alert_rules import AlertRule, AlertSettings
 from .queries import query
+from .records import EventRow
 
 _OPEN = """
 INSERT INTO alerts (rule, kind, sensor_id, opened_at, value, detail)
@@ -65,11 +66,14 @@ class Alerts:
     def topic(self, sensor_id: str) -> str:
         return f"{self.topic_prefix}/_alerts/{sensor_id}"
 
-    def on_commit(self, conn: psycopg.Connection[Any], sensors: Sequence[str]) -> set[str]:
+    def on_commit(self, conn: psycopg.Connection[Any], events: Sequence[EventRow]) -> set[str]:
         """Evaluate every rule for the sensors of a committed batch; returns the sensors whose episodes changed."""
-        if not self.settings.rules or not sensors:
+        if not self.settings.rules or not events:
             return set()
-        return self._evaluate(conn, self.settings.rules, sorted(set(sensors)))
+        heard: dict[str, set[str]] = {}
+        for row in events:
+            heard.setdefault(row.sensor_id, set()).update(row.labels)
+        return self._evaluate(conn, self.settings.rules, sorted(heard), heard=heard)
 
     def on_timer(self, conn: psycopg.Connection[Any], now: datetime | None = None) -> set[str]:
         """Evaluate the silent rules over every sensor (a silent sensor sends no batch that could trigger them)."""
@@ -82,6 +86,7 @@ class Alerts:
         rules: Sequence[AlertRule],
         sensors: list[str] | None,
         now: datetime | None = None,
+        heard: dict[str, set[str]] | None = None,
     ) -> set[str]:
         changed: set[str] = set()
         with conn.transaction():
@@ -90,6 +95,8 @@ class Alerts:
                 params = self._params(rule, sensors, now)
                 if earliest is not None and earliest[0] is not None:
                     params["since"] = earliest[0] - timedelta(minutes=rule.minutes + 1)
+                if rule.kind == "class":  # only a window that heard the class can open an episode of it
+                    params["heard"] = [sensor for sensor, labels in (heard or {}).items() if rule.label in labels]
                 rows = conn.execute(query(f"alert_{rule.kind}"), params).fetchall()
                 opening = [row for row in rows if row[3]]
                 closing = [row for row in rows if not row[3]]
@@ -109,8 +116,8 @@ class Alerts:
         if rule.kind == "silent":
             return {"sensors": sensors, "minutes": rule.minutes, "now": now or datetime.now(UTC)}
         return {
-            "sensors": sensors, "minutes": rule.minutes, "threshold": rule.threshold, "label": rule.label,
-            "tz": self.timezone, "start": rule.start, "stop": rule.end, "since": None,
+            "sensors": sensors, "rule": rule.name, "minutes": rule.minutes, "threshold": rule.threshold,
+            "label": rule.label, "tz": self.timezone, "start": rule.start, "stop": rule.end, "since": None,
         }  # fmt: skip
 
     def states(self, conn: psycopg.Connection[Any], sensors: Sequence[str]) -> list[tuple[str, str]]:

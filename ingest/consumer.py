@@ -244,7 +244,7 @@ class Ingest:
             inserted = store.write(events, summaries, rejections)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
             inserted = self._commit_one_by_one(store, events, summaries, rejections)
-        changed = self.alerts.on_commit(store.conn, [row.sensor_id for row in events])
+        changed = self.alerts.on_commit(store.conn, events)
         self._maybe_crash_after_commit()
         generation = self._generation
         for item in batch:

@@ -35,6 +35,7 @@ class EventRow:
     payload: str
     sensor_id: str
     day: str  # UTC date of the window start: the partition it goes to
+    labels: tuple[str, ...] = ()  # classes heard: the alert rules of a class only look at sensors that heard it
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class Judge:
             date.fromisoformat(day)
         except ValueError:
             return rejection(topic, payload, f"window/start: {day} is not a calendar date")
-        return EventRow(topic, text, data["sensor_id"], day)
+        return EventRow(topic, text, data["sensor_id"], day, tuple(label["name"] for label in data["labels"]))
 
     def _judge_summary(self, topic: str, payload: bytes, data: Any) -> SummaryRow | Rejection:
         error = _first_error(self._summary, data)
