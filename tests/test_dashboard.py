@@ -168,3 +168,15 @@ def test_page_draws_without_reachable_tiles(fleet, make_dashboard, browser, tmp_
     assert page.locator(".sensor-label").count() == len(FLEET)
     assert page.locator(".leaflet-control-scale-line").inner_text().strip()
     page.screenshot(path=str(tmp_path / "no-tiles.png"))
+
+
+def test_dashboard_bench_runs_at_a_tiny_size(tmp_path):
+    """`python -m bench.dashboard` end to end at 3 sensors x 2 days (the real size, 1,000 x 30: bench/DASHBOARD.md)."""
+    from bench.dashboard import main as bench
+
+    out = tmp_path / "DASHBOARD.md"
+    assert bench(["--sensors", "3", "--days", "2", "--full-days", "1", "--rounds", "3", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "rounds" not in line]
+    names = [row.split(" | ")[0] for row in rows]
+    assert names[0].startswith("| first view (/ + /api/settings") and names[1] == "| /api/sensors", names
+    assert any("Chromium" in row for row in rows) and any("example rules" in row for row in rows)
