@@ -110,7 +110,7 @@ def record(config, seconds: float) -> tuple[np.ndarray, float]:  # noqa: ANN001 
                 return samples, float(rate)
             stop.wait(0.05)
         state = capture.state()
-        raise CalibrationError(f"no audio from the microphone ({state.get('last_error') or state.get('mic')})")
+        raise CalibrationError(f"no audio from the microphone ({state.last_error or state.status})")
     finally:
         capture.stop()
 
