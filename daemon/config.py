@@ -27,7 +27,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 import yaml
 
@@ -279,7 +282,10 @@ def _line_of(key_path: str, lines: Mapping[str, int]) -> int | None:
     return None
 
 
-def _build(cls: type, data: Mapping[Any, Any], prefix: str, base_dir: Path) -> Any:
+_T = typing.TypeVar("_T", bound="DataclassInstance")
+
+
+def _build(cls: type[_T], data: Mapping[Any, Any], prefix: str, base_dir: Path) -> _T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = _hints(cls)
     for key in data:
@@ -300,7 +306,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _convert(value: Any, tp: Any, rules: Mapping[str, Any], path: str, base_dir: Path) -> Any:
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if value is None:  # an empty section, e.g. "mqtt:" with everything commented out
             value = {}
         if not isinstance(value, Mapping):

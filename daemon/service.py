@@ -15,6 +15,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +262,7 @@ class Service:
             return True
         return self.source is not None and self.source.state().waiting_for_device
 
-    def _publish_summaries(self, summaries: list[dict[str, Any] | None]) -> None:
+    def _publish_summaries(self, summaries: Sequence[dict[str, Any] | None]) -> None:
         """Through the spool, like events: an hour's figures survive broker outages and restarts."""
         assert self.config is not None
         for summary in summaries:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 import yaml
 
@@ -63,7 +66,10 @@ class IngestConfig:
         return f"{self.mqtt.topic_prefix}/_ingest/{self.mqtt.client_id}/health"
 
 
-def _section(cls: type, data: Any, where: str) -> Any:
+_T = TypeVar("_T", bound="DataclassInstance")
+
+
+def _section(cls: type[_T], data: Any, where: str) -> _T:
     if data is None:
         return cls()
     if not isinstance(data, dict):

@@ -26,6 +26,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -84,9 +85,7 @@ class Ingest:
     # ---- MQTT side (paho's network thread)
     def _new_client(self) -> mqtt.Client:
         m = self.config.mqtt
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if m.username:
             password = open(m.password_file).read().strip() if m.password_file else None  # noqa: SIM115
             client.username_pw_set(m.username, password)
@@ -94,11 +93,11 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = lambda *a: self._subscribed.set()
-        client.reconnect_delay_set(0.2, 5.0)
+        client.reconnect_delay_set(0.2, 5.0)  # type: ignore[arg-type]  # paho takes float seconds; its hint says int
         return client
 
     def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
         props.SessionExpiryInterval = self.config.mqtt.session_expiry_s
         props.ReceiveMaximum = self.config.mqtt.receive_maximum
         return props
@@ -264,7 +263,8 @@ class Ingest:
         """A batch PostgreSQL refused as data (a NUL in a string, a 30 February...): store what it accepts, reject
         the rest with the database's reason, so one bad message never blocks the queue behind it."""
         inserted = 0
-        for row in [*events, *summaries]:
+        rows: list[EventRow | SummaryRow] = [*events, *summaries]
+        for row in rows:
             try:
                 if isinstance(row, EventRow):
                     inserted += store.write([row], [], [])

@@ -23,11 +23,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import exitcodes
 from .levels import LevelMeter
+
+if TYPE_CHECKING:
+    from ..config import AudioConfig
 
 TONE_HZ = 1000.0
 TONE_TOLERANCE_HZ = 50.0  # calibrators are within 1-2 %; wider only for a cheap mic's clock
@@ -84,7 +88,7 @@ def check(m: Measurement) -> None:
         raise CalibrationError(f"the level moved by {m.spread_db:.1f} dB while measuring: hold the calibrator steady")
 
 
-def record(config, seconds: float) -> tuple[np.ndarray, float]:  # noqa: ANN001 - config.AudioConfig
+def record(config: AudioConfig, seconds: float) -> tuple[np.ndarray, float]:
     """`seconds` of audio (after SETTLE_S) from the configured microphone, through the daemon's own capture."""
     from ..audio.capture import MicCapture
     from ..audio.ringbuffer import RingBuffer

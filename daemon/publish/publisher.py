@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from ..backoff import Backoff
 from ..config import ConfigError, MqttConfig
@@ -215,10 +216,11 @@ class Publisher:
         if not tls.enabled:
             return None
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        for key, load in (
+        loaders: tuple[tuple[str, Callable[[], None]], ...] = (
             ("mqtt.tls.ca", lambda: context.load_verify_locations(cafile=str(tls.ca)) if tls.ca else None),
             ("mqtt.tls.cert", lambda: context.load_cert_chain(str(tls.cert), str(tls.key)) if tls.cert else None),
-        ):
+        )
+        for key, load in loaders:
             try:
                 load()
             except (OSError, ssl.SSLError) as exc:
@@ -227,7 +229,7 @@ class Publisher:
 
     def _new_client(self) -> mqtt.Client:
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=True,  # the spool, not a broker session, remembers what is owed
             protocol=mqtt.MQTTv311,
