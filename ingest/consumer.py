@@ -21,7 +21,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,6 +28,8 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from custom.daemon.publish.event import iso_utc
 
 from .config import IngestConfig
 from .records import EventRow, Judge, Rejection, SummaryRow, rejection
@@ -241,7 +242,7 @@ class Ingest:
             c.rejected += len(rejections)
             c.summaries += len(summaries)
             c.batches += 1
-            c.last_commit = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            c.last_commit = iso_utc(time.time())
         if rejections:
             log.warning(
                 "rejected %d message(s), e.g. %s: %s", len(rejections), rejections[0].topic, rejections[0].reason

@@ -91,10 +91,12 @@ def check(m: Measurement) -> None:
 def record(config: AudioConfig, seconds: float) -> tuple[np.ndarray, float]:
     """`seconds` of audio (after SETTLE_S) from the configured microphone, through the daemon's own capture."""
     from ..audio.capture import MicCapture
-    from ..audio.ringbuffer import RingBuffer
+    from ..audio.ringbuffer import USUAL_MAX_CAPTURE_RATE_HZ, RingBuffer
 
     total_s = seconds + SETTLE_S
-    ring = RingBuffer.for_duration(total_s + 2.0, max_rate_hz=max(48000, config.sample_rate_hz or 0))
+    ring = RingBuffer.for_duration(
+        total_s + 2.0, max_rate_hz=max(USUAL_MAX_CAPTURE_RATE_HZ, config.sample_rate_hz or 0)
+    )
     capture = MicCapture(
         ring, device=config.device, sample_rate_hz=config.sample_rate_hz, channels=config.channels,
         gain_db=config.gain_db,
