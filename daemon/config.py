@@ -257,7 +257,7 @@ def _load_yaml(text: str, where: str) -> tuple[Any, dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}{at}", f"invalid YAML: {_one_line(problem)}") from None
+        raise ConfigError(f"{where}{at}", f"invalid YAML: {one_line(problem)}") from None
     except RecursionError:
         raise ConfigError(where, "invalid YAML: nested too deeply") from None
 
@@ -443,12 +443,13 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: object) -> str:
+    """Any message or exception squeezed onto one line, for the one-line errors and the journal."""
     return " ".join(str(text).split())
 
 
 def _show(value: Any) -> str:
-    text = _one_line(repr(value))
+    text = one_line(repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -468,7 +469,7 @@ def _describe_types(options: tuple[Any, ...]) -> str:
 
 
 def _os_reason(exc: BaseException) -> str:
-    return _one_line(getattr(exc, "strerror", None) or str(exc))
+    return one_line(getattr(exc, "strerror", None) or str(exc))
 
 
 # -------------------------------------------------------------------------------------------------------- rendering

@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from custom.daemon.config import one_line
 from custom.daemon.publish.event import iso_utc
 
 from .config import IngestConfig
@@ -212,7 +213,7 @@ class Ingest:
             self.counters.db_up = False
             self.counters.db_errors += 1
         if first:
-            log.warning("database unavailable, pausing (nothing is acknowledged): %s", _one_line(exc))
+            log.warning("database unavailable, pausing (nothing is acknowledged): %s", _reason(exc))
 
     def _commit(self, store: Store, batch: list[Incoming]) -> None:
         events: list[EventRow] = []
@@ -276,7 +277,7 @@ class Ingest:
                     topic, payload = row.topic, row.payload.encode()
                 else:
                     topic, payload = f"{self.config.mqtt.topic_prefix}/{row.sensor_id}/summary", row.payload.encode()
-                rejections.append(rejection(topic, payload, f"database refused it: {_one_line(exc)}"))
+                rejections.append(rejection(topic, payload, f"database refused it: {_reason(exc)}"))
         store.write([], [], rejections)
         return inserted
 
@@ -294,6 +295,5 @@ def _close_quietly(store: Store | None) -> None:
         store.conn.close()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {one_line(exc)}"
