@@ -151,5 +151,8 @@ def _check(config: IngestConfig) -> None:
         raise ConfigError("ingest.batch_rows: must be at least 1")
     if config.batch_wait_s <= 0:
         raise ConfigError("ingest.batch_wait_s: must be > 0")
+    d = config.database
+    if not 0 < d.reconnect_min_s <= d.reconnect_max_s:
+        raise ConfigError("ingest.database.reconnect_min_s: must be > 0 and at most ingest.database.reconnect_max_s")
     if config.retention_days < 0:
         raise ConfigError("ingest.retention_days: must be >= 0 (0 keeps everything)")

@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from custom.daemon.backoff import Backoff
 from custom.daemon.config import one_line
 from custom.daemon.publish.event import iso_utc
 
@@ -135,7 +136,7 @@ class Ingest:
         pending: list[Incoming] = []
         next_health = time.monotonic()
         next_retention = time.monotonic()
-        failures = 0
+        backoff = Backoff(self.config.database.reconnect_min_s, self.config.database.reconnect_max_s)
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -145,11 +146,10 @@ class Ingest:
                 if not pending:
                     pending = self._gather()
                 if store is None:
-                    store = self._open_store(failures)
+                    store = self._open_store(backoff)
                     if store is None:
-                        failures += 1
                         continue
-                    failures = 0
+                    backoff.reset()
                 if self.config.retention_days and now >= next_retention:
                     dropped = drop_old_partitions(store.conn, self.config.retention_days)
                     if dropped:
@@ -192,13 +192,12 @@ class Ingest:
             self.counters.received += len(batch)
         return batch
 
-    def _open_store(self, failures: int) -> Store | None:
+    def _open_store(self, backoff: Backoff) -> Store | None:
         try:
             store = Store(connect(self.config.database.dsn))
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._db_failed(exc)
-            delay = min(self.config.database.reconnect_max_s, self.config.database.reconnect_min_s * 2**failures)
-            self._stop.wait(delay)
+            backoff.wait(self._stop)  # the daemon's jittered rule: a fleet of ingest workers does not retry in step
             return None
         with self.counters.lock:
             was_down = not self.counters.db_up and self.counters.db_errors > 0
