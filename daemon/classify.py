@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def check_audio(audio: AudioFile) -> None:
         raise AudioFileError(f"{audio.path}: silent recording (peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS)")
 
 
-def format_line(event: dict) -> str:
+def format_line(event: dict[str, Any]) -> str:
     window = event["window"]
     end = window["offset_s"] + window["duration_s"]
     span = f"{window['offset_s']:7.1f}-{end:6.1f} s" + (" (padded)" if window.get("padded") else "")

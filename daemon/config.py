@@ -27,7 +27,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 import yaml
 
@@ -254,7 +257,7 @@ def _load_yaml(text: str, where: str) -> tuple[Any, dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}{at}", f"invalid YAML: {_one_line(problem)}") from None
+        raise ConfigError(f"{where}{at}", f"invalid YAML: {one_line(problem)}") from None
     except RecursionError:
         raise ConfigError(where, "invalid YAML: nested too deeply") from None
 
@@ -279,7 +282,10 @@ def _line_of(key_path: str, lines: Mapping[str, int]) -> int | None:
     return None
 
 
-def _build(cls: type, data: Mapping[Any, Any], prefix: str, base_dir: Path) -> Any:
+_T = typing.TypeVar("_T", bound="DataclassInstance")
+
+
+def _build(cls: type[_T], data: Mapping[Any, Any], prefix: str, base_dir: Path) -> _T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = _hints(cls)
     for key in data:
@@ -300,7 +306,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _convert(value: Any, tp: Any, rules: Mapping[str, Any], path: str, base_dir: Path) -> Any:
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if value is None:  # an empty section, e.g. "mqtt:" with everything commented out
             value = {}
         if not isinstance(value, Mapping):
@@ -437,12 +443,13 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: object) -> str:
+    """Any message or exception squeezed onto one line, for the one-line errors and the journal."""
     return " ".join(str(text).split())
 
 
 def _show(value: Any) -> str:
-    text = _one_line(repr(value))
+    text = one_line(repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -462,7 +469,7 @@ def _describe_types(options: tuple[Any, ...]) -> str:
 
 
 def _os_reason(exc: BaseException) -> str:
-    return _one_line(getattr(exc, "strerror", None) or str(exc))
+    return one_line(getattr(exc, "strerror", None) or str(exc))
 
 
 # -------------------------------------------------------------------------------------------------------- rendering

@@ -15,18 +15,10 @@ from typing import Any
 import numpy as np
 
 from .publish.event import iso_utc
+from .version import package_version
 
 LATENCY_SAMPLES = 100  # inference times kept for p50/p95
 CPU_TEMP_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
-
-
-def package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("custom-sensor")
-    except Exception:  # noqa: BLE001 - running from a source tree without metadata
-        return "unknown"
 
 
 def cpu_temperature_c(path: Path = CPU_TEMP_PATH) -> float | None:

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 
 log = logging.getLogger("custom.daemon.notify")
 
@@ -23,9 +24,9 @@ class Notifier:
         self.watchdog_interval_s = _watchdog_interval_s()
         self._send = self._pick_sender() if self.socket_path else None
 
-    def _pick_sender(self):
+    def _pick_sender(self) -> Callable[[str], bool]:
         try:
-            from systemd import daemon as sd_daemon  # type: ignore[import-not-found]
+            from systemd import daemon as sd_daemon
 
             return lambda text: sd_daemon.notify(text)
         except ImportError:
@@ -83,12 +84,12 @@ def setup_logging(level: str) -> None:
     Under systemd without systemd-python, stderr goes to the journal anyway; timestamps are left to journald then.
     """
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler | None = None
     if os.environ.get("JOURNAL_STREAM"):
         try:
-            from systemd.journal import JournalHandler  # type: ignore[import-not-found]
+            from systemd.journal import JournalHandler
 
             handler = JournalHandler(SYSLOG_IDENTIFIER="custom-sensord")
             handler.setFormatter(logging.Formatter("%(message)s"))

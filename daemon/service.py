@@ -15,12 +15,13 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import exitcodes
 from .audio.capture import FileSource, MicCapture
-from .audio.ringbuffer import RingBuffer
+from .audio.ringbuffer import USUAL_MAX_CAPTURE_RATE_HZ, RingBuffer
 from .audio.source import AudioSource
 from .audio.windows import Window, Windower
 from .clock import ClockProbe
@@ -38,7 +39,9 @@ log = logging.getLogger("custom.daemon.service")
 
 SHUTDOWN_DRAIN_S = 2.0  # on stop, how long the last spooled rows (the partial summary) may take to go out
 RING_WINDOWS = 3  # seconds of audio kept = 3 windows: room for one slow inference without skipping
-RING_RATE_HZ = 48000  # the ring is sized for this capture rate (or the configured one if higher) ...
+RING_RATE_HZ = (
+    USUAL_MAX_CAPTURE_RATE_HZ  # the ring is sized for this capture rate (or the configured one if higher) ...
+)
 AUTO_RING_RATE_HZ = 96000  # ... or for this one when the device picks its own rate (audio.sample_rate_hz: null)
 STALL_MARGIN_S = 15.0  # beyond the expected window period before the pipeline counts as stalled
 
@@ -261,7 +264,7 @@ class Service:
             return True
         return self.source is not None and self.source.state().waiting_for_device
 
-    def _publish_summaries(self, summaries: list[dict[str, Any] | None]) -> None:
+    def _publish_summaries(self, summaries: Sequence[dict[str, Any] | None]) -> None:
         """Through the spool, like events: an hour's figures survive broker outages and restarts."""
         assert self.config is not None
         for summary in summaries:

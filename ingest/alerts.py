@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 from .alert_rules import AlertRule, AlertSettings
-from .queries import query
+from .named_queries import query
 from .records import EventRow
 
 _OPEN = """

@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 import yaml
 
@@ -80,7 +83,10 @@ class IngestConfig:
         return f"{self.mqtt.topic_prefix}/_ingest/{self.mqtt.client_id}/health"
 
 
-def _section(cls: type, data: Any, where: str) -> Any:
+_T = TypeVar("_T", bound="DataclassInstance")
+
+
+def _section(cls: type[_T], data: Any, where: str) -> _T:
     if data is None:
         return cls()
     if not isinstance(data, dict):
@@ -168,6 +174,9 @@ def _check(config: IngestConfig) -> None:
         raise ConfigError("ingest.batch_rows: must be at least 1")
     if config.batch_wait_s <= 0:
         raise ConfigError("ingest.batch_wait_s: must be > 0")
+    d = config.database
+    if not 0 < d.reconnect_min_s <= d.reconnect_max_s:
+        raise ConfigError("ingest.database.reconnect_min_s: must be > 0 and at most ingest.database.reconnect_max_s")
     if config.retention_days < 0:
         raise ConfigError("ingest.retention_days: must be >= 0 (0 keeps everything)")
     try:

@@ -26,8 +26,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from custom.daemon.backoff import Backoff
+from custom.daemon.config import one_line
+from custom.daemon.publish.event import iso_utc
 
 from .alerts import Alerts
 from .config import IngestConfig
@@ -87,9 +92,7 @@ class Ingest:
     # ---- MQTT side (paho's network thread)
     def _new_client(self) -> mqtt.Client:
         m = self.config.mqtt
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if m.username:
             password = open(m.password_file).read().strip() if m.password_file else None  # noqa: SIM115
             client.username_pw_set(m.username, password)
@@ -97,11 +100,11 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = lambda *a: self._subscribed.set()
-        client.reconnect_delay_set(0.2, 5.0)
+        client.reconnect_delay_set(0.2, 5.0)  # type: ignore[arg-type]  # paho takes float seconds; its hint says int
         return client
 
     def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
         props.SessionExpiryInterval = self.config.mqtt.session_expiry_s
         props.ReceiveMaximum = self.config.mqtt.receive_maximum
         return props
@@ -139,7 +142,7 @@ class Ingest:
         next_retention = time.monotonic()
         next_silent_check = time.monotonic()
         republish = bool(self.config.alerts.rules)
-        failures = 0
+        backoff = Backoff(self.config.database.reconnect_min_s, self.config.database.reconnect_max_s)
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -149,11 +152,10 @@ class Ingest:
                 if not pending:
                     pending = self._gather()
                 if store is None:
-                    store = self._open_store(failures)
+                    store = self._open_store(backoff)
                     if store is None:
-                        failures += 1
                         continue
-                    failures = 0
+                    backoff.reset()
                 if self.config.retention_days and now >= next_retention:
                     dropped = drop_old_partitions(store.conn, self.config.retention_days)
                     if dropped:
@@ -204,13 +206,12 @@ class Ingest:
             self.counters.received += len(batch)
         return batch
 
-    def _open_store(self, failures: int) -> Store | None:
+    def _open_store(self, backoff: Backoff) -> Store | None:
         try:
             store = Store(connect(self.config.database.dsn))
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._db_failed(exc)
-            delay = min(self.config.database.reconnect_max_s, self.config.database.reconnect_min_s * 2**failures)
-            self._stop.wait(delay)
+            backoff.wait(self._stop)  # the daemon's jittered rule: a fleet of ingest workers does not retry in step
             return None
         with self.counters.lock:
             was_down = not self.counters.db_up and self.counters.db_errors > 0
@@ -225,7 +226,7 @@ class Ingest:
             self.counters.db_up = False
             self.counters.db_errors += 1
         if first:
-            log.warning("database unavailable, pausing (nothing is acknowledged): %s", _one_line(exc))
+            log.warning("database unavailable, pausing (nothing is acknowledged): %s", _reason(exc))
 
     def _commit(self, store: Store, batch: list[Incoming]) -> set[str]:
         """Store, evaluate the alert rules, acknowledge; returns the sensors whose alert episodes changed."""
@@ -257,7 +258,7 @@ class Ingest:
             c.rejected += len(rejections)
             c.summaries += len(summaries)
             c.batches += 1
-            c.last_commit = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            c.last_commit = iso_utc(time.time())
         if rejections:
             log.warning(
                 "rejected %d message(s), e.g. %s: %s", len(rejections), rejections[0].topic, rejections[0].reason
@@ -280,7 +281,8 @@ class Ingest:
         """A batch PostgreSQL refused as data (a NUL in a string, a 30 February...): store what it accepts, reject
         the rest with the database's reason, so one bad message never blocks the queue behind it."""
         inserted = 0
-        for row in [*events, *summaries]:
+        rows: list[EventRow | SummaryRow] = [*events, *summaries]
+        for row in rows:
             try:
                 if isinstance(row, EventRow):
                     inserted += store.write([row], [], [])
@@ -291,7 +293,7 @@ class Ingest:
                     topic, payload = row.topic, row.payload.encode()
                 else:
                     topic, payload = f"{self.config.mqtt.topic_prefix}/{row.sensor_id}/summary", row.payload.encode()
-                rejections.append(rejection(topic, payload, f"database refused it: {_one_line(exc)}"))
+                rejections.append(rejection(topic, payload, f"database refused it: {_reason(exc)}"))
         store.write([], [], rejections)
         return inserted
 
@@ -317,6 +319,5 @@ def _close_quietly(store: Store | None) -> None:
         store.conn.close()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {one_line(exc)}"

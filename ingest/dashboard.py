@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from .queries import query
+from .named_queries import query
 
 SILENT_AFTER_S = 30  # three 10 s windows without an event: shown as silent
 SERIES_MAX = timedelta(days=7)  # per-window rows: a week is 60,480 rows, enough for one chart

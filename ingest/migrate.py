@@ -27,7 +27,8 @@ def available() -> list[tuple[int, str, str]]:
 
 
 def applied(conn: psycopg.Connection) -> set[int]:
-    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    exists = row is not None and row[0]
     if not exists:
         return set()
     return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}

@@ -63,7 +63,8 @@ def _package_schema(name: str) -> dict[str, Any] | None:
         text = resources.files("custom.daemon").joinpath(name).read_text()
     except (FileNotFoundError, OSError):
         return None
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 class Judge:

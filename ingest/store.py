@@ -148,7 +148,8 @@ class Store:
                 with cur.copy("COPY stage_raw (payload) FROM STDIN") as copy:
                     for e in events:
                         copy.write_row((e.payload,))
-                inserted = cur.execute(_INSERT_EVENTS).fetchone()[0]
+                counted = cur.execute(_INSERT_EVENTS).fetchone()  # the statement always returns one count row
+                inserted = counted[0] if counted else 0
             if summaries:
                 cur.executemany(
                     "INSERT INTO summaries (sensor_id, period_start, period_end, partial, payload) "

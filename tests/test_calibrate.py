@@ -116,3 +116,17 @@ def test_calibrate_end_to_end_with_the_virtual_mic(virtual_mic, tmp_path: Path) 
     assert done.returncode == 65, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and "not ~1 kHz" in done.stderr and "Traceback" not in done.stderr
     assert load_config(config).audio.calibration_db == pytest.approx(offset)  # a refused run leaves the file alone
+
+
+def test_calibrate_says_so_in_one_line_when_the_microphone_gives_nothing(virtual_mic, tmp_path: Path) -> None:
+    """The PulseAudio server stopped: the PortAudio device is gone, no audio arrives, and calibrate must end with its
+    one-line 'no audio from the microphone' error and the bad-data exit code (it used to crash on the typed state)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(SHIPPED)
+    virtual_mic.stop()
+    done = calibrate(config, virtual_mic.env, "--reference-db", "94.0", "--seconds", "1")
+    assert done.returncode == 65, done.stdout + done.stderr
+    last = done.stderr.splitlines()[-1]  # before it, the capture's own log says it is retrying the device
+    assert last.startswith("custom-sensord calibrate: no audio from the microphone (open failed"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert config.read_text() == SHIPPED

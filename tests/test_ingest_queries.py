@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from custom.daemon.publish.event import EventContext
-from custom.ingest.queries import ALERTS, DASHBOARD, NAMES, query
+from custom.ingest.named_queries import ALERTS, DASHBOARD, NAMES, query
 from custom.ingest.records import Judge
 from custom.ingest.store import Store, connect
 from custom.testing.ingest import build_event, hour_in_parts

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -454,7 +454,7 @@ class FileSource:
             while self.backpressure(self.ring.written) and not self._stop.wait(0.001):
                 pass
 
-    def _blocks_of_file(self):
+    def _blocks_of_file(self) -> Iterator[np.ndarray]:
         """Mono float32 blocks of exactly ``block_size`` at ``rate_hz`` (the last may be shorter)."""
         import soundfile as sf
 

@@ -38,7 +38,8 @@ def resample(audio: np.ndarray, rate_hz: int, target_hz: int = SAMPLE_RATE_HZ) -
         return audio
     import soxr  # imported here so that 16 kHz capture never pays for it
 
-    return soxr.resample(audio, rate_hz, target_hz, quality="HQ").astype(np.float32, copy=False)
+    out: np.ndarray = soxr.resample(audio, rate_hz, target_hz, quality="HQ").astype(np.float32, copy=False)
+    return out
 
 
 def to_model_rate(audio: np.ndarray, rate_hz: int, target_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:

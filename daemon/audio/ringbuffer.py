@@ -34,6 +34,8 @@ import numpy as np
 
 DEFAULT_MAX_ANCHORS = 256
 
+USUAL_MAX_CAPTURE_RATE_HZ = 48000  # what USB and I2S microphones open at by default: rings are sized for it
+
 
 class Anchor(NamedTuple):
     """Sample ``sample`` was captured at ``unix_time`` (seconds, UTC); the following samples come at ``rate_hz``."""
@@ -61,7 +63,7 @@ class RingBuffer:
         self._closed = False
 
     @classmethod
-    def for_duration(cls, seconds: float, max_rate_hz: float = 48000.0) -> RingBuffer:
+    def for_duration(cls, seconds: float, max_rate_hz: float = USUAL_MAX_CAPTURE_RATE_HZ) -> RingBuffer:
         """A ring holding ``seconds`` of audio at the highest rate capture may use (the rate can change on reopen)."""
         return cls(int(np.ceil(seconds * max_rate_hz)))
 

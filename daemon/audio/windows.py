@@ -140,11 +140,11 @@ class Windower:
                 missing_s = (end - written) / segment.rate_hz
                 return min(max(missing_s, _MIN_POLL_S), _MAX_POLL_S)
             if self._next < self.ring.oldest:
-                self._catch_up(segment, following, written, length, hop)
+                self._catch_up(self._next, segment, following, written, length, hop)
                 continue
             samples = self.ring.read(self._next, length)
             if samples is None:  # overwritten while we copied: we are far behind
-                self._catch_up(segment, following, self.ring.written, length, hop)
+                self._catch_up(self._next, segment, following, self.ring.written, length, hop)
                 continue
             window = Window(
                 samples=samples,
@@ -158,17 +158,19 @@ class Windower:
             self._next += hop
             return window
 
-    def _catch_up(self, segment: Anchor, following: Anchor | None, written: int, length: int, hop: int) -> None:
+    def _catch_up(
+        self, position: int, segment: Anchor, following: Anchor | None, written: int, length: int, hop: int
+    ) -> None:
         """Jump to the newest complete window on this segment's grid; count the ones passed over."""
         limit = written if following is None else min(written, following.sample)
         newest = segment.sample + max(0, (limit - length - segment.sample) // hop) * hop
         if newest < self.ring.oldest:  # no complete window of this segment survives: move on to the next one
             if following is not None:
-                self.skipped_behind += max(1, (following.sample - self._next) // hop)
+                self.skipped_behind += max(1, (following.sample - position) // hop)
                 self._next = following.sample
                 return
-            newest = self._next + max(1, -(-(self.ring.oldest - self._next) // hop)) * hop
-        self.skipped_behind += max(1, (newest - self._next) // hop)
+            newest = position + max(1, -(-(self.ring.oldest - position) // hop)) * hop
+        self.skipped_behind += max(1, (newest - position) // hop)
         self._next = newest
 
 
@@ -209,9 +211,13 @@ def recording_windows(
             yield window
     start = windower.next_sample or 0
     tail = ring.written - start
-    if tail > 0 and (tail >= min_tail_s * rate_hz or windower.stats()["windows"] == 0):
+    if (
+        tail > 0
+        and (tail >= min_tail_s * rate_hz or windower.stats()["windows"] == 0)
+        and (tail_samples := ring.read(start, tail)) is not None
+    ):
         yield Window(
-            samples=ring.read(start, tail),
+            samples=tail_samples,
             rate_hz=rate_hz,
             start_time=ring.time_of(start),
             end_time=ring.time_of(ring.written),

@@ -143,7 +143,7 @@ class _Reader:
         if value not in options:
             full = f"{path}.{key}" if path else key
             raise self.fail(full, f"must be one of {', '.join(options)}, got {value!r}")
-        return value
+        return str(value)
 
     def tensor(self, data: Mapping[str, Any], path: str) -> TensorSpec:
         shape = self.get(data, "shape", list, path)

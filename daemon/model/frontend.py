@@ -79,7 +79,8 @@ def hz_to_mel(frequencies_hz: np.ndarray | float) -> np.ndarray:
 
 def periodic_hann(window_samples: int) -> np.ndarray:
     """Periodic ("DFT-even") Hann window, as the references use, not numpy's symmetric np.hanning."""
-    return 0.5 - 0.5 * np.cos(2.0 * np.pi / window_samples * np.arange(window_samples))
+    window: np.ndarray = 0.5 - 0.5 * np.cos(2.0 * np.pi / window_samples * np.arange(window_samples))
+    return window
 
 
 def mel_matrix(params: FrontendParams) -> np.ndarray:
@@ -98,7 +99,8 @@ def mel_matrix(params: FrontendParams) -> np.ndarray:
     upper_slope = (upper - bins_mel[:, None]) / (upper - center)
     weights = np.maximum(0.0, np.minimum(lower_slope, upper_slope))  # (num_bins, mel_bands)
     weights[0, :] = 0.0
-    return weights
+    table: np.ndarray = weights
+    return table
 
 
 class Frontend:
@@ -119,7 +121,8 @@ class Frontend:
         num_frames = 0 if n < p.window_samples else 1 + (n - p.window_samples) // p.hop_samples
         frames = np.lib.stride_tricks.sliding_window_view(waveform, p.window_samples)[:: p.hop_samples][:num_frames]
         spectrum = np.abs(np.fft.rfft(frames * self._window, n=p.fft_length))  # (frames, fft_length//2+1)
-        return np.log(spectrum.astype(np.float32) @ self._mel + np.float32(p.log_offset))  # (frames, mel_bands)
+        log_mel: np.ndarray = np.log(spectrum.astype(np.float32) @ self._mel + np.float32(p.log_offset))
+        return log_mel  # (frames, mel_bands)
 
     def patches(self, log_mel: np.ndarray) -> np.ndarray:
         """(frames, bands) -> (patches, patch_frames, bands); frames past the last whole patch are dropped."""

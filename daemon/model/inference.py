@@ -58,12 +58,14 @@ def _runner(bundle: Bundle, spec: ModelSpec, threads: int, runtime: str | None, 
 
 def aggregate_patches(patch_scores: np.ndarray, how: str) -> np.ndarray:
     """(patches, outputs) -> (outputs,) over the window."""
+    pooled: np.ndarray
     if how == "max":
-        return patch_scores.max(axis=0)
-    if how == "mean":
-        return patch_scores.mean(axis=0)
-    top = np.sort(patch_scores, axis=0)[-3:]  # "top3_mean": robust to one loud patch, sensitive to short events
-    return top.mean(axis=0)
+        pooled = patch_scores.max(axis=0)
+    elif how == "mean":
+        pooled = patch_scores.mean(axis=0)
+    else:  # "top3_mean": robust to one loud patch, sensitive to short events
+        pooled = np.sort(patch_scores, axis=0)[-3:].mean(axis=0)
+    return pooled
 
 
 class Model:
@@ -107,8 +109,8 @@ class Model:
     def _patches(self, waveform: np.ndarray) -> np.ndarray:
         if len(waveform) < self.min_samples:
             waveform = np.pad(waveform, (0, self.min_samples - len(waveform)))
-        if self.bundle.backbone_model.input_kind == "waveform":
-            return self.frontend.waveform_patches(waveform)
+        if self.bundle.backbone_model.input_kind == "waveform" and isinstance(self.frontend, Frontend):
+            return self.frontend.waveform_patches(waveform)  # bundle reading pairs waveform input with this front end
         return self.frontend.log_mel_patches(waveform)
 
     def backbone_outputs(self, waveform: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -143,7 +145,8 @@ class Model:
             features = pool_features(outputs[:, width:], outputs[:, :width], spec.pooling, spec.with_scores)
             return self.head(features).reshape(-1).astype(np.float32)
         pooled = aggregate_patches(outputs[:, : self._class_mask.shape[0]], self.bundle.aggregation)  # (521,)
-        return np.where(self._class_mask, pooled[:, None], 0.0).max(axis=0).astype(np.float32)
+        scores: np.ndarray = np.where(self._class_mask, pooled[:, None], 0.0).max(axis=0).astype(np.float32)
+        return scores
 
     def scores(self, waveform: np.ndarray) -> WindowScores:
         """Score one window of mono float32 audio at the bundle's rate (bundle.frontend.sample_rate_hz)."""

@@ -36,4 +36,5 @@ class AudioSetPCA:
         pca = (np.asarray(embeddings, dtype=np.float64) - self.means) @ self.eigen_vectors.T  # (frames, 128)
         clipped = np.clip(pca, QUANTIZE_MIN_VAL, QUANTIZE_MAX_VAL)
         scaled = (clipped - QUANTIZE_MIN_VAL) * (255.0 / (QUANTIZE_MAX_VAL - QUANTIZE_MIN_VAL))
-        return scaled.astype(np.uint8)  # truncation, as upstream
+        quantized: np.ndarray = scaled.astype(np.uint8)  # truncation, as upstream
+        return quantized

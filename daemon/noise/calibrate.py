@@ -23,11 +23,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import exitcodes
 from .levels import LevelMeter
+
+if TYPE_CHECKING:
+    from ..config import AudioConfig
 
 TONE_HZ = 1000.0
 TONE_TOLERANCE_HZ = 50.0  # calibrators are within 1-2 %; wider only for a cheap mic's clock
@@ -84,13 +88,15 @@ def check(m: Measurement) -> None:
         raise CalibrationError(f"the level moved by {m.spread_db:.1f} dB while measuring: hold the calibrator steady")
 
 
-def record(config, seconds: float) -> tuple[np.ndarray, float]:  # noqa: ANN001 - config.AudioConfig
+def record(config: AudioConfig, seconds: float) -> tuple[np.ndarray, float]:
     """`seconds` of audio (after SETTLE_S) from the configured microphone, through the daemon's own capture."""
     from ..audio.capture import MicCapture
-    from ..audio.ringbuffer import RingBuffer
+    from ..audio.ringbuffer import USUAL_MAX_CAPTURE_RATE_HZ, RingBuffer
 
     total_s = seconds + SETTLE_S
-    ring = RingBuffer.for_duration(total_s + 2.0, max_rate_hz=max(48000, config.sample_rate_hz or 0))
+    ring = RingBuffer.for_duration(
+        total_s + 2.0, max_rate_hz=max(USUAL_MAX_CAPTURE_RATE_HZ, config.sample_rate_hz or 0)
+    )
     capture = MicCapture(
         ring, device=config.device, sample_rate_hz=config.sample_rate_hz, channels=config.channels,
         gain_db=config.gain_db,
@@ -110,7 +116,7 @@ def record(config, seconds: float) -> tuple[np.ndarray, float]:  # noqa: ANN001 
                 return samples, float(rate)
             stop.wait(0.05)
         state = capture.state()
-        raise CalibrationError(f"no audio from the microphone ({state.get('last_error') or state.get('mic')})")
+        raise CalibrationError(f"no audio from the microphone ({state.last_error or state.status})")
     finally:
         capture.stop()
 

@@ -88,7 +88,7 @@ class WindowLevels:
     unit: str
     fast_db: np.ndarray  # fast level every SUMMARY_STEP_S, float32, for the hour's percentiles
 
-    def to_event(self) -> dict[str, float | str]:
+    def to_event(self) -> dict[str, float | str | None]:
         figures = {
             "laeq": self.laeq,
             "lafmax": self.lafmax,
@@ -140,7 +140,8 @@ class LevelMeter:
             self._weights = {key: amplitude}  # live windows all have one length: keep just the latest
         spectrum = self._fft.rfft(padded)
         spectrum *= amplitude
-        return self._fft.irfft(spectrum, size)[pad : pad + n].astype(np.float64)
+        weighted: np.ndarray = self._fft.irfft(spectrum, size)[pad : pad + n].astype(np.float64)
+        return weighted
 
     def __call__(self, samples: np.ndarray, rate_hz: float) -> WindowLevels:
         if len(samples) == 0:

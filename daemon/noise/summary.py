@@ -148,7 +148,7 @@ class HourlySummary:
         if len(fast):
             l90, l50, l10 = (round(float(v), 1) for v in np.percentile(fast, [10.0, 50.0, 90.0]))
         else:
-            l90 = l50 = l10 = None
+            l90 = l50 = l10 = None  # type: ignore[assignment]  # no samples: the figures are null in the JSON
         laeq = energy_mean_db(p.laeq, p.durations)
         span = p.end - p.start
         return {

@@ -22,10 +22,10 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from ..topics import Topics
+from ..version import package_version
 
 NOTHING_HEARD = "none"  # the top-class entity's state when no class reached its threshold (event top.name null)
 
@@ -55,20 +55,13 @@ def ha_id(text: str) -> str:
     return cleaned
 
 
-def _package_version() -> str:
-    try:
-        return metadata.version("custom-sensor")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _device_block(sensor_id: str, device: DeviceInfo) -> dict[str, Any]:
     block: dict[str, Any] = {
         "identifiers": [f"custom_sensor_{ha_id(sensor_id)}"],
         "name": device.name or f"custom-sensor {sensor_id}",
         "model": device.model,
         "manufacturer": device.manufacturer,
-        "sw_version": device.sw_version or _package_version(),
+        "sw_version": device.sw_version or package_version(),
     }
     if device.suggested_area:
         block["suggested_area"] = device.suggested_area
@@ -123,7 +116,7 @@ def discovery_messages(
         "payload_available": topics.ONLINE,
         "payload_not_available": topics.OFFLINE,
         "device": _device_block(sensor_id, device or DeviceInfo()),
-        "origin": {"name": "custom-sensor", "sw_version": _package_version()},
+        "origin": {"name": "custom-sensor", "sw_version": package_version()},
         "qos": 1,
     }
     uid = f"custom_sensor_{ha_id(sensor_id)}"

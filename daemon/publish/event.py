@@ -47,7 +47,7 @@ class EventContext:
     ) -> dict[str, Any]:
         """`levels` is `WindowLevels.to_event()`; `clock` is `ClockState.to_event()` at the window start (live only)."""
         scores = [round(float(s), SCORE_DECIMALS) for s in scores]
-        labels = [
+        labels: list[dict[str, Any]] = [
             {"name": name, "score": score}
             for name, score, threshold in zip(self.class_names, scores, self.thresholds, strict=True)
             if score >= threshold

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from ..backoff import Backoff
-from ..config import ConfigError, MqttConfig
+from ..config import ConfigError, MqttConfig, one_line
 from ..topics import Topics
 from .spool import Spool
 
@@ -215,19 +216,20 @@ class Publisher:
         if not tls.enabled:
             return None
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        for key, load in (
+        loaders: tuple[tuple[str, Callable[[], None]], ...] = (
             ("mqtt.tls.ca", lambda: context.load_verify_locations(cafile=str(tls.ca)) if tls.ca else None),
             ("mqtt.tls.cert", lambda: context.load_cert_chain(str(tls.cert), str(tls.key)) if tls.cert else None),
-        ):
+        )
+        for key, load in loaders:
             try:
                 load()
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(key, f"cannot load: {_one_line(exc)}") from None
+                raise ConfigError(key, f"cannot load: {one_line(exc)}") from None
         return context
 
     def _new_client(self) -> mqtt.Client:
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=True,  # the spool, not a broker session, remembers what is owed
             protocol=mqtt.MQTTv311,
@@ -254,7 +256,7 @@ class Publisher:
             try:
                 connected_for = self._run_session()
             except Exception as exc:  # a bug or an unexpected paho error must not kill the only sender
-                if self._problem(f"unexpected error: {_one_line(exc)}"):
+                if self._problem(f"unexpected error: {one_line(exc)}"):
                     log.exception("MQTT session failed unexpectedly")
                 connected_for = 0.0
             self._set_disconnected()
@@ -470,14 +472,14 @@ def _describe_connect_error(exc: OSError, tls: bool) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate check failed: {exc.verify_message} (check mqtt.tls.ca and mqtt.host)"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or _one_line(exc)} (is this a TLS port? check mqtt.tls)"
+        return f"TLS handshake failed: {exc.reason or one_line(exc)} (is this a TLS port? check mqtt.tls)"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (broker not running, or wrong mqtt.port)"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve mqtt.host: {exc.strerror}"
     if isinstance(exc, TimeoutError):
         return f"no answer within {CONNECT_TIMEOUT_S:.0f} s (network down or firewall?)"
-    return f"cannot connect: {exc.strerror or _one_line(exc)}"
+    return f"cannot connect: {exc.strerror or one_line(exc)}"
 
 
 def _is_auth_failure(text: str) -> bool:
@@ -491,7 +493,3 @@ def _close_socket(client: mqtt.Client) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
-
-
-def _one_line(exc: object) -> str:
-    return " ".join(str(exc).split())

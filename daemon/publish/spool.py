@@ -101,7 +101,7 @@ class Spool:
                             "INSERT INTO events (topic, payload, size, created) VALUES (?, ?, ?, ?)",
                             (topic, payload, size, time.time()),
                         )
-                        row_id = int(cur.lastrowid)
+                        row_id = int(cur.lastrowid or 0)  # always set after an INSERT
                         self._disk_rows += 1
                         self._disk_bytes += size
                         self._trim_disk()
@@ -267,6 +267,8 @@ class Spool:
         self._last_error = None
 
     def _delete(self, ids: list[int]) -> None:
+        if self._db is None:
+            return
         with self._db:
             removed = 0
             freed = 0
@@ -285,6 +287,8 @@ class Spool:
         excess_rows = self._disk_rows - self.max_rows
         excess_bytes = self._disk_bytes - self.max_bytes
         if excess_rows <= 0 and excess_bytes <= 0:
+            return
+        if self._db is None:
             return
         drop_ids: list[int] = []
         freed = 0
