@@ -125,8 +125,9 @@ install_apt_packages() {
     done
     if ((${#missing[@]})); then
         say "installing apt packages: ${missing[*]}"
-        apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+        # Wait for the dpkg/apt locks (unattended-upgrades often holds them on a Pi's first boot) instead of failing.
+        apt-get -o DPkg::Lock::Timeout=600 update -q
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
     fi
 }
 

@@ -37,8 +37,9 @@ done
 
 echo "== system packages"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends python3-venv libportaudio2 libsndfile1 mosquitto mosquitto-clients >/dev/null
+# Wait for the dpkg/apt locks (unattended-upgrades often holds them on a Pi's first boot) instead of failing at once.
+apt-get -o DPkg::Lock::Timeout=600 update -qq
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends python3-venv libportaudio2 libsndfile1 mosquitto mosquitto-clients >/dev/null
 
 echo "== python environment ($VENV)"
 [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"

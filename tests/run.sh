@@ -25,8 +25,9 @@ fi
 
 echo "== system packages"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
+# Wait for the dpkg/apt locks (unattended-upgrades often holds them on a Pi's first boot) instead of failing at once.
+apt-get -o DPkg::Lock::Timeout=600 update -qq
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
   python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
   mosquitto mosquitto-clients \
   pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 \
