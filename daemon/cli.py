@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from . import exitcodes
-from .noise.summary import DEFAULT_PERIOD_S
 
 DEFAULT_CONFIG = Path("/etc/custom-sensor/config.yaml")
 
@@ -53,14 +52,7 @@ def _devices(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .service import run_service
 
-    return run_service(
-        args.config,
-        input_file=args.input,
-        realtime=not args.fast,
-        loop=args.loop,
-        stall_after=args.fault_stall_after,
-        summary_period_s=args.summary_period_s,
-    )
+    return run_service(args.config, input_file=args.input, loop=args.loop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,11 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--input", type=Path, help="replay this recording at real-time pace instead of the microphone")
     p.add_argument("--loop", action="store_true", help="with --input: replay the recording over and over (demos)")
-    p.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # --input as fast as possible (tests)
-    # Test-only fault injection: stall the pipeline after N windows, to prove the systemd watchdog stops.
-    p.add_argument("--fault-stall-after", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
-    # Test-only: a short summary period (e.g. 6 s) so a test sees several "hours".
-    p.add_argument("--summary-period-s", type=float, default=DEFAULT_PERIOD_S, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
 
     p = sub.add_parser(

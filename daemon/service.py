@@ -56,9 +56,10 @@ class Service:
         stall_after: int | None = None,
         summary_period_s: float = DEFAULT_PERIOD_S,
     ):
-        """`stall_after` is test-only fault injection (hidden `--fault-stall-after`): stop processing after that
-        many windows, to prove the watchdog stops (there is no real way to hang TFLite on demand).
-        `summary_period_s` is an hour except in tests (hidden `--summary-period-s`)."""
+        """`realtime`, `stall_after` and `summary_period_s` are seams for tests only (set by
+        `custom.testing.faults`, never by a product CLI): replay as fast as possible, stop processing after that many
+        windows to prove the watchdog stops (there is no real way to hang TFLite on demand), and a period shorter
+        than the hour."""
         self.config_path = config_path
         self.input_file = input_file
         self.realtime = realtime
@@ -220,7 +221,7 @@ class Service:
         """The per-window hot path: score the window into an event and spool it."""
         assert self.pipeline is not None and self.publisher is not None and self.health is not None
         if self._stall_after is not None and self.health.windows_done >= self._stall_after:
-            log.warning("fault injection: pipeline stalled on purpose (--fault-stall-after)")
+            log.warning("fault injection: pipeline stalled on purpose (custom.testing.faults)")
             self.stop_event.wait()
             return
         clock = self.clock.state()  # as near the window's start as we can ask: it was stamped moments ago

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -86,8 +85,6 @@ class Ingest:
         self._generation = 0
         self._subscribed = threading.Event()
         self._client = self._new_client()
-        fault = os.environ.get("CUSTOM_INGEST_FAULT", "")
-        self._crash_countdown = int(fault.split(":")[1]) if fault.startswith("exit-after-commit:") else None
 
     # ---- MQTT side (paho's network thread)
     def _new_client(self) -> mqtt.Client:
@@ -246,7 +243,6 @@ class Ingest:
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
             inserted = self._commit_one_by_one(store, events, summaries, rejections)
         changed = self.alerts.on_commit(store.conn, events)
-        self._maybe_crash_after_commit()
         generation = self._generation
         for item in batch:
             if item.qos > 0 and item.generation == generation:
@@ -264,16 +260,6 @@ class Ingest:
                 "rejected %d message(s), e.g. %s: %s", len(rejections), rejections[0].topic, rejections[0].reason
             )
         return changed
-
-    def _maybe_crash_after_commit(self) -> None:
-        """Test-only fault: CUSTOM_INGEST_FAULT=exit-after-commit:N dies (exit 137, no cleanup) right after the Nth
-        commit and before its acknowledgements, the one crash point a real kill -9 cannot be aimed at."""
-        if self._crash_countdown is None:
-            return
-        self._crash_countdown -= 1
-        if self._crash_countdown <= 0:
-            log.warning("fault injection: exiting between commit and acknowledgement")
-            os._exit(137)
 
     def _commit_one_by_one(
         self, store: Store, events: list[EventRow], summaries: list[SummaryRow], rejections: list[Rejection]

@@ -17,6 +17,8 @@ import yaml
 
 from .process import LoggedProcess
 
+FAULT_SEAMS = ("--fast", "--fault-stall-after", "--summary-period-s")  # see custom.testing.faults
+
 
 class NotifyListener:
     """An AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET; records (monotonic time, message)."""
@@ -77,7 +79,10 @@ class Daemon(LoggedProcess):
         self.config_path.write_text(yaml.safe_dump(config))
 
     def start(self) -> Daemon:
-        command = [sys.executable, "-m", "custom.daemon.cli", "run", "--config", str(self.config_path), *self.args]
+        # the product CLI, unless the test sets a fault seam, which only the test-only entry point has
+        seams = any(arg in FAULT_SEAMS for arg in self.args)
+        entry = ["custom.testing.faults", "sensord"] if seams else ["custom.daemon.cli", "run"]
+        command = [sys.executable, "-m", *entry, "--config", str(self.config_path), *self.args]
         self._launch(command, self.env)
         return self
 

@@ -82,12 +82,18 @@ class IngestProcess(LoggedProcess):
         self.workdir, self.dsn, self.broker_port = workdir, dsn, broker_port
         self.client_id, self.group = client_id, group
 
-    def start(self, *extra: str, env: dict[str, str] | None = None) -> IngestProcess:
+    def start(self, *extra: str, exit_after_commit: int | None = None) -> IngestProcess:
+        """`exit_after_commit`: die right after that many commits, before their acks (custom.testing.faults)."""
+        entry = (
+            ["custom.ingest.cli"]
+            if exit_after_commit is None
+            else ["custom.testing.faults", "ingest", "--exit-after-commit", str(exit_after_commit)]
+        )
         command = [
-            sys.executable, "-m", "custom.ingest.cli", "run", "--dsn", self.dsn, "--mqtt-host", "127.0.0.1",
+            sys.executable, "-m", *entry, "run", "--dsn", self.dsn, "--mqtt-host", "127.0.0.1",
             "--mqtt-port", str(self.broker_port), "--client-id", self.client_id, "--group", self.group, *extra,
         ]  # fmt: skip
-        self._launch(command, {**os.environ, **(env or {})})
+        self._launch(command, dict(os.environ))
         return self
 
     def wait_subscribed(self, timeout: float = 20.0) -> None:

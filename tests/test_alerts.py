@@ -57,8 +57,7 @@ def test_rules_fire_once_per_episode_across_a_crash_and_show_on_the_page(
 
     # L: the 6th loud window completes a minute of LAeq 70 > 65 (and its 3rd siren window passes "more than 2");
     # the ingest is made to die right after the commit of that 6th window, before acknowledging or publishing it
-    ingest = make_ingest(ingest_db, broker.port).start("--config", str(config), env={
-        "CUSTOM_INGEST_FAULT": "exit-after-commit:7"})  # fmt: skip
+    ingest = make_ingest(ingest_db, broker.port).start("--config", str(config), exit_after_commit=7)
     ingest.wait_subscribed()
     # S: last heard 10 minutes ago -> the silent rule opens an episode at last_seen + 3 min
     gone_end = time.time() - GONE.silent_for_s

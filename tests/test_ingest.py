@@ -165,7 +165,7 @@ def test_crash_between_commit_and_ack_is_redelivered_and_stored_once(
     broker = make_broker(persistence=True, extra_config=QUEUE_ALL)
     health = subscriber_factory(broker, ["custom/_ingest/+/health"])
     ingest = make_ingest(ingest_db, broker.port)
-    ingest.start("--batch-rows", "100", env={"CUSTOM_INGEST_FAULT": "exit-after-commit:3"})
+    ingest.start("--batch-rows", "100", exit_after_commit=3)
     ingest.wait_subscribed()
     result: dict = {}
     fleet = _fleet_in_background(broker.port, scores, sensors=20, windows=30, period=0.2, result=result)

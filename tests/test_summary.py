@@ -1,5 +1,6 @@
 """Hourly summaries: content from short synthetic "hours", Lden, and end to end through the daemon and a broker
-outage (no summary lost). The period is shortened through the hidden test-only `--summary-period-s`."""
+outage (no summary lost). The period is shortened through the test-only entry point `custom.testing.faults`
+(`--summary-period-s`)."""
 
 from __future__ import annotations
 
