@@ -5,7 +5,7 @@ hidden test option and no product code reads a fault from the environment.
       `custom-sensord run` with the Service's test seams: replay --input as fast as possible, stop processing after
       N windows (the systemd watchdog must then stop the process: TFLite cannot be hung on demand), or a short
       summary period so a test sees several "hours". Usable as a unit's ExecStart.
-  python -m custom.testing.faults ingest --exit-after-commit N <custom-ingest run options>
+  python -m custom.testing.faults ingest --exit-after-commit N run <custom-ingest run options>
       `custom-ingest run` that dies (exit 137, no cleanup) right after its Nth commit and before that batch's
       acknowledgements: the one crash point a real kill -9 cannot be aimed at. The seam is the alert evaluation that
       runs between the commit and the acks.
@@ -61,7 +61,7 @@ def ingest(argv: list[str]) -> int:
         return changed
 
     Alerts.on_commit = crash_after_commit  # type: ignore[method-assign]
-    return int(cli.main(["run", *rest]) or 0)
+    return int(cli.main(rest) or 0)
 
 
 def main() -> int:
