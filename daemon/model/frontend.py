@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,8 +24,28 @@ _MEL_BREAK_FREQUENCY_HZ = 700.0
 _MEL_HIGH_FREQUENCY_Q = 1127.0
 
 
+_P = TypeVar("_P", bound="ManifestParams")
+
+
+class ManifestParams:
+    """Front-end parameters travel in bundle manifests as plain dicts; both front ends read them the same strict way,
+    so a manifest key neither front end knows is an error, not silently ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        fields: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+        return fields
+
+    @classmethod
+    def from_dict(cls: type[_P], data: dict[str, Any]) -> _P:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown front-end parameter(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class FrontendParams:
+class FrontendParams(ManifestParams):
     """Front-end settings; travels in every bundle manifest so a model always gets the features it was trained on."""
 
     sample_rate_hz: int = SAMPLE_RATE_HZ
@@ -55,17 +75,6 @@ class FrontendParams:
     @property
     def patch_hop_samples(self) -> int:
         return self.patch_hop_frames * self.hop_samples
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FrontendParams:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown front-end parameter(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 VGGISH = FrontendParams(log_offset=0.01, patch_hop_frames=96)

@@ -19,19 +19,17 @@ Two deliberate details:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from .frontend import hz_to_mel
+from .frontend import ManifestParams, hz_to_mel
 
 EFFICIENTAT_RATE_HZ = 32000
 
 
 @dataclass(frozen=True)
-class EfficientATParams:
+class EfficientATParams(ManifestParams):
     """EfficientAT eval-time front-end settings; travels in the bundle manifest like `FrontendParams`."""
 
     sample_rate_hz: int = EFFICIENTAT_RATE_HZ  # the daemon resamples every window to this rate first
@@ -60,17 +58,6 @@ class EfficientATParams:
     def patch_frames(self) -> int:
         """STFT frames of one model input: centred STFT gives 1 + samples // hop (1001)."""
         return 1 + self.patch_samples // self.hop_samples
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EfficientATParams:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown front-end parameter(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 EFFICIENTAT = EfficientATParams()
