@@ -50,9 +50,9 @@ def _devices(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .service import run_service
+    from .service import RunOptions, run_service
 
-    return run_service(args.config, input_file=args.input, loop=args.loop)
+    return run_service(RunOptions(args.config, input_file=args.input, loop=args.loop))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Any
 
+from custom.daemon.schema import ConfigError
+
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BETWEEN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 _KINDS = {"laeq_above": "level", "class": "class", "silent_minutes": "silent"}
@@ -26,10 +28,6 @@ _KEYS = {
     "class": {"name", "class", "more_than", "minutes", "between"},
     "silent": {"name", "silent_minutes"},
 }
-
-
-class RuleError(ValueError):
-    """A bad rule; the message names it (`ingest.alerts.rules[2].minutes: ...`)."""
 
 
 @dataclass(frozen=True)
@@ -57,43 +55,45 @@ class AlertSettings:
 
 
 def parse_alerts(data: Any, where: str) -> AlertSettings:
-    """The `alerts:` mapping (or None) -> AlertSettings; raises RuleError naming the bad key."""
+    """The `alerts:` mapping (or None) -> AlertSettings; raises ConfigError naming the bad key."""
     if data is None:
         return AlertSettings()
     if not isinstance(data, dict):
-        raise RuleError(f"{where}: expected a mapping with `rules` (and optionally `check_s`)")
+        raise ConfigError(where, "expected a mapping with `rules` (and optionally `check_s`)")
     unknown = set(data) - {"rules", "check_s"}
     if unknown:
-        raise RuleError(f"{where}.{sorted(unknown)[0]}: unknown key (known: check_s, rules)")
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown key (known: check_s, rules)")
     check_s = data.get("check_s", 30.0)
     if isinstance(check_s, bool) or not isinstance(check_s, int | float) or check_s <= 0:
-        raise RuleError(f"{where}.check_s: expected a number of seconds > 0, got {check_s!r}")
+        raise ConfigError(f"{where}.check_s", f"expected a number of seconds > 0, got {check_s!r}")
     raw = data.get("rules") or []
     if not isinstance(raw, list):
-        raise RuleError(f"{where}.rules: expected a list of rules")
+        raise ConfigError(f"{where}.rules", "expected a list of rules")
     rules = tuple(_rule(item, f"{where}.rules[{i}]") for i, item in enumerate(raw))
     names = [rule.name for rule in rules]
     for name in names:
         if names.count(name) > 1:
-            raise RuleError(f"{where}.rules: the name {name!r} is used twice (a name identifies a rule's episodes)")
+            raise ConfigError(
+                f"{where}.rules", f"the name {name!r} is used twice (a name identifies a rule's episodes)"
+            )
     return AlertSettings(rules, float(check_s))
 
 
 def _rule(item: Any, where: str) -> AlertRule:
     if not isinstance(item, dict):
-        raise RuleError(f"{where}: expected a mapping, got {type(item).__name__}")
+        raise ConfigError(where, f"expected a mapping, got {type(item).__name__}")
     kinds = [kind for key, kind in _KINDS.items() if key in item]
     if len(kinds) != 1:
-        raise RuleError(f"{where}: give exactly one of laeq_above (level), class (class), silent_minutes (silent)")
+        raise ConfigError(where, "give exactly one of laeq_above (level), class (class), silent_minutes (silent)")
     kind = kinds[0]
     unknown = set(item) - _KEYS[kind]
     if unknown:
-        raise RuleError(
-            f"{where}.{sorted(unknown)[0]}: not a key of a {kind} rule (known: {', '.join(sorted(_KEYS[kind]))})"
+        raise ConfigError(
+            f"{where}.{sorted(unknown)[0]}", f"not a key of a {kind} rule (known: {', '.join(sorted(_KEYS[kind]))})"
         )
     name = item.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise RuleError(f"{where}.name: expected 1-64 letters, digits, '_', '-', '.'")
+        raise ConfigError(f"{where}.name", "expected 1-64 letters, digits, '_', '-', '.'")
     if kind == "silent":
         return AlertRule(name, kind, 0.0, _positive_int(item.get("silent_minutes"), f"{where}.silent_minutes"))
     start, end = _between(item.get("between"), f"{where}.between")
@@ -104,7 +104,7 @@ def _rule(item: Any, where: str) -> AlertRule:
         )
     label = item.get("class")
     if not isinstance(label, str) or not label:
-        raise RuleError(f"{where}.class: expected a class name as the bundle spells it, e.g. Siren")
+        raise ConfigError(f"{where}.class", "expected a class name as the bundle spells it, e.g. Siren")
     more_than = _positive_int(item.get("more_than"), f"{where}.more_than", allow_zero=True)
     minutes = _positive_int(item.get("minutes", 60), f"{where}.minutes")
     return AlertRule(name, kind, float(more_than), minutes, label, start, end)
@@ -112,13 +112,13 @@ def _rule(item: Any, where: str) -> AlertRule:
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RuleError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(where, f"expected a number, got {value!r}")
     return float(value)
 
 
 def _positive_int(value: Any, where: str, allow_zero: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise RuleError(f"{where}: expected a whole number {'>= 0' if allow_zero else '>= 1'}, got {value!r}")
+        raise ConfigError(where, f"expected a whole number {'>= 0' if allow_zero else '>= 1'}, got {value!r}")
     return value
 
 
@@ -127,8 +127,8 @@ def _between(value: Any, where: str) -> tuple[time | None, time | None]:
         return None, None
     match = _BETWEEN.match(value) if isinstance(value, str) else None
     if not match:
-        raise RuleError(f'{where}: expected "HH:MM-HH:MM" (local time; may wrap midnight), got {value!r}')
+        raise ConfigError(where, f'expected "HH:MM-HH:MM" (local time; may wrap midnight), got {value!r}')
     h1, m1, h2, m2 = (int(g) for g in match.groups())
     if (h1, m1) == (h2, m2):
-        raise RuleError(f"{where}: an empty period (start equals end); leave `between` out for all day")
+        raise ConfigError(where, "an empty period (start equals end); leave `between` out for all day")
     return time(h1, m1), time(h2, m2)

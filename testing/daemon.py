@@ -17,7 +17,7 @@ import yaml
 
 from .process import LoggedProcess
 
-FAULT_SEAMS = ("--fast", "--fault-stall-after", "--summary-period-s")  # see custom.testing.faults
+FAULT_SEAMS = ("--fault-stall-after", "--summary-period-s")  # see custom.testing.faults
 
 
 class NotifyListener:

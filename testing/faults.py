@@ -1,8 +1,8 @@
 """Test-only entry points that start the real daemon or ingest with a fault seam set, so no product CLI carries a
 hidden test option and no product code reads a fault from the environment.
 
-  python -m custom.testing.faults sensord [--fast] [--fault-stall-after N] [--summary-period-s S] <run options>
-      `custom-sensord run` with the Service's test seams: replay --input as fast as possible, stop processing after
+  python -m custom.testing.faults sensord [--fault-stall-after N] [--summary-period-s S] <run options>
+      `custom-sensord run` with the Service's test seams: stop processing after
       N windows (the systemd watchdog must then stop the process: TFLite cannot be hung on demand), or a short
       summary period so a test sees several "hours". Usable as a unit's ExecStart.
   python -m custom.testing.faults ingest --exit-after-commit N run <custom-ingest run options>
@@ -24,21 +24,21 @@ from custom.daemon.noise.summary import DEFAULT_PERIOD_S
 
 def sensord(argv: list[str]) -> int:
     from custom.daemon.cli import build_parser
-    from custom.daemon.service import run_service
+    from custom.daemon.service import RunOptions, run_service
 
     seams = argparse.ArgumentParser(prog="custom.testing.faults sensord", add_help=False)
-    seams.add_argument("--fast", action="store_true")
     seams.add_argument("--fault-stall-after", type=int, default=None, metavar="N")
     seams.add_argument("--summary-period-s", type=float, default=DEFAULT_PERIOD_S)
     faults, rest = seams.parse_known_args(argv)
     args = build_parser().parse_args(["run", *rest])
     return run_service(
-        args.config,
-        input_file=args.input,
-        realtime=not faults.fast,
-        loop=args.loop,
-        stall_after=faults.fault_stall_after,
-        summary_period_s=faults.summary_period_s,
+        RunOptions(
+            args.config,
+            input_file=args.input,
+            loop=args.loop,
+            stall_after=faults.fault_stall_after,
+            summary_period_s=faults.summary_period_s,
+        )
     )
 
 

@@ -179,7 +179,7 @@ def test_removal_made_while_the_broker_is_down_reaches_it_on_reconnect(broker, s
     with Spool(tmp_path / "spool.sqlite", max_rows=100, max_bytes=10**6) as spool:
         mqtt = MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.05, reconnect_max_s=0.3, keepalive_s=5)
         publisher = Publisher(mqtt, topics, spool, on_state=discovery.on_connect)
-        discovery.attach(publisher.publish)
+        discovery.attach(publisher.send_if_connected)
         discovery.update(topics, CLASS_NAMES, enabled=True)
         publisher.start()
         try:

@@ -42,7 +42,7 @@ if connect and not pub.wait_connected(10):
     sys.exit("child: not connected")
 ids = [str(uuid.uuid4()) for _ in range(n)]
 for i, event_id in enumerate(ids):
-    pub.publish_event({"event_id": event_id, "n": i})
+    pub.deliver("custom/s1/events", {"event_id": event_id, "n": i})
 print("ready " + " ".join(ids), flush=True)
 time.sleep(120)
 """
@@ -134,7 +134,7 @@ def test_events_arrive_in_order_with_qos1_not_retained(broker, subscriber_factor
     assert pub.wait_connected(WAIT_S), pub.stats()
     sent = [make_event(i) for i in range(5)]
     for event in sent:
-        pub.publish_event(event)
+        pub.deliver(EVENTS, event)
     got = sub.wait_count(EVENTS, 5, WAIT_S)
     assert [m.json() for m in got] == sent
     assert all(m.qos == 1 and not m.retain for m in got)
@@ -151,18 +151,20 @@ def test_online_is_retained_and_health_is_published(broker, subscriber_factory, 
     late = subscriber_factory(broker, [STATUS, HEALTH])
     assert late.wait_payload(STATUS, b"online", WAIT_S)
     assert late.on(STATUS)[0].retain
-    assert pub.publish_health({"uptime_s": 1.5})
+    assert pub.send_if_connected(HEALTH, b'{"uptime_s":1.5}')
     got = late.wait_count(HEALTH, 1, WAIT_S)
     assert got and got[0].json() == {"uptime_s": 1.5} and not got[0].retain
 
 
-def test_publish_hook_sends_retained_misc_messages(broker, subscriber_factory, spool, publishers):
-    """The hook Home Assistant discovery will use: any topic, retained, not spooled."""
+def test_send_if_connected_sends_retained_misc_messages_and_drops_while_offline(
+    broker, subscriber_factory, spool, publishers
+):
+    """The hook Home Assistant discovery uses: any topic, retained, not spooled; dropped (False) while offline."""
     pub = publishers(mqtt_config(broker), TOPICS, spool)
-    assert not pub.publish("homeassistant/sensor/x/config", "{}", qos=1, retain=True), "not connected yet"
+    assert not pub.send_if_connected("homeassistant/sensor/x/config", "{}", qos=1, retain=True), "not connected yet"
     pub.start()
     assert pub.wait_connected(WAIT_S)
-    assert pub.publish("homeassistant/sensor/x/config", '{"a":1}', qos=1, retain=True)
+    assert pub.send_if_connected("homeassistant/sensor/x/config", '{"a":1}', qos=1, retain=True)
     sub = subscriber_factory(broker, ["homeassistant/#"])
     assert sub.wait_payload("homeassistant/sensor/x/config", b'{"a":1}', WAIT_S)
     assert spool.depth() == 0
@@ -202,7 +204,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(broker, subscriber_factory,
     assert pub.wait_connected(WAIT_S)
     sent = [make_event(i) for i in range(30)]
     for event in sent[:5]:
-        pub.publish_event(event)
+        pub.deliver(EVENTS, event)
     assert pub.wait_drained(WAIT_S)
 
     broker.stop()
@@ -211,7 +213,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(broker, subscriber_factory,
         time.sleep(0.02)
     assert not pub.connected, "publisher must notice the broker is gone"
     for event in sent[5:]:
-        pub.publish_event(event)
+        pub.deliver(EVENTS, event)
     assert spool.depth() == 25, "while the broker is down every event waits in the spool"
     assert pub.stats()["last_error"], "health must say why nothing is sent"
 
@@ -237,7 +239,7 @@ def test_rows_without_puback_stay_spooled_and_are_resent(broker, subscriber_fact
     broker.process.send_signal(signal.SIGSTOP)
     try:
         for event in sent:
-            pub.publish_event(event)
+            pub.deliver(EVENTS, event)
         deadline = time.monotonic() + WAIT_S
         while (pub.stats()["published"] < 5 or pub.connected) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -284,7 +286,7 @@ def test_new_events_wait_behind_the_backlog(broker, subscriber_factory, tmp_path
     with Spool(spool_path, max_rows=100, max_bytes=10**6) as spool:
         pub = publishers(mqtt_config(broker, max_inflight=2), TOPICS, spool, drain_per_s=50.0)
         new = make_event(99)
-        pub.publish_event(new)
+        pub.deliver(EVENTS, new)
         pub.start()
         assert pub.wait_drained(WAIT_S)
         got = sub.wait_count(EVENTS, 11, WAIT_S)
@@ -366,16 +368,15 @@ def test_right_password_from_file_connects(password_broker, subscriber_factory, 
 def test_unreadable_password_file_is_a_config_error(broker, spool, tmp_path):
     empty = tmp_path / "empty.pw"
     empty.write_text("")
-    pub = Publisher(mqtt_config(broker, username="sensor", password_file=empty), TOPICS, spool)
     with pytest.raises(ConfigError, match=r"^mqtt\.password_file: "):
-        pub.start()
+        Publisher(mqtt_config(broker, username="sensor", password_file=empty), TOPICS, spool)
 
 
 def test_tls_with_right_ca_delivers(tls_broker, subscriber_factory, spool, publishers, certs, make_broker):
     pub = publishers(mqtt_config(tls_broker, tls=TlsConfig(enabled=True, ca=certs["ca.crt"])), TOPICS, spool)
     pub.start()
     assert pub.wait_connected(WAIT_S), pub.stats()
-    pub.publish_event(make_event(0))
+    pub.deliver(EVENTS, make_event(0))
     assert pub.wait_drained(WAIT_S)
 
 

@@ -167,7 +167,7 @@ def removal_messages(topics: Topics, class_names: Iterable[str]) -> list[tuple[s
     return [(topic, "") for topic, _, _ in entries]
 
 
-Send = Callable[..., bool]  # Publisher.publish(topic, payload, qos=..., retain=...): False when not connected
+Send = Callable[..., bool]  # Publisher.send_if_connected(topic, payload, qos=..., retain=...): False if offline
 
 
 class Discovery:

@@ -26,13 +26,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ..backoff import Backoff
-from ..config import ConfigError, MqttConfig, one_line
+from ..config import ConfigError, MqttConfig, TlsConfig, one_line
 from ..topics import Topics
 from .spool import Spool
 
@@ -99,8 +100,9 @@ class Publisher:
         drain_per_s: float = DEFAULT_DRAIN_PER_S,
         subscriptions: Mapping[str, MessageCallback] | None = None,
     ) -> None:
-        """`subscriptions`: topic -> callback(payload), subscribed on every connect, called on the network thread
-        (keep them short: they may only queue messages with `publish`)."""
+        """Reads the password and TLS files now, so an unusable one is a ConfigError naming its key before any thread
+        starts. `subscriptions`: topic -> callback(payload), subscribed on every connect, called on the network thread
+        (keep them short: they may only queue messages with `send_if_connected`)."""
         self.config = mqtt_config
         self.topics = topics
         self.spool = spool
@@ -108,8 +110,7 @@ class Publisher:
         self.drain_per_s = drain_per_s
         self.subscriptions = dict(subscriptions or {})
         self.client_id = mqtt_config.effective_client_id(topics.sensor_id)
-        self._password: str | None = None
-        self._tls: ssl.SSLContext | None = None
+        self._password, self._tls = read_credentials(mqtt_config)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._stop_deadline = 0.0
@@ -127,11 +128,8 @@ class Publisher:
     # ------------------------------------------------------------------------------------------------------ public
 
     def start(self) -> None:
-        """Read the password and TLS files (ConfigError naming the key if they are unusable), start the thread."""
         if self._thread is not None:
             raise RuntimeError("publisher already started")
-        self._password = self._read_password()
-        self._tls = self._make_tls_context()
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._thread.start()
 
@@ -144,21 +142,15 @@ class Publisher:
             if self._thread.is_alive():
                 log.warning("MQTT thread did not stop within %.1f s", timeout)
 
-    def publish_event(self, event: Mapping[str, Any]) -> int:
-        """Spool one event (the network thread sends it); returns its spool row id."""
-        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-        return self.spool.put(self.topics.events, payload)
+    def deliver(self, topic: str, message: Mapping[str, Any]) -> int:
+        """The one way to send what the sensor owes (events, summaries): spooled first, so it survives outages and
+        restarts, then sent by the network thread in spool order. Returns the spool row id."""
+        return self.spool.put(topic, encode(message))
 
-    def publish_health(self, health: Mapping[str, Any]) -> bool:
-        """Best effort, not spooled: a missed health message is superseded by the next one."""
-        return self.publish(self.topics.health, json.dumps(health, separators=(",", ":")), qos=0, retain=False)
-
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
-        """Send a non-event message (health, Home Assistant discovery) if connected; False (dropped) if not.
-
-        Not spooled. Retained messages that must exist on the broker (discovery) should be re-sent from
-        `on_state(True, ...)`, which runs on every connect.
-        """
+    def send_if_connected(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
+        """Best effort for what a later message supersedes (health, Home Assistant discovery): queued if connected,
+        dropped (False) if not. Retained messages that must exist on the broker (discovery) are re-sent from
+        `on_state(True, ...)`, which runs on every connect."""
         if not self._connected.is_set():
             return False
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
@@ -198,34 +190,6 @@ class Publisher:
         }
 
     # ------------------------------------------------------------------------------------------------ setup parts
-
-    def _read_password(self) -> str | None:
-        path = self.config.password_file
-        if path is None:
-            return None
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError("mqtt.password_file", f"cannot read {path}: {getattr(exc, 'strerror', exc)}") from None
-        if not lines or not lines[0]:
-            raise ConfigError("mqtt.password_file", f"{path} is empty (the password is its first line)")
-        return lines[0]
-
-    def _make_tls_context(self) -> ssl.SSLContext | None:
-        tls = self.config.tls
-        if not tls.enabled:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        loaders: tuple[tuple[str, Callable[[], None]], ...] = (
-            ("mqtt.tls.ca", lambda: context.load_verify_locations(cafile=str(tls.ca)) if tls.ca else None),
-            ("mqtt.tls.cert", lambda: context.load_cert_chain(str(tls.cert), str(tls.key)) if tls.cert else None),
-        )
-        for key, load in loaders:
-            try:
-                load()
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(key, f"cannot load: {one_line(exc)}") from None
-        return context
 
     def _new_client(self) -> mqtt.Client:
         client = mqtt.Client(
@@ -463,6 +427,45 @@ class Publisher:
             self.on_state(connected, detail)
         except Exception:
             log.exception("on_state callback failed")
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON: the wire format of every message the sensor sends."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def read_credentials(mqtt_config: MqttConfig) -> tuple[str | None, ssl.SSLContext | None]:
+    """The password (first line of `mqtt.password_file`) and TLS context; ConfigError naming the key if unusable.
+    Also called on reload before the running connection is touched, so a bad new file is refused, not fatal."""
+    return _read_password(mqtt_config.password_file), _make_tls_context(mqtt_config.tls)
+
+
+def _read_password(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("mqtt.password_file", f"cannot read {path}: {getattr(exc, 'strerror', exc)}") from None
+    if not lines or not lines[0]:
+        raise ConfigError("mqtt.password_file", f"{path} is empty (the password is its first line)")
+    return lines[0]
+
+
+def _make_tls_context(tls: TlsConfig) -> ssl.SSLContext | None:
+    if not tls.enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    loaders: tuple[tuple[str, Callable[[], None]], ...] = (
+        ("mqtt.tls.ca", lambda: context.load_verify_locations(cafile=str(tls.ca)) if tls.ca else None),
+        ("mqtt.tls.cert", lambda: context.load_cert_chain(str(tls.cert), str(tls.key)) if tls.cert else None),
+    )
+    for key, load in loaders:
+        try:
+            load()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(key, f"cannot load: {one_line(exc)}") from None
+    return context
 
 
 def _describe_connect_error(exc: OSError, tls: bool) -> str:
