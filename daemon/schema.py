@@ -8,7 +8,8 @@ kinds of files report mistakes the same way and the rules live in one place.
 
 Types understood: bool, int, float, str, Path (relative to the file's folder), `X | None`, nested dataclasses,
 `tuple[X, ...]` (from a list), `Mapping[str, X]` (from a mapping) and `Any` (taken as is). Strict on purpose: YAML's
-`yes` is not an int and `"1883"` is not a port.
+`yes` is not an int and `"1883"` is not a port. A class may define `check(self, key_path)` for rules that span its
+fields; it runs right after the class is built.
 """
 
 from __future__ import annotations
@@ -148,7 +149,11 @@ def build(cls: type[_T], data: Any, prefix: str = "", base_dir: Path | None = No
             values[name] = _convert(data[name], hints[name], f.metadata, join(prefix, name), base_dir)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(join(prefix, name), "missing")
-    return cls(**values)
+    result = cls(**values)
+    check = getattr(result, "check", None)
+    if check is not None:  # rules over several fields of one section (or a whole value) live with the class
+        check(prefix)
+    return result
 
 
 @functools.cache

@@ -15,4 +15,4 @@ def edit_manifest(bundle: Path, edit: Callable[[dict[str, Any]], Any]) -> None:
     path = bundle / MANIFEST_NAME
     data = json.loads(path.read_text())
     edit(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data, indent=2) + "\n")  # as write_bundle lays it out: one key per line

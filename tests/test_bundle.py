@@ -59,7 +59,7 @@ def test_bundle_scores_a_window(yamnet_bundle: Path):
             lambda b: edit_manifest(b, lambda d: d["classes"][3].update(threshold=1.5)),
             "manifest classes[3].threshold: must be 0..1",
         ),
-        (lambda b: edit_manifest(b, lambda d: d["frontend"].update(hop=3)), "unknown front-end parameter(s): hop"),
+        (lambda b: edit_manifest(b, lambda d: d["frontend"].update(hop=3)), "manifest frontend.hop: unknown key"),
         (lambda b: edit_manifest(b, lambda d: d.update(format_version=9)), "reads version 1, got 9"),
         (
             lambda b: edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[96, -1, 64])),
@@ -109,3 +109,15 @@ def test_coral_patch_yamnet_cannot_take_a_batch(shared: Path):
     with pytest.raises(RuntimeError):  # the graph's fixed reshape refuses a batch of 3
         runner.interpreter.resize_tensor_input(runner.input_index, [3, 96, 64])
         runner.interpreter.allocate_tensors()
+
+
+def test_manifest_errors_name_the_line_like_config_errors(bundle_copy: Path):
+    """Manifests go through the config files' validation engine: key path first, the key's line last."""
+    edit_manifest(bundle_copy, lambda d: d["classes"][3].update(threshold=1.5))
+    lines = (bundle_copy / MANIFEST_NAME).read_text().splitlines()
+    classes_at = next(i for i, line in enumerate(lines) if line.strip().startswith('"classes"'))
+    threshold_lines = [i + 1 for i, line in enumerate(lines) if '"threshold": 1.5' in line and i > classes_at]
+    with pytest.raises(BundleError) as error:
+        load_bundle(bundle_copy)
+    expected = f"manifest classes[3].threshold: must be 0..1, got 1.5 (line {threshold_lines[0]})"
+    assert str(error.value).endswith(expected)

@@ -9,6 +9,7 @@ The format is defined here, once: the converter writes bundles with `write_bundl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..schema import ConfigError, at_line, build, frozen_mapping, opt, parse_text
 from .frontend import FrontendParams
 from .frontend_efficientat import EfficientATParams
 
@@ -41,26 +43,37 @@ class BundleError(ValueError):
 class TensorSpec:
     """Shape and dtype a model tensor must have; checked against the interpreter when the bundle loads."""
 
-    shape: tuple[int, ...]  # a leading -1 means any batch size
-    dtype: str
+    shape: tuple[int, ...] = opt(doc="Dimensions; a leading -1 means any batch size.")
+    dtype: str = opt(doc="Element type.", choices=DTYPES)
+
+    def check(self, path: str) -> None:
+        """-1 first ("any batch"): a model that runs all patches of a window in one invoke."""
+        shape = self.shape
+        if not shape or not all(d > 0 or (i == 0 and d == -1 and len(shape) > 1) for i, d in enumerate(shape)):
+            raise ConfigError(
+                f"{path}.shape",
+                f"must be a list of positive integers (the first may be -1: any batch), got {list(shape)}",
+            )
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    file: str
-    input: TensorSpec
-    output: TensorSpec
+    file: str = opt(doc="The .tflite file in the bundle.")
+    input: TensorSpec = opt(doc="Its input tensor.")
+    output: TensorSpec = opt(doc="Its (first) output tensor.")
     # what feeds the input: "waveform" (0.975 s mono 16 kHz), "log_mel" (one patch) or "efficientat_log_mel" (10 s)
-    input_kind: str = "log_mel"
+    input_kind: str = opt("log_mel", "What feeds the input.", choices=INPUT_KINDS)
 
 
 @dataclass(frozen=True)
 class ClassSpec:
-    name: str  # short name used in events, e.g. "Siren"
-    audioset_name: str  # the AudioSet display name, e.g. "Vehicle horn, car horn, honking"
-    mid: str  # AudioSet machine id, e.g. "/m/03kmc9"
-    threshold: float
-    backbone_outputs: tuple[int, ...] = ()  # YAMNet/EfficientAT output indices pooled into this class; empty for VGGish
+    name: str = opt(doc='Short name used in events, e.g. "Siren".')
+    audioset_name: str = opt(doc='The AudioSet display name, e.g. "Vehicle horn, car horn, honking".')
+    mid: str = opt(doc='AudioSet machine id, e.g. "/m/03kmc9".')
+    threshold: float = opt(doc="Score at or above which the class is labelled.", lo=0.0, hi=1.0)
+    backbone_outputs: tuple[int, ...] = opt(
+        (), "YAMNet/EfficientAT output indices pooled into this class; empty for VGGish."
+    )
 
 
 @dataclass(frozen=True)
@@ -69,12 +82,49 @@ class HeadSpec:
     mean-pooled scores) -> one sigmoid score per class. The backbone model carries the embedding as an extra output,
     so one invoke per patch feeds both the class mapping and the head."""
 
-    model: ModelSpec  # input_kind "features": float32 [1, features]
-    embedding_output: int  # position of the embedding among the backbone model's outputs
-    embedding: TensorSpec  # that output's shape and dtype (int8 outputs are dequantised with their own scale)
-    pooling: str  # how patch embeddings pool over a window: one of HEAD_POOLINGS
-    with_scores: bool  # the backbone's mean-pooled scores are appended to the pooled embedding
-    classes: tuple[str, ...]  # the head's outputs in order; must equal the bundle's classes
+    model: ModelSpec = opt(doc='input_kind "features": float32 [1, features].')
+    embedding_output: int = opt(doc="Position of the embedding among the backbone model's outputs (0: scores).", lo=1)
+    embedding: TensorSpec = opt(doc="That output's shape and dtype (int8 outputs are dequantised with their scale).")
+    pooling: str = opt(doc="How patch embeddings pool over a window.", choices=HEAD_POOLINGS)
+    with_scores: bool = opt(False, "The backbone's mean-pooled scores are appended to the pooled embedding.")
+    classes: tuple[str, ...] = opt(doc="The head's outputs in order; must equal the bundle's classes.", factory=tuple)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str = opt(doc="Checksum of the file as written.", pattern="[0-9a-f]{64}")
+    bytes: int | None = opt(None, "Size as written.", lo=0)
+
+
+@dataclass(frozen=True)
+class ModelsSection:
+    backbone: ModelSpec = opt(doc="The feature/score network.")
+    classifier: ModelSpec | None = opt(None, "VGGish only: the classifier over PCA'd embeddings.")
+
+
+@dataclass(frozen=True)
+class PostprocessSection:
+    kind: str = opt(doc="What runs between backbone and classifier.", choices=POSTPROCESS_KINDS)
+    file: str = opt(doc="Its parameters file in the bundle.")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json as written by `write_bundle`: validated by the same engine as the config files."""
+
+    format: str = opt(doc="Always custom-sensor-bundle.", choices=(FORMAT_NAME,))
+    format_version: int = opt(doc="Manifest layout version.")
+    bundle_id: str = opt(doc="Name of this bundle.")
+    version: str = opt(doc="Its version.")
+    backbone: str = opt(doc="Which network family.", choices=BACKBONES)
+    frontend: Mapping[str, Any] = opt(doc="Front-end parameters (FrontendParams / EfficientATParams).")
+    models: ModelsSection = opt(doc="The .tflite models.")
+    classes: tuple[ClassSpec, ...] = opt(doc="The classes, in score order.")
+    files: Mapping[str, FileEntry] = opt(doc="Every file of the bundle with its sha256.")
+    aggregation: str = opt("max", "How patch scores pool over a window.", choices=AGGREGATIONS)
+    postprocess: PostprocessSection | None = opt(None, "VGGish only.")
+    provenance: Mapping[str, Any] = opt(doc="Where the bundle came from.", factory=frozen_mapping)
+    head: HeadSpec | None = opt(None, "A trained head; replaces the class mapping when present.")
 
 
 @dataclass(frozen=True)
@@ -114,64 +164,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _Reader:
-    """Pulls typed values out of the manifest dict, naming the key path in every error."""
-
-    def __init__(self, where: Path) -> None:
-        self.where = where
-
-    def fail(self, key: str, problem: str) -> BundleError:
-        return BundleError(f"{self.where}: manifest {key}: {problem}")
-
-    def get(
-        self, data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: str, default: Any = ...
-    ) -> Any:
-        full = f"{path}.{key}" if path else key
-        if key not in data:
-            if default is not ...:
-                return default
-            raise self.fail(full, "missing")
-        value = data[key]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise self.fail(full, f"must be {_kind_name(kind)}, got {value!r}")
-        if not isinstance(value, kind):
-            raise self.fail(full, f"must be {_kind_name(kind)}, got {type(value).__name__}")
-        return value
-
-    def choice(self, data: Mapping[str, Any], key: str, options: tuple[str, ...], path: str) -> str:
-        value = self.get(data, key, str, path)
-        if value not in options:
-            full = f"{path}.{key}" if path else key
-            raise self.fail(full, f"must be one of {', '.join(options)}, got {value!r}")
-        return str(value)
-
-    def tensor(self, data: Mapping[str, Any], path: str) -> TensorSpec:
-        shape = self.get(data, "shape", list, path)
-        # -1 first ("any batch"): a model that runs all patches of a window in one invoke
-        if not shape or not all(
-            isinstance(d, int) and not isinstance(d, bool) and (d > 0 or (i == 0 and d == -1 and len(shape) > 1))
-            for i, d in enumerate(shape)
-        ):
-            raise self.fail(
-                f"{path}.shape", f"must be a list of positive integers (the first may be -1: any batch), got {shape!r}"
-            )
-        return TensorSpec(tuple(shape), self.choice(data, "dtype", DTYPES, path))
-
-    def model(self, data: Mapping[str, Any], path: str) -> ModelSpec:
-        return ModelSpec(
-            file=self.get(data, "file", str, path),
-            input=self.tensor(self.get(data, "input", dict, path), f"{path}.input"),
-            output=self.tensor(self.get(data, "output", dict, path), f"{path}.output"),
-            input_kind=self.choice(data, "input_kind", INPUT_KINDS, path),
-        )
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
 def load_bundle(path: Path | str) -> Bundle:
     """Read and check a bundle folder (or its manifest.json); raise BundleError naming the first problem found."""
     path = Path(path)
@@ -185,135 +177,94 @@ def load_bundle(path: Path | str) -> Bundle:
     except OSError as exc:
         raise BundleError(f"{manifest_path}: cannot read manifest: {exc.strerror or exc}") from None
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data, lines = parse_text(raw.decode("utf-8"), str(manifest_path), json_file=True)
+    except (ConfigError, UnicodeDecodeError) as exc:
         raise BundleError(f"{manifest_path}: manifest is not valid JSON: {exc}") from None
-    r = _Reader(manifest_path)
-    if not isinstance(data, dict):
-        raise r.fail("(top level)", "must be a JSON object")
-    if data.get("format") != FORMAT_NAME:
-        raise r.fail("format", f"must be {FORMAT_NAME!r}, got {data.get('format')!r}")
-    if r.get(data, "format_version", int, "") != FORMAT_VERSION:
-        raise r.fail("format_version", f"this sensor reads version {FORMAT_VERSION}, got {data['format_version']}")
-
-    files_raw = r.get(data, "files", dict, "")
-    files: dict[str, str] = {}
-    for name, entry in files_raw.items():
-        if not isinstance(entry, dict):
-            raise r.fail(f"files.{name}", "must be a mapping with sha256")
-        digest = r.get(entry, "sha256", str, f"files.{name}")
-        if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
-            raise r.fail(f"files.{name}.sha256", "must be 64 lowercase hex digits")
-        if Path(name).name != name:
-            raise r.fail(f"files.{name}", "file names must not contain a directory")
-        files[name] = digest
-
-    models = r.get(data, "models", dict, "")
-    backbone_model = r.model(r.get(models, "backbone", dict, "models"), "models.backbone")
-    classifier_raw = r.get(models, "classifier", dict, "models", default=None)
-    classifier_model = None if classifier_raw is None else r.model(classifier_raw, "models.classifier")
-    postprocess_raw = r.get(data, "postprocess", dict, "", default=None)
-    postprocess = None
-    if postprocess_raw is not None:
-        postprocess = {
-            "kind": r.choice(postprocess_raw, "kind", POSTPROCESS_KINDS, "postprocess"),
-            "file": r.get(postprocess_raw, "file", str, "postprocess"),
-        }
-
-    backbone = r.choice(data, "backbone", BACKBONES, "")
-    if backbone == "vggish" and (classifier_model is None or postprocess is None):
-        raise r.fail("models.classifier", "a vggish bundle needs a classifier model and an audioset_pca postprocess")
-
     try:
-        params_type = EfficientATParams if backbone == "efficientat" else FrontendParams
-        frontend = params_type.from_dict(r.get(data, "frontend", dict, ""))
-    except (TypeError, ValueError) as exc:
-        raise r.fail("frontend", str(exc)) from None
+        manifest = at_line(lambda: _read_manifest(data), lines)
+    except ConfigError as exc:
+        raise BundleError(f"{manifest_path}: manifest {exc}") from None
+    _check_files(path, manifest)
+    return Bundle(
+        path=path,
+        bundle_id=manifest.bundle_id,
+        version=manifest.version,
+        backbone=manifest.backbone,
+        frontend=_frontend_params(manifest),
+        backbone_model=manifest.models.backbone,
+        classifier_model=manifest.models.classifier,
+        postprocess=None if manifest.postprocess is None else dataclasses.asdict(manifest.postprocess),
+        aggregation=manifest.aggregation,
+        classes=manifest.classes,
+        files={name: entry.sha256 for name, entry in manifest.files.items()},
+        provenance=manifest.provenance,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        head=manifest.head,
+    )
 
-    classes_raw = r.get(data, "classes", list, "")
-    if not classes_raw:
-        raise r.fail("classes", "must list at least one class")
-    classes = []
-    for i, entry in enumerate(classes_raw):
-        where = f"classes[{i}]"
-        if not isinstance(entry, dict):
-            raise r.fail(where, "must be a mapping")
-        threshold = float(r.get(entry, "threshold", (int, float), where))
-        if not 0.0 <= threshold <= 1.0:
-            raise r.fail(f"{where}.threshold", f"must be 0..1, got {threshold}")
-        outputs = tuple(r.get(entry, "backbone_outputs", list, where, default=[]))
-        if backbone in ("yamnet", "efficientat") and not outputs:
-            raise r.fail(f"{where}.backbone_outputs", f"a {backbone} class needs at least one backbone output index")
-        classes.append(
-            ClassSpec(
-                name=r.get(entry, "name", str, where),
-                audioset_name=r.get(entry, "audioset_name", str, where),
-                mid=r.get(entry, "mid", str, where),
-                threshold=threshold,
-                backbone_outputs=outputs,
-            )
+
+def _read_manifest(data: Any) -> Manifest:
+    """The engine checks every key; what remains are the rules that span sections. Format and version first: a
+    manifest of another layout gets that one message, not a list of odd keys."""
+    if not isinstance(data, dict):
+        raise ConfigError("(top level)", "must be a JSON object")
+    if data.get("format") != FORMAT_NAME:
+        raise ConfigError("format", f"must be {FORMAT_NAME!r}, got {data.get('format')!r}")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(
+            "format_version", f"this sensor reads version {FORMAT_VERSION}, got {data.get('format_version')!r}"
         )
-    names = [c.name for c in classes]
+    m = build(Manifest, data)
+    if m.backbone == "vggish" and (m.models.classifier is None or m.postprocess is None):
+        raise ConfigError(
+            "models.classifier", "a vggish bundle needs a classifier model and an audioset_pca postprocess"
+        )
+    if not m.classes:
+        raise ConfigError("classes", "must list at least one class")
+    names = [c.name for c in m.classes]
     if len(set(names)) != len(names):
-        raise r.fail("classes", "class names must be unique")
-
-    head = _read_head(r, data, [c.name for c in classes])
-    referenced = [backbone_model.file] + ([head.model.file] if head is not None else [])
-    if classifier_model is not None:
-        referenced.append(classifier_model.file)
-    if postprocess is not None:
-        referenced.append(postprocess["file"])
+        raise ConfigError("classes", "class names must be unique")
+    for i, c in enumerate(m.classes):
+        if m.backbone in ("yamnet", "efficientat") and not c.backbone_outputs:
+            raise ConfigError(
+                f"classes[{i}].backbone_outputs", f"a {m.backbone} class needs at least one backbone output index"
+            )
+    if m.head is not None:
+        if list(m.head.classes) != names:
+            raise ConfigError("head.classes", f"{list(m.head.classes)} do not match the bundle's classes {names}")
+        if m.head.model.output.shape[-1] != len(names):
+            raise ConfigError(
+                "head.model.output", f"has {m.head.model.output.shape[-1]} scores for {len(names)} classes"
+            )
+    for name in m.files:
+        if Path(name).name != name:
+            raise ConfigError(f"files.{name}", "file names must not contain a directory")
+    referenced = [m.models.backbone.file] + ([m.head.model.file] if m.head is not None else [])
+    if m.models.classifier is not None:
+        referenced.append(m.models.classifier.file)
+    if m.postprocess is not None:
+        referenced.append(m.postprocess.file)
     for name in referenced:
-        if name not in files:
-            raise r.fail("files", f"{name} is used by the manifest but has no sha256 entry")
-    for name, digest in files.items():
+        if name not in m.files:
+            raise ConfigError("files", f"{name} is used by the manifest but has no sha256 entry")
+    _frontend_params(m)
+    return m
+
+
+def _frontend_params(m: Manifest) -> FrontendParams | EfficientATParams:
+    params_type = EfficientATParams if m.backbone == "efficientat" else FrontendParams
+    return params_type.from_dict(dict(m.frontend), "frontend")
+
+
+def _check_files(path: Path, manifest: Manifest) -> None:
+    for name, entry in manifest.files.items():
         file_path = path / name
         if not file_path.is_file():
             raise BundleError(f"{file_path}: bundle file missing")
-        if sha256_file(file_path) != digest:
+        if sha256_file(file_path) != entry.sha256:
             raise BundleError(
-                f"{file_path}: checksum mismatch (file altered or truncated; manifest says {digest[:12]}…)"
+                f"{file_path}: checksum mismatch (file altered or truncated; manifest says {entry.sha256[:12]}…)"
             )
-
-    return Bundle(
-        path=path,
-        bundle_id=r.get(data, "bundle_id", str, ""),
-        version=r.get(data, "version", str, ""),
-        backbone=backbone,
-        frontend=frontend,
-        backbone_model=backbone_model,
-        classifier_model=classifier_model,
-        postprocess=postprocess,
-        aggregation=r.choice(data, "aggregation", AGGREGATIONS, "") if "aggregation" in data else "max",
-        classes=tuple(classes),
-        files=files,
-        provenance=r.get(data, "provenance", dict, "", default={}),
-        sha256=hashlib.sha256(raw).hexdigest(),
-        head=head,
-    )
-
-
-def _read_head(r: _Reader, data: Mapping[str, Any], class_names: list[str]) -> HeadSpec | None:
-    raw = r.get(data, "head", dict, "", default=None)
-    if raw is None:
-        return None
-    output = r.get(raw, "embedding_output", int, "head")
-    if output < 1:
-        raise r.fail("head.embedding_output", f"must be >= 1 (output 0 is the backbone's scores), got {output}")
-    classes = tuple(r.get(raw, "classes", list, "head"))
-    if list(classes) != class_names:
-        raise r.fail("head.classes", f"{list(classes)} do not match the bundle's classes {class_names}")
-    model = r.model(r.get(raw, "model", dict, "head"), "head.model")
-    if model.output.shape[-1] != len(class_names):
-        raise r.fail("head.model.output", f"has {model.output.shape[-1]} scores for {len(class_names)} classes")
-    return HeadSpec(
-        model=model,
-        embedding_output=output,
-        embedding=r.tensor(r.get(raw, "embedding", dict, "head"), "head.embedding"),
-        pooling=r.choice(raw, "pooling", HEAD_POOLINGS, "head"),
-        with_scores=r.get(raw, "with_scores", bool, "head", default=False),
-        classes=classes,
-    )
 
 
 def tensor_spec_dict(spec: TensorSpec) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..audio.pcm import SAMPLE_RATE_HZ
+from ..schema import build
 
 # HTK mel scale constants, as in mel_features.py and tf.signal.linear_to_mel_weight_matrix.
 _MEL_BREAK_FREQUENCY_HZ = 700.0
@@ -28,20 +29,16 @@ _P = TypeVar("_P", bound="ManifestParams")
 
 
 class ManifestParams:
-    """Front-end parameters travel in bundle manifests as plain dicts; both front ends read them the same strict way,
-    so a manifest key neither front end knows is an error, not silently ignored."""
+    """Front-end parameters travel in bundle manifests as plain dicts; both front ends read them through the one
+    validation engine, so a manifest key neither front end knows is an error naming it, not silently ignored."""
 
     def to_dict(self) -> dict[str, Any]:
         fields: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
         return fields
 
     @classmethod
-    def from_dict(cls: type[_P], data: dict[str, Any]) -> _P:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown front-end parameter(s): {', '.join(unknown)}")
-        return cls(**data)
+    def from_dict(cls: type[_P], data: dict[str, Any], key_path: str = "frontend") -> _P:
+        return build(cls, data, key_path)  # type: ignore[type-var]  # subclasses are dataclasses
 
 
 @dataclass(frozen=True)
