@@ -14,6 +14,7 @@ heads are measured too (same folds, same thresholds rule) and every candidate's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -26,6 +27,7 @@ import numpy as np
 
 from custom.daemon import exitcodes
 from custom.daemon.model.bundle import (
+    Bundle,
     BundleDraft,
     ClassSpec,
     HeadSpec,
@@ -310,12 +312,65 @@ def window_cost_ms(models: list[Model], recordings, repeats: int = COST_WINDOWS)
     return [float(np.median(t)) for t in times]
 
 
-def choose_candidate(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Variant:
+    """How one backbone's window features are made and trained."""
+
+    pooling: str
+    with_scores: bool
+    augmented: bool  # the thin classes' seeded mixes train the head too
+    l2: float = L2
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Candidate:
+    """One head compared by grouped CV: a backbone's best variant, or a combination of both backbones (measured,
+    never shipped: a bundle carries one backbone)."""
+
+    name: str
+    backbones: tuple[str, ...]
+    cost_ms: float
+    figures: dict[str, Any]
+    oof: np.ndarray  # out-of-fold scores of the real windows
+    variant: Variant | None = None  # None for the combinations
+    features: np.ndarray | None = None  # (windows, dims) the variant's features, all windows; None: not shippable
+    keep: np.ndarray | None = None  # which windows train it (mixes or not)
+
+    @property
+    def shippable(self) -> bool:
+        return self.variant is not None and self.features is not None
+
+    def record(self, truth: np.ndarray) -> dict[str, Any]:
+        """Plain figures for the manifest provenance, default-bundle's decision and the report."""
+        return {
+            "name": self.name, "backbones": list(self.backbones), "shippable": self.shippable,
+            "cost_ms": self.cost_ms, "variant": self.variant.as_dict() if self.variant else {},
+            "figures": self.figures, "thresholds": thresholds_from(self.oof, truth),
+        }  # fmt: skip
+
+
+def choose_candidate(candidates: list[Candidate]) -> Candidate:
     """The shippable candidate with the best grouped-CV top-1; within TIE_TOP1 of the best, the cheapest per window."""
-    shippable = [c for c in candidates if c["shippable"]]
-    best = max(c["figures"]["top1"] for c in shippable)
-    tied = [c for c in shippable if c["figures"]["top1"] >= best - TIE_TOP1]
-    return min(tied, key=lambda c: (c["cost_ms"], -c["figures"]["top1"]))
+    shippable = [c for c in candidates if c.shippable]
+    best = max(c.figures["top1"] for c in shippable)
+    tied = [c for c in shippable if c.figures["top1"] >= best - TIE_TOP1]
+    return min(tied, key=lambda c: (c.cost_ms, -c.figures["top1"]))
+
+
+@dataclass
+class Measured:
+    """Everything one run measured before anything is written: the windows, the folds and every candidate."""
+
+    recordings: list[Any]
+    backbones: dict[str, HeadBackbone]
+    examples: dict[str, Examples]
+    y: np.ndarray  # (windows, classes) labels of every window, mixes included
+    real_rows: np.ndarray  # rows of y that are real recordings (not mixes)
+    candidates: list[Candidate]
+    result: HeadResult
 
 
 def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
@@ -324,6 +379,26 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
 
     Raises DataError (one line naming the file, with the exit code) on bad data."""
     started = time.monotonic()
+    measured = measure(args, work)
+    chosen = choose_candidate(measured.candidates)
+    bundle = write_and_verify(args, work, measured, chosen)
+    result = measured.result
+    head, mapping = result.figures["head"], result.figures["mapping"]
+    assert chosen.variant is not None
+    print(
+        f"chosen: {chosen.name} pooling={chosen.variant.pooling} with_scores={chosen.variant.with_scores} "
+        f"mixes={chosen.variant.augmented}; grouped-CV top-1 {head['top1']:.3f} (mapping {mapping['top1']:.3f}), "
+        f"'other' windows with a label {head['false_alarm_other']:.3f} (mapping {mapping['false_alarm_other']:.3f}), "
+        f"{chosen.cost_ms:.0f} ms/window (YAMNet {result.costs['mapping']:.0f})"
+    )
+    print("thresholds: " + ", ".join(f"{c.name} {c.threshold:.2f}" for c in bundle.classes))
+    print(f"wrote {bundle.path} (bundle sha256 {bundle.sha256[:12]}…, {time.monotonic() - started:.0f} s)")
+    return bundle.path, result
+
+
+def measure(args: argparse.Namespace, work: Path) -> Measured:
+    """Features of every window from the daemon's own backbone code, today's mapping and every candidate head, all
+    scored out of fold on the same grouped folds."""
     shared = args.shared
     names = BACKBONES if args.backbone == "both" else (args.backbone,)
     recordings, held_out = read_recordings(shared, limit_per_label=args.limit_per_label)
@@ -361,7 +436,6 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
     result.mapping_thresholds = [best_f1_threshold(truth[clip_rows, k], result.mapping_scores[clip_rows, k]) for k in
                                  range(10)]  # fmt: skip
     mapping_figures = figures(result.mapping_scores, truth, result.mapping_thresholds, on_clips)
-
     costs = dict(zip(probes, window_cost_ms(list(probes.values()), recordings), strict=True))
     mixes = real < 0
 
@@ -375,71 +449,96 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
         f"{'backbone':<12} {'pooling':<9} {'+scores':<8} {'mixes':<6} {'top-1':>6} {'macro AP':>9} {'other':>6}"
         f"   (grouped {FOLDS}-fold CV, {len(clip_rows)} clips)"
     )
-    candidates: list[dict[str, Any]] = []
+    candidates: list[Candidate] = []
     for name in names:
-        best = None
+        best: Candidate | None = None
         for pooling, with_scores, augmented in backbones[name].variants:
             if augmented and not mixes.any():
                 continue  # --augment 0: nothing to try
+            variant = Variant(pooling, with_scores, augmented)
             x = window_features(examples[name], pooling, with_scores)
             oof, fig, keep = evaluate(x, augmented)
-            row = {"backbone": name, "pooling": pooling, "with_scores": with_scores, "augmented": augmented}
-            row.update(top1=fig["top1"], macro_ap=fig["macro_ap"], false_alarm_other=fig["false_alarm_other"])
-            result.variants.append(row)
-            print(f"{name:<12} {pooling:<9} {str(with_scores):<8} {str(augmented):<6} {fig['top1']:>6.3f} "
-                  f"{fig['macro_ap']:>9.3f} {fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
-            if best is None or (fig["top1"], fig["macro_ap"]) > (best["figures"]["top1"], best["figures"]["macro_ap"]):
-                best = {"name": name, "backbones": [name], "shippable": True, "cost_ms": costs[name],
-                        "variant": {"pooling": pooling, "with_scores": with_scores, "augmented": augmented, "l2": L2},
-                        "figures": fig, "oof": oof, "x": x, "keep": keep}  # fmt: skip
+            scored = {k: fig[k] for k in ("top1", "macro_ap", "false_alarm_other")}
+            result.variants.append({"backbone": name, **variant.as_dict(), **scored})
+            _print_row(name, pooling, str(with_scores), str(augmented), fig)
+            if best is None or (fig["top1"], fig["macro_ap"]) > (best.figures["top1"], best.figures["macro_ap"]):
+                best = Candidate(name, (name,), costs[name], fig, oof, variant, x, keep)
         assert best is not None
         candidates.append(best)
     if len(candidates) == 2:
         a, b = candidates
-        combined_cost = a["cost_ms"] + b["cost_ms"]
-        both = [a["name"], b["name"]]
-        augmented = a["variant"]["augmented"] or b["variant"]["augmented"]
-        oof, fig, _ = evaluate(np.hstack([a["x"], b["x"]]), augmented)
-        print(f"{'concat':<12} {'':<9} {'':<8} {str(augmented):<6} {fig['top1']:>6.3f} {fig['macro_ap']:>9.3f} "
-              f"{fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
-        # a bundle carries one backbone: the combinations are measured, not shipped (see the report)
-        candidates.append({"name": "concatenated", "backbones": both, "shippable": False, "cost_ms": combined_cost,
-                           "variant": {"augmented": augmented}, "figures": fig, "oof": oof})  # fmt: skip
-        oof = (a["oof"] + b["oof"]) / 2
+        assert a.variant is not None and b.variant is not None and a.features is not None and b.features is not None
+        both, combined_cost = (a.name, b.name), a.cost_ms + b.cost_ms
+        augmented = a.variant.augmented or b.variant.augmented
+        oof, fig, _ = evaluate(np.hstack([a.features, b.features]), augmented)
+        _print_row("concat", "", "", str(augmented), fig)
+        candidates.append(Candidate("concatenated", both, combined_cost, fig, oof))
+        oof = (a.oof + b.oof) / 2
         fig = figures(oof, truth, thresholds_from(oof, truth), on_clips)
-        print(f"{'averaged':<12} {'':<9} {'':<8} {'':<6} {fig['top1']:>6.3f} {fig['macro_ap']:>9.3f} "
-              f"{fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
-        candidates.append({"name": "averaged", "backbones": both, "shippable": False, "cost_ms": combined_cost,
-                           "variant": {}, "figures": fig, "oof": oof})  # fmt: skip
-    chosen = choose_candidate(candidates)
-    backbone = backbones[chosen["name"]]
-    result.candidates = [
-        {k: v for k, v in c.items() if k not in ("oof", "x", "keep")} | {"thresholds": thresholds_from(c["oof"], truth)}
-        for c in candidates
-    ]
-    result.head_oof = chosen["oof"]
-    result.thresholds = thresholds_from(chosen["oof"], truth)
-    head_figures = chosen["figures"]
-    result.chosen = {"backbone": chosen["name"], **chosen["variant"]}
-    result.costs = {"mapping": costs["yamnet"], **{c["name"]: c["cost_ms"] for c in candidates}}
-    result.figures = {"head": head_figures, "mapping": mapping_figures}
-    pooling, with_scores = chosen["variant"]["pooling"], chosen["variant"]["with_scores"]
-    x, keep = chosen["x"], chosen["keep"]
+        _print_row("averaged", "", "", "", fig)
+        candidates.append(Candidate("averaged", both, combined_cost, fig, oof))
 
-    w, b = fit_linear(x[keep], y[keep])
+    result.candidates = [c.record(truth) for c in candidates]
+    result.costs = {"mapping": costs["yamnet"], **{c.name: c.cost_ms for c in candidates}}
+    result.figures = {"mapping": mapping_figures}
+    return Measured(recordings, backbones, examples, y, real_rows, candidates, result)
+
+
+def _print_row(name: str, pooling: str, with_scores: str, augmented: str, fig: dict[str, Any]) -> None:
+    print(f"{name:<12} {pooling:<9} {with_scores:<8} {augmented:<6} {fig['top1']:>6.3f} {fig['macro_ap']:>9.3f} "
+          f"{fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
+
+
+def write_and_verify(args: argparse.Namespace, work: Path, measured: Measured, chosen: Candidate) -> Bundle:
+    """Fit the chosen head on every window it trains on, export it, write the bundle with its provenance, then load
+    the written bundle and check its head against the numpy fit."""
+    result, truth = measured.result, measured.result.truth
+    assert chosen.variant is not None and chosen.features is not None and chosen.keep is not None
+    assert truth is not None
+    backbone = measured.backbones[chosen.name]
+    result.head_oof = chosen.oof
+    result.thresholds = thresholds_from(chosen.oof, truth)
+    result.chosen = {"backbone": chosen.name, **chosen.variant.as_dict()}
+    result.figures["head"] = chosen.figures
+    x, y = chosen.features, measured.y
+    w, b = fit_linear(x[chosen.keep], y[chosen.keep])
     head_path = work / HEAD_FILE
     head_path.write_bytes(export_head(w, b, args.quantize))
+    bundle = write_bundle(
+        _draft(
+            args,
+            backbone,
+            _head_spec(backbone, chosen.variant.pooling, chosen.variant.with_scores, x.shape[1]),
+            {backbone.model_file: backbone.path, HEAD_FILE: head_path},
+            result.thresholds,
+            _provenance(args, backbone, measured),
+        ),
+        args.out,
+    )
+    model = Model(bundle)  # the written bundle loads, and its head agrees with the numpy fit
+    ex = measured.examples[chosen.name]
+    check_rows = measured.real_rows[:: max(1, len(measured.real_rows) // 20)]
+    got = np.stack([model.class_scores(np.hstack([ex.scores[r], ex.embeddings[r]])) for r in check_rows])
+    worst = float(np.abs(got - _sigmoid(x[check_rows] @ w + b)).max())
+    if worst > 0.02:
+        raise RuntimeError(f"exported head disagrees with its fit by {worst:.4f}")
+    print(f"head TFLite ({args.quantize}) vs float fit: max |difference| {worst:.5f} on {len(check_rows)} windows")
+    return bundle
+
+
+def _provenance(args: argparse.Namespace, backbone: HeadBackbone, measured: Measured) -> dict[str, Any]:
+    result = measured.result
 
     def summary(fig: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in fig.items() if k != "confusion"}
 
-    provenance = {
+    return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tool": "custom-convert head",
         **backbone.provenance,
         "training": {
-            "recordings": len(recordings),
-            "held_out_rows_skipped": held_out,
+            "recordings": len(measured.recordings),
+            "held_out_rows_skipped": result.held_out_rows,
             "augment_per_thin_clip": args.augment,
             "seed": args.seed,
             "counts": result.counts,
@@ -451,48 +550,15 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
             "chosen": result.chosen,
             "choice_rule": CHOICE_RULE,
             "candidates": [
-                {
-                    "name": c["name"],
-                    "shippable": c["shippable"],
-                    "cost_ms": round(c["cost_ms"], 1),
-                    "variant": c["variant"],
-                    **summary(c["figures"]),
-                }
+                {k: c[k] for k in ("name", "shippable", "variant")}
+                | {"cost_ms": round(c["cost_ms"], 1)}
+                | summary(c["figures"])
                 for c in result.candidates
             ],  # fmt: skip
-            "head": summary(head_figures),
-            "mapping": {**summary(mapping_figures), "cost_ms": round(costs["yamnet"], 1)},
+            "head": summary(result.figures["head"]),
+            "mapping": {**summary(result.figures["mapping"]), "cost_ms": round(result.costs["mapping"], 1)},
         },
     }
-    bundle = write_bundle(
-        _draft(
-            args,
-            backbone,
-            _head_spec(backbone, pooling, with_scores, x.shape[1]),
-            {backbone.model_file: backbone.path, HEAD_FILE: head_path},
-            result.thresholds,
-            provenance,
-        ),
-        args.out,
-    )
-    model = Model(bundle)  # the written bundle loads, and its head agrees with the numpy fit
-    ex = examples[chosen["name"]]
-    check_rows = real_rows[:: max(1, len(real_rows) // 20)]
-    got = np.stack([model.class_scores(np.hstack([ex.scores[r], ex.embeddings[r]])) for r in check_rows])
-    worst = float(np.abs(got - _sigmoid(x[check_rows] @ w + b)).max())
-    if worst > 0.02:
-        raise RuntimeError(f"exported head disagrees with its fit by {worst:.4f}")
-    print(f"head TFLite ({args.quantize}) vs float fit: max |difference| {worst:.5f} on {len(check_rows)} windows")
-    print(
-        f"chosen: {chosen['name']} pooling={pooling} with_scores={with_scores} mixes={chosen['variant']['augmented']}; "
-        f"grouped-CV top-1 {head_figures['top1']:.3f} "
-        f"(mapping {mapping_figures['top1']:.3f}), 'other' windows with a label {head_figures['false_alarm_other']:.3f}"
-        f" (mapping {mapping_figures['false_alarm_other']:.3f}), {chosen['cost_ms']:.0f} ms/window "
-        f"(YAMNet {costs['yamnet']:.0f})"
-    )
-    print("thresholds: " + ", ".join(f"{c.name} {c.threshold:.2f}" for c in bundle.classes))
-    print(f"wrote {bundle.path} (bundle sha256 {bundle.sha256[:12]}…, {time.monotonic() - started:.0f} s)")
-    return bundle.path, result
 
 
 def run(args: argparse.Namespace) -> int:

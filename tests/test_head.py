@@ -240,14 +240,16 @@ def test_a_class_missing_is_a_data_error(shared: Path, tmp_path: Path, capsys) -
 
 
 def test_choice_weighs_cost_only_on_a_tie() -> None:
-    from custom.convert.head import TIE_TOP1, choose_candidate
+    from custom.convert.head import TIE_TOP1, Candidate, Variant, choose_candidate
 
-    def head(name: str, top1: float, cost: float, shippable: bool = True) -> dict:
-        return {"name": name, "figures": {"top1": top1}, "cost_ms": cost, "shippable": shippable}
+    def head(name: str, top1: float, cost: float, shippable: bool = True) -> Candidate:
+        none = np.zeros((0, 10))
+        variant, features = (Variant("mean", False, False), none) if shippable else (None, None)
+        return Candidate(name, (name,), cost, {"top1": top1}, none, variant, features)
 
     tied = [head("yamnet", 0.850, 123.0), head("efficientat", 0.850 - TIE_TOP1 / 2, 33.0)]
-    assert choose_candidate(tied)["name"] == "efficientat"  # a tie: the cheaper ships
+    assert choose_candidate(tied).name == "efficientat"  # a tie: the cheaper ships
     clear = [head("yamnet", 0.850 + 2 * TIE_TOP1, 123.0), head("efficientat", 0.850, 33.0)]
-    assert choose_candidate(clear)["name"] == "yamnet"  # a clear win ships, whatever it costs
+    assert choose_candidate(clear).name == "yamnet"  # a clear win ships, whatever it costs
     combined = [*clear, head("averaged", 0.95, 156.0, shippable=False)]
-    assert choose_candidate(combined)["name"] == "yamnet"  # a combination is measured, never shipped
+    assert choose_candidate(combined).name == "yamnet"  # a combination is measured, never shipped
