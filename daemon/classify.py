@@ -1,6 +1,8 @@
 """`custom-sensord classify FILE...`: run a bundle over recordings through the live daemon's own code path.
 
-Files are cut into windows exactly like live audio (10 s, no overlap); a short last window is scored on what there
+Files are decoded at their own rate, as live audio arrives at the capture rate: levels measure the file's full band
+and the pipeline gives the model its 16 kHz band, so a file and the same sound live give the same figures. Files are
+cut into windows exactly like live audio (10 s, no overlap); a short last window is scored on what there
 is (padded to one patch at least) and marked `padded`. Output is a line per window for people, or with --json one
 event per line with the same fields the daemon publishes plus the file path.
 
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     status = exitcodes.OK
     for path in args.files:
         try:
-            audio = read_audio(path, pipeline.bundle.frontend.sample_rate_hz)
+            audio = read_audio(path, rate_hz=None)  # the file's own rate, as live capture
             check_audio(audio)
         except AudioFileError as exc:
             print(f"custom-sensord classify: {exc}", file=sys.stderr)

@@ -52,6 +52,28 @@ def test_long_recording_is_cut_into_ten_second_windows(yamnet_bundle: Path, tmp_
     assert windows[2]["duration_s"] == pytest.approx(3.5, abs=0.01)
 
 
+def test_levels_are_measured_at_the_files_own_rate(yamnet_bundle: Path, tmp_path: Path, shared: Path):
+    """A 48 kHz recording with energy above 8 kHz: classify measures it on the full band, as the live sensor does at
+    its capture rate (decoding at the model's 16 kHz would drop the 12 kHz tone from the level)."""
+    import soxr
+
+    from custom.daemon.noise.levels import LevelMeter
+
+    audio, rate = soundfile.read(shared / "data/clips/siren/us8k_102871-8-0-8.flac", dtype="float32")
+    wide = soxr.resample(np.tile(audio, 3)[: 10 * rate], rate, 48000).astype(np.float32)
+    wide += 0.3 * np.sin(2 * np.pi * 12000 * np.arange(len(wide)) / 48000).astype(np.float32)
+    path = tmp_path / "wide.wav"
+    soundfile.write(path, wide, 48000, subtype="FLOAT")
+    result = classify("--json", path, bundle=yamnet_bundle)
+    assert result.returncode == 0, result.stderr
+    event = json.loads(result.stdout.splitlines()[0])
+    full_band = LevelMeter()(wide, 48000).laeq
+    model_band = LevelMeter()(soxr.resample(wide, 48000, 16000).astype(np.float32), 16000).laeq
+    assert full_band - model_band > 3.0  # the test means something: the tone carries most of the energy
+    assert event["level"]["laeq"] == pytest.approx(full_band, abs=0.05)
+    assert event["top"]["name"] == "Siren"  # the model still hears its own band
+
+
 def test_text_output_names_file_and_labels(yamnet_bundle: Path, shared: Path):
     clip = shared / "data/clips/siren/us8k_102871-8-0-8.flac"
     result = classify(clip, bundle=yamnet_bundle)

@@ -1,4 +1,4 @@
-"""Decode an audio file (wav/flac/ogg via libsndfile) to mono float32 at the model rate.
+"""Decode an audio file (wav/flac/ogg via libsndfile) to mono float32 at a given rate or at the file's own.
 
 Every failure becomes AudioFileError with one line naming the file, because `classify` and `--input` are where
 users first meet the sensor and a traceback about libsndfile helps nobody.
@@ -31,7 +31,9 @@ class AudioFile:
         return len(self.waveform) / self.rate_hz
 
 
-def read_audio(path: Path | str, rate_hz: int = SAMPLE_RATE_HZ) -> AudioFile:
+def read_audio(path: Path | str, rate_hz: int | None = SAMPLE_RATE_HZ) -> AudioFile:
+    """`rate_hz` None keeps the file's own rate: `classify` then measures levels on the full band, as the live sensor
+    does at its capture rate, and the pipeline brings the model its band as it does live."""
     import soundfile  # libsndfile; imported here so the live daemon only loads it for --input
 
     path = Path(path)
@@ -46,5 +48,6 @@ def read_audio(path: Path | str, rate_hz: int = SAMPLE_RATE_HZ) -> AudioFile:
         raise AudioFileError(f"{path}: cannot decode as audio ({reason})") from None
     if data.shape[0] == 0:
         raise AudioFileError(f"{path}: contains no audio samples")
-    waveform = to_model_rate(data, int(source_rate), rate_hz)
-    return AudioFile(path, waveform, rate_hz, int(source_rate), data.shape[1])
+    rate = int(source_rate) if rate_hz is None else rate_hz
+    waveform = to_model_rate(data, int(source_rate), rate)
+    return AudioFile(path, waveform, rate, int(source_rate), data.shape[1])
