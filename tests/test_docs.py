@@ -1,0 +1,53 @@
+"""Docs name config keys that exist: a key renamed in the code must not live on in the README.
+
+Convention the docs follow (and this test relies on): a config key is written in backticks as its key path, e.g.
+`mqtt.port` or `spool.max_rows: 5`; a field of a published message is written with the message's name first, e.g.
+`health.audio.down_since`, so it cannot be taken for the `audio` config section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from custom.daemon.config import Config
+from custom.ingest.config import IngestConfig
+from custom.testing.shared import ROOT
+
+SENSOR_DOCS = ("README.md", "deploy/OPERATING.md", "FAULTS.md", "bench/RESULTS.md")
+INGEST_DOCS = ("ingest/README.md",)
+# a backticked key path, optionally followed by a value (`spool.max_rows: 5`, `window.hop_s=5`)
+KEY_PATH = re.compile(r"`((?:ingest\.)?[a-z_]+(?:\.[a-z_0-9]+)+)(?:[:= ][^`]*)?`")
+
+
+def key_paths(cls: type) -> set[str]:
+    paths = set()
+    for f in dataclasses.fields(cls):
+        paths.add(f.name)
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            paths |= {f"{f.name}.{sub}" for sub in key_paths(f.default_factory)}
+    return paths
+
+
+def named_keys(doc: str, sections: set[str], strip: str = "") -> list[tuple[int, str]]:
+    """(line, key path) for every backticked key path whose first part is a config section."""
+    text = (ROOT / doc).read_text()
+    found = []
+    for match in KEY_PATH.finditer(text):
+        key = match.group(1).removeprefix(strip)
+        if key.split(".")[0] in sections:
+            found.append((text[: match.start()].count("\n") + 1, key))
+    return found
+
+
+@pytest.mark.parametrize(("docs", "cls", "strip"), [(SENSOR_DOCS, Config, ""), (INGEST_DOCS, IngestConfig, "ingest.")])
+def test_config_keys_named_in_docs_exist(docs: tuple[str, ...], cls: type, strip: str) -> None:
+    known = key_paths(cls)
+    sections = {key.split(".")[0] for key in known if "." in key}
+    named = {doc: named_keys(doc, sections, strip) for doc in docs}
+    assert sum(len(keys) for keys in named.values()) >= 3, "the docs name config keys: the pattern must find them"
+    unknown = [f"{doc}:{line}: `{key}`" for doc, keys in named.items() for line, key in keys if key not in known]
+    assert not unknown, "docs name config keys that do not exist:\n" + "\n".join(unknown)
