@@ -42,7 +42,9 @@ Settings may also come from a YAML file (--config; top-level keys or an `ingest:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="YAML settings file (command-line options override it)")
-    common.add_argument("--dsn", help="PostgreSQL connection string or URI (database.dsn; with serve also dashboard.dsn)")
+    common.add_argument(
+        "--dsn", help="PostgreSQL connection string or URI (database.dsn; with serve also dashboard.dsn)"
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="log every batch")
     parser = argparse.ArgumentParser(
         prog="custom-ingest", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
