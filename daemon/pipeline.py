@@ -18,7 +18,7 @@ from .audio.windows import Window
 from .clock import ClockState
 from .config import Config, ConfigError
 from .model.bundle import Bundle, BundleError, load_bundle
-from .model.inference import Model
+from .model.inference import EnsembleModel, Model, open_model
 from .noise.levels import LevelMeter, WindowLevels
 from .publish.event import EventContext
 
@@ -33,7 +33,7 @@ TRAINED_BAND_RATE_HZ = 16000
 class Pipeline:
     """Everything that depends on config + bundle and is swapped as a whole on reload."""
 
-    model: Model
+    model: Model | EnsembleModel
     context: EventContext
     meter: LevelMeter
 
@@ -46,8 +46,8 @@ class Pipeline:
         full band), build the event (with `processing_ms`). `clock`: the NTP state at the window start (live only)."""
         t0 = time.perf_counter()
         waveform = resample(window.samples, int(round(window.rate_hz)), TRAINED_BAND_RATE_HZ)
-        if self.bundle.frontend.sample_rate_hz != TRAINED_BAND_RATE_HZ:  # EfficientAT's 32 kHz front end
-            waveform = resample(waveform, TRAINED_BAND_RATE_HZ, self.bundle.frontend.sample_rate_hz)
+        if self.model.input_rate_hz != TRAINED_BAND_RATE_HZ:  # EfficientAT's 32 kHz front end
+            waveform = resample(waveform, TRAINED_BAND_RATE_HZ, self.model.input_rate_hz)
         result = self.model.scores(waveform)
         levels = self.meter(window.samples, window.rate_hz)
         elapsed_ms = (time.perf_counter() - t0) * 1e3
@@ -70,7 +70,7 @@ def build_pipeline(config: Config) -> Pipeline:
     """Load the bundle and check config against it; ConfigError/BundleError name what is wrong (exit 78)."""
     try:
         bundle = load_bundle(config.model.bundle)
-        model = Model(bundle, threads=config.model.threads)  # the runtime checks the file and tensor shapes
+        model = open_model(bundle, threads=config.model.threads)  # the runtime checks the file and tensor shapes
     except BundleError as exc:
         raise ConfigError("model.bundle", str(exc)) from None
     unknown = sorted(set(config.model.thresholds) - set(bundle.class_names))
@@ -85,12 +85,16 @@ def build_pipeline(config: Config) -> Pipeline:
 
 def bundle_pipeline(bundle_path: Path, threads: int, sensor_id: str) -> Pipeline:
     """A pipeline straight from a bundle with its own thresholds and no location (classify); BundleError if bad."""
-    model = Model(load_bundle(bundle_path), threads=threads)
+    model = open_model(load_bundle(bundle_path), threads=threads)
     return _assemble(model, sensor_id, {}, model.bundle.thresholds, None)
 
 
 def _assemble(
-    model: Model, sensor_id: str, location: dict[str, Any], thresholds: tuple[float, ...], calibration_db: float | None
+    model: Model | EnsembleModel,
+    sensor_id: str,
+    location: dict[str, Any],
+    thresholds: tuple[float, ...],
+    calibration_db: float | None,
 ) -> Pipeline:
     bundle = model.bundle
     context = EventContext(

@@ -5,6 +5,12 @@ weights (front-end parameters, classes, thresholds, tensor specs) and a sha256 f
 a hand-swapped file is refused at load time with a message naming the file, never discovered as odd scores later.
 The format is defined here, once: the converter writes bundles with `write_bundle` and the daemon reads them with
 `load_bundle`.
+
+Two layouts. Version 1: one backbone (VGGish, YAMNet or EfficientAT) with its class mapping, classifier or head.
+Version 2: one or more members, each a backbone with its own front end and trained head, whose scores are averaged
+with fixed weights: backbones that err on different classes cover each other. Every member must have been trained on
+windows of the same band and length, and each head names the sha256 of the backbone file it was trained on, so a
+head can never run over a backbone it did not learn from.
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ from .frontend_efficientat import EfficientATParams
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "custom-sensor-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what the converter writes for one backbone
+FORMAT_VERSIONS = (1, 2)  # what the sensor reads; 2: several backbones, heads averaged
 BACKBONES = ("vggish", "yamnet", "efficientat")  # efficientat: 32 kHz log-mel in, 527 AudioSet logits out
 INPUT_KINDS = ("waveform", "log_mel", "efficientat_log_mel", "features")  # "features": a head's pooled embedding
 AGGREGATIONS = ("max", "mean", "top3_mean")
 POSTPROCESS_KINDS = ("audioset_pca",)
 DTYPES = ("float32", "uint8", "int8", "int16")
 HEAD_POOLINGS = ("mean", "max", "mean_max")
+HEAD_BACKBONES = ("yamnet", "efficientat")  # the backbones a head can be trained on
+WEIGHT_SUM_TOLERANCE = 1e-3
 
 
 class BundleError(ValueError):
@@ -88,6 +97,9 @@ class HeadSpec:
     pooling: str = opt(doc="How patch embeddings pool over a window.", choices=HEAD_POOLINGS)
     with_scores: bool = opt(False, "The backbone's mean-pooled scores are appended to the pooled embedding.")
     classes: tuple[str, ...] = opt(doc="The head's outputs in order; must equal the bundle's classes.", factory=tuple)
+    backbone_sha256: str | None = opt(
+        None, "sha256 of the backbone file the head was trained on (required in version 2).", pattern="[0-9a-f]{64}"
+    )
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,33 @@ class Manifest:
 
 
 @dataclass(frozen=True)
+class MemberSection:
+    """One backbone of a version-2 bundle with the head trained on its embedding."""
+
+    backbone: str = opt(doc="Which network family.", choices=HEAD_BACKBONES)
+    frontend: Mapping[str, Any] = opt(doc="Its front-end parameters.")
+    model: ModelSpec = opt(doc="The backbone model, embedding exposed as an extra output.")
+    head: HeadSpec = opt(doc="The head over its pooled embedding.")
+    weight: float = opt(doc="Share of this member's scores in the average.", gt=0.0, hi=1.0)
+    band_rate_hz: int = opt(doc="The band its windows are limited to before its front end (16 kHz).", lo=8000)
+    window_s: float = opt(doc="Window length its head was trained on, seconds.", gt=0.0, hi=60.0)
+
+
+@dataclass(frozen=True)
+class ManifestV2:
+    """manifest.json of a version-2 (multi-backbone) bundle."""
+
+    format: str = opt(doc="Always custom-sensor-bundle.", choices=(FORMAT_NAME,))
+    format_version: int = opt(doc="2.")
+    bundle_id: str = opt(doc="Name of this bundle.")
+    version: str = opt(doc="Its version.")
+    members: tuple[MemberSection, ...] = opt(doc="The backbones and their heads, scores averaged by weight.")
+    classes: tuple[ClassSpec, ...] = opt(doc="The classes, in score order.")
+    files: Mapping[str, FileEntry] = opt(doc="Every file of the bundle with its sha256.")
+    provenance: Mapping[str, Any] = opt(doc="Where the bundle came from.", factory=frozen_mapping)
+
+
+@dataclass(frozen=True)
 class Bundle:
     path: Path
     bundle_id: str
@@ -143,6 +182,11 @@ class Bundle:
     provenance: Mapping[str, Any]
     sha256: str  # of the manifest bytes, which pin every file: one id for the exact bundle
     head: HeadSpec | None = None  # a trained head replaces the class mapping when present
+    # version 2: the members, each a one-backbone bundle with its head, and their weights in the average; the
+    # fields above then describe the first member (backbone joins every member's name, e.g. "efficientat+yamnet")
+    members: tuple[Bundle, ...] = ()
+    weights: tuple[float, ...] = ()
+    band_rate_hz: int | None = None  # version 2: the band every member's windows are limited to
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -181,10 +225,15 @@ def load_bundle(path: Path | str) -> Bundle:
     except (ConfigError, UnicodeDecodeError) as exc:
         raise BundleError(f"{manifest_path}: manifest is not valid JSON: {exc}") from None
     try:
+        _check_format(data)
+        if data["format_version"] == 2:
+            manifest_v2 = at_line(lambda: _read_manifest_v2(data), lines)
+            _check_files(path, manifest_v2.files)
+            return _ensemble(path, manifest_v2, hashlib.sha256(raw).hexdigest())
         manifest = at_line(lambda: _read_manifest(data), lines)
     except ConfigError as exc:
         raise BundleError(f"{manifest_path}: manifest {exc}") from None
-    _check_files(path, manifest)
+    _check_files(path, manifest.files)
     return Bundle(
         path=path,
         bundle_id=manifest.bundle_id,
@@ -203,27 +252,27 @@ def load_bundle(path: Path | str) -> Bundle:
     )
 
 
-def _read_manifest(data: Any) -> Manifest:
-    """The engine checks every key; what remains are the rules that span sections. Format and version first: a
-    manifest of another layout gets that one message, not a list of odd keys."""
+def _check_format(data: Any) -> None:
+    """Format and version first: a manifest of another layout gets that one message, not a list of odd keys."""
     if not isinstance(data, dict):
         raise ConfigError("(top level)", "must be a JSON object")
     if data.get("format") != FORMAT_NAME:
         raise ConfigError("format", f"must be {FORMAT_NAME!r}, got {data.get('format')!r}")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(
-            "format_version", f"this sensor reads version {FORMAT_VERSION}, got {data.get('format_version')!r}"
-        )
+    version = data.get("format_version")
+    if isinstance(version, bool) or version not in FORMAT_VERSIONS:
+        readable = " or ".join(map(str, FORMAT_VERSIONS))
+        raise ConfigError("format_version", f"this sensor reads version {readable}, got {version!r}")
+
+
+def _read_manifest(data: Any) -> Manifest:
+    """The engine checks every key; what remains are the rules that span sections."""
     m = build(Manifest, data)
     if m.backbone == "vggish" and (m.models.classifier is None or m.postprocess is None):
         raise ConfigError(
             "models.classifier", "a vggish bundle needs a classifier model and an audioset_pca postprocess"
         )
-    if not m.classes:
-        raise ConfigError("classes", "must list at least one class")
     names = [c.name for c in m.classes]
-    if len(set(names)) != len(names):
-        raise ConfigError("classes", "class names must be unique")
+    _check_classes(names)
     for i, c in enumerate(m.classes):
         if m.backbone in ("yamnet", "efficientat") and not c.backbone_outputs:
             raise ConfigError(
@@ -256,8 +305,100 @@ def _frontend_params(m: Manifest) -> FrontendParams | EfficientATParams:
     return params_type.from_dict(dict(m.frontend), "frontend")
 
 
-def _check_files(path: Path, manifest: Manifest) -> None:
-    for name, entry in manifest.files.items():
+def _read_manifest_v2(data: Any) -> ManifestV2:
+    """Version 2: members must agree on band and window, weights sum to 1, every head matches the classes and names
+    the sha256 of the very backbone file it sits on."""
+    m = build(ManifestV2, data)
+    names = [c.name for c in m.classes]
+    _check_classes(names)
+    if not m.members:
+        raise ConfigError("members", "must list at least one backbone")
+    first = m.members[0]
+    for i, member in enumerate(m.members):
+        where = f"members[{i}]"
+        for key, value, unit in (("band_rate_hz", member.band_rate_hz, " Hz"), ("window_s", member.window_s, " s")):
+            if value != getattr(first, key):
+                raise ConfigError(
+                    f"{where}.{key}",
+                    f"{value}{unit} disagrees with members[0] ({getattr(first, key)}{unit}): every backbone must "
+                    "see the same windows",
+                )
+        head = member.head
+        if list(head.classes) != names:
+            raise ConfigError(
+                f"{where}.head.classes", f"{list(head.classes)} do not match the bundle's classes {names}"
+            )
+        outputs = head.model.output.shape[-1]
+        if outputs != len(names):
+            raise ConfigError(f"{where}.head.model.output", f"has {outputs} scores for {len(names)} classes")
+        for file in (member.model.file, head.model.file):
+            if file not in m.files:
+                raise ConfigError("files", f"{file} is used by the manifest but has no sha256 entry")
+        actual = m.files[member.model.file].sha256
+        if head.backbone_sha256 is None:
+            raise ConfigError(f"{where}.head.backbone_sha256", "missing (which backbone was the head trained on?)")
+        if head.backbone_sha256 != actual:
+            raise ConfigError(
+                f"{where}.head.backbone_sha256",
+                f"the head was trained on backbone {head.backbone_sha256[:12]}…, but {member.model.file} is "
+                f"{actual[:12]}…: a head only works on the backbone it learnt from",
+            )
+        _member_frontend(member, where)
+    total = sum(member.weight for member in m.members)
+    if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+        raise ConfigError("members", f"weights must sum to 1, got {total:.4f}")
+    for name in m.files:
+        if Path(name).name != name:
+            raise ConfigError(f"files.{name}", "file names must not contain a directory")
+    return m
+
+
+def _check_classes(names: list[str]) -> None:
+    if not names:
+        raise ConfigError("classes", "must list at least one class")
+    if len(set(names)) != len(names):
+        raise ConfigError("classes", "class names must be unique")
+
+
+def _member_frontend(member: MemberSection, where: str) -> FrontendParams | EfficientATParams:
+    params_type = EfficientATParams if member.backbone == "efficientat" else FrontendParams
+    return params_type.from_dict(dict(member.frontend), f"{where}.frontend")
+
+
+def _ensemble(path: Path, m: ManifestV2, sha256: str) -> Bundle:
+    """A version-2 bundle: each member as a one-backbone bundle with its head, the average's weights beside them."""
+    files = {name: entry.sha256 for name, entry in m.files.items()}
+    members = tuple(
+        Bundle(
+            path=path,
+            bundle_id=f"{m.bundle_id}/{member.backbone}",
+            version=m.version,
+            backbone=member.backbone,
+            frontend=_member_frontend(member, f"members[{i}]"),
+            backbone_model=member.model,
+            classifier_model=None,
+            postprocess=None,
+            aggregation="mean",
+            classes=m.classes,
+            files={f: files[f] for f in (member.model.file, member.head.model.file)},
+            provenance={},
+            sha256=sha256,
+            head=member.head,
+            band_rate_hz=member.band_rate_hz,
+        )  # fmt: skip
+        for i, member in enumerate(m.members)
+    )
+    first = members[0]
+    return Bundle(
+        path=path, bundle_id=m.bundle_id, version=m.version, backbone="+".join(b.backbone for b in members),
+        frontend=first.frontend, backbone_model=first.backbone_model, classifier_model=None, postprocess=None,
+        aggregation="mean", classes=m.classes, files=files, provenance=m.provenance, sha256=sha256, head=first.head,
+        members=members, weights=tuple(member.weight for member in m.members), band_rate_hz=first.band_rate_hz,
+    )  # fmt: skip
+
+
+def _check_files(path: Path, entries: Mapping[str, FileEntry]) -> None:
+    for name, entry in entries.items():
         file_path = path / name
         if not file_path.is_file():
             raise BundleError(f"{file_path}: bundle file missing")
@@ -311,34 +452,90 @@ class BundleDraft:
             "frontend": self.frontend.to_dict(),
             "models": models,
             "aggregation": self.aggregation,
-            "classes": [
-                {
-                    "name": c.name,
-                    "audioset_name": c.audioset_name,
-                    "mid": c.mid,
-                    "threshold": round(float(c.threshold), 4),
-                    **({"backbone_outputs": list(c.backbone_outputs)} if c.backbone_outputs else {}),
-                }
-                for c in self.classes
-            ],
+            "classes": [class_spec_dict(c) for c in self.classes],
             "files": {name: {"sha256": digest, "bytes": size} for name, (digest, size) in files.items()},
             "provenance": self.provenance,
         }
         if self.postprocess is not None:
             data["postprocess"] = dict(self.postprocess)
         if self.head is not None:
-            data["head"] = {
-                "model": model_spec_dict(self.head.model),
-                "embedding_output": self.head.embedding_output,
-                "embedding": tensor_spec_dict(self.head.embedding),
-                "pooling": self.head.pooling,
-                "with_scores": self.head.with_scores,
-                "classes": list(self.head.classes),
-            }
+            data["head"] = head_spec_dict(self.head)
         return data
 
 
-def write_bundle(draft: BundleDraft, out_dir: Path | str) -> Bundle:
+@dataclass
+class MemberDraft:
+    """One backbone of a version-2 bundle: its files come in through `EnsembleDraft.sources`."""
+
+    backbone: str
+    frontend: FrontendParams | EfficientATParams
+    model: ModelSpec
+    head: HeadSpec  # backbone_sha256 is filled in by `manifest` from the file as written
+    weight: float
+
+
+@dataclass
+class EnsembleDraft:
+    """A version-2 bundle before it is written: several backbones, a head on each, scores averaged by weight."""
+
+    bundle_id: str
+    version: str
+    members: list[MemberDraft]
+    classes: list[ClassSpec]
+    sources: dict[str, Path]
+    band_rate_hz: int
+    window_s: float
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def manifest(self, files: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": 2,
+            "bundle_id": self.bundle_id,
+            "version": self.version,
+            "members": [
+                {
+                    "backbone": m.backbone,
+                    "frontend": m.frontend.to_dict(),
+                    "model": model_spec_dict(m.model),
+                    "head": head_spec_dict(dataclasses.replace(m.head, backbone_sha256=files[m.model.file][0])),
+                    "weight": m.weight,
+                    "band_rate_hz": self.band_rate_hz,
+                    "window_s": self.window_s,
+                }
+                for m in self.members
+            ],
+            "classes": [class_spec_dict(c) for c in self.classes],
+            "files": {name: {"sha256": digest, "bytes": size} for name, (digest, size) in files.items()},
+            "provenance": self.provenance,
+        }
+
+
+def head_spec_dict(head: HeadSpec) -> dict[str, Any]:
+    data = {
+        "model": model_spec_dict(head.model),
+        "embedding_output": head.embedding_output,
+        "embedding": tensor_spec_dict(head.embedding),
+        "pooling": head.pooling,
+        "with_scores": head.with_scores,
+        "classes": list(head.classes),
+    }
+    if head.backbone_sha256 is not None:
+        data["backbone_sha256"] = head.backbone_sha256
+    return data
+
+
+def class_spec_dict(c: ClassSpec) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "audioset_name": c.audioset_name,
+        "mid": c.mid,
+        "threshold": round(float(c.threshold), 4),
+        **({"backbone_outputs": list(c.backbone_outputs)} if c.backbone_outputs else {}),
+    }
+
+
+def write_bundle(draft: BundleDraft | EnsembleDraft, out_dir: Path | str) -> Bundle:
     """Write the bundle atomically (temp folder, then rename) and return it loaded and verified.
 
     An interrupted conversion never leaves a half-written folder that looks like a bundle.

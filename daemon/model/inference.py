@@ -2,6 +2,8 @@
 
 This is the code path shared by `custom-sensord classify` and the live daemon. All per-bundle work (interpreters,
 tensor checks, PCA, index tables) happens once in `Model.__init__`; `Model.scores` is the per-window hot path.
+A version-2 bundle runs as an `EnsembleModel`: every member on the same window, scores averaged by weight.
+`open_model` picks the one a bundle needs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..audio.pcm import resample
 from .audioset_params import FRAMES_PER_CLIP
 from .bundle import Bundle, BundleError, ModelSpec
 from .frontend import Frontend
@@ -105,6 +108,7 @@ class Model:
             self.embedding = EmbeddingReader(bundle, bundle.head, self.backbone.interpreter)
             self.head = _runner(bundle, bundle.head.model, threads, runtime, batched)
         self.min_samples = bundle.frontend.patch_samples
+        self.input_rate_hz = bundle.frontend.sample_rate_hz  # what `scores` takes
 
     def _patches(self, waveform: np.ndarray) -> np.ndarray:
         if len(waveform) < self.min_samples:
@@ -154,3 +158,39 @@ class Model:
         t0 = time.perf_counter()
         scores = self.class_scores(outputs)
         return WindowScores(scores, len(outputs), frontend_ms, backbone_ms + (time.perf_counter() - t0) * 1e3)
+
+
+class EnsembleModel:
+    """A version-2 bundle: each member (backbone + head) scores the same window at its own rate; the class scores are
+    the weighted mean. Takes the window at the members' common band rate (16 kHz) and resamples per member."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None, batched: bool = True) -> None:
+        assert bundle.members and bundle.band_rate_hz is not None  # load_bundle checked both
+        self.bundle = bundle
+        self.members = tuple(Model(member, threads, runtime, batched) for member in bundle.members)
+        self.weights = tuple(float(w) for w in bundle.weights)
+        self.input_rate_hz = bundle.band_rate_hz
+
+    def scores(self, waveform: np.ndarray) -> WindowScores:
+        """Score one window of mono float32 audio at the band rate (bundle.band_rate_hz)."""
+        total = np.zeros(len(self.bundle.classes), dtype=np.float32)
+        patches, frontend_ms, model_ms = 0, 0.0, 0.0
+        for member, weight in zip(self.members, self.weights, strict=True):
+            t0 = time.perf_counter()
+            wave = resample(waveform, self.input_rate_hz, member.input_rate_hz)
+            resample_ms = (time.perf_counter() - t0) * 1e3
+            result = member.scores(wave)
+            total += np.float32(weight) * result.scores
+            patches = max(patches, result.patches)
+            frontend_ms += resample_ms + result.frontend_ms
+            model_ms += result.model_ms
+        return WindowScores(total, patches, frontend_ms, model_ms)
+
+
+def open_model(
+    bundle: Bundle, threads: int = 1, runtime: str | None = None, batched: bool = True
+) -> Model | EnsembleModel:
+    """The model a bundle needs: one backbone (version 1) or several averaged (version 2)."""
+    if bundle.members:
+        return EnsembleModel(bundle, threads, runtime, batched)
+    return Model(bundle, threads, runtime, batched)
