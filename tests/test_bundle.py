@@ -60,7 +60,7 @@ def test_bundle_scores_a_window(yamnet_bundle: Path):
             "manifest classes[3].threshold: must be 0..1",
         ),
         (lambda b: edit_manifest(b, lambda d: d["frontend"].update(hop=3)), "manifest frontend.hop: unknown key"),
-        (lambda b: edit_manifest(b, lambda d: d.update(format_version=9)), "reads version 1, got 9"),
+        (lambda b: edit_manifest(b, lambda d: d.update(format_version=9)), "reads version 1 or 2, got 9"),
         (
             lambda b: edit_manifest(b, lambda d: d["models"]["backbone"]["input"].update(shape=[96, -1, 64])),
             "models.backbone.input.shape: must be a list of positive integers (the first may be -1: any batch)",
