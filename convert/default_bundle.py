@@ -55,7 +55,11 @@ def decide(
         "shipped": "head" if wins else "mapping",
         "rule": "head iff grouped-CV top-1 beats the mapping's and its 'other' false-alarm share <= "
         f"max({FALSE_ALARM_CAP}, mapping's)",
-        "head": {"top1": round(head["top1"], 4), "false_alarm_other": round(head["false_alarm_other"], 4)},
+        "head": {
+            "top1": round(head["top1"], 4),
+            "false_alarm_other": round(head["false_alarm_other"], 4),
+            "false_alarm_unseen": round(head["false_alarm_unseen"], 4),
+        },
         "mapping": {
             "top1": round(mapping["top1"], 4),
             "false_alarm_other": round(mapping["false_alarm_other"], 4),
@@ -68,6 +72,7 @@ def decide(
                 "top1": round(c["figures"]["top1"], 4),
                 "min_top1_recall": round(float(np.nanmin(c["figures"]["top1_recall"])), 4),
                 "false_alarm_other": round(c["figures"]["false_alarm_other"], 4),
+                "false_alarm_unseen": round(c["figures"]["false_alarm_unseen"], 4),
                 "cost_ms": round(c["cost_ms"], 1),
             }
             for c in candidates
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
             write_report(args.report, result, headed, args.shared)
         print(
-            f"default bundle: {choice['shipped']} ({result.chosen['backbone']} head; grouped-CV top-1 head "
+            f"default bundle: {choice['shipped']} ({result.chosen_name} head; grouped-CV top-1 head "
             f"{choice['head']['top1']:.3f} vs mapping "
             f"{choice['mapping']['top1']:.3f}; 'other' with a label {choice['head']['false_alarm_other']:.3f} vs "
             f"{choice['mapping']['false_alarm_other']:.3f})",

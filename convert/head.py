@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import tempfile
 import time
@@ -30,19 +31,24 @@ from custom.daemon.model.bundle import (
     Bundle,
     BundleDraft,
     ClassSpec,
+    EnsembleDraft,
     HeadSpec,
+    MemberDraft,
     ModelSpec,
     TensorSpec,
     sha256_file,
     write_bundle,
 )
+from custom.daemon.model.frontend import FrontendParams
 from custom.daemon.model.head import pool_features
 from custom.daemon.model.inference import Model
+from custom.daemon.pipeline import TRAINED_BAND_RATE_HZ
 
 from .classes import CLASS_NAMES, URBAN_CLASSES
 from .head_backbones import BACKBONES, HeadBackbone, prepare
 from .headdata import (
     THIN_CLASSES,
+    WINDOW_S,
     BackboneFeatures,
     DataError,
     Examples,
@@ -54,6 +60,13 @@ from .headdata import (
     save_examples,
 )
 from .metrics import best_f1_threshold, per_class_ap
+from .openset import (
+    UNSEEN_FALSE_ALARM_TARGET,
+    cap_false_alarms,
+    false_alarm_rate,
+    nested_unseen_rate,
+    unseen_kind_scores,
+)
 
 HELP = "train a head on YAMNet and/or EfficientAT embeddings from ../shared and write a headed bundle"
 CACHE_VERSION = 2  # 2: mix offsets drawn as a fraction (rate-independent)
@@ -64,8 +77,9 @@ FOLDS = 5
 COST_WINDOWS = 5
 TIE_TOP1 = 0.01  # top-1 within this of the best (about 3 of 277 clips) is a tie: the cheaper per window ships
 CHOICE_RULE = (
-    f"best grouped-CV top-1 among single-backbone heads; within {TIE_TOP1} of the best, the cheaper per window. "
-    "Combinations of both backbones are measured but not shipped (a bundle carries one backbone)"
+    f"best grouped-CV top-1 among the single-backbone heads and the two heads averaged (a version-2 bundle); within "
+    f"{TIE_TOP1} of the best, the cheaper per window. One head over both backbones' concatenated features is measured "
+    "but not shipped"
 )
 L2 = 0.1  # weight decay: on ../shared, grouped-CV top-1 0.823 at 0.1 vs 0.805 at 1.0 and 0.751 at 0.01 (mean_max)
 FALSE_ALARM_QUANTILE = 0.995  # a class's threshold is at least this quantile of its out-of-fold "other" scores
@@ -73,7 +87,8 @@ THRESHOLD_CEILING = 0.99
 THRESHOLD_RULE = (
     "per class: best F1 on out-of-fold scores of the real windows (grouped CV), raised to at least the "
     f"{FALSE_ALARM_QUANTILE:.1%} quantile of that class's out-of-fold scores on 'other' recordings; "
-    f"clamped to 0.05..{THRESHOLD_CEILING}"
+    f"clamped to 0.05..{THRESHOLD_CEILING}; then raised where needed so that at most {UNSEEN_FALSE_ALARM_TARGET:.0%} "
+    "of 'other' windows of kinds the head never saw get a label (convert/openset.py)"
 )
 
 
@@ -100,7 +115,8 @@ class HeadResult:
     """What a head build measured, for the summary, the manifest provenance, default-bundle and the report."""
 
     variants: list[dict[str, Any]] = field(default_factory=list)
-    chosen: dict[str, Any] = field(default_factory=dict)
+    chosen: dict[str, Any] = field(default_factory=dict)  # backbone -> its variant (+ "weights" when averaged)
+    chosen_name: str = ""
     thresholds: list[float] = field(default_factory=list)
     head_oof: np.ndarray | None = None  # (windows, classes) out-of-fold head scores of the real windows
     mapping_scores: np.ndarray | None = None  # (windows, classes) today's mapping on the same windows
@@ -149,22 +165,31 @@ def fit_linear(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray
     return w_raw.astype(np.float32), (b - mean @ w_raw).astype(np.float32)
 
 
-def window_features(examples: Examples, pooling: str, with_scores: bool) -> np.ndarray:
+def window_features(examples: Examples, pooling: str, with_scores: bool, stride: int = 1) -> np.ndarray:
+    """Pooled features of every window; `stride` 2 keeps every other patch, exactly the patches a front end with twice
+    the patch hop cuts (patch i starts at i x hop), so one feature pass serves both hops."""
     return np.stack(
-        [pool_features(e, s, pooling, with_scores) for e, s in zip(examples.embeddings, examples.scores, strict=True)]
-    )
+        [pool_features(e[::stride], s[::stride], pooling, with_scores)
+         for e, s in zip(examples.embeddings, examples.scores, strict=True)]
+    )  # fmt: skip
 
 
 def cross_validate(
-    x: np.ndarray, y: np.ndarray, groups: list[tuple[str, ...]], real: np.ndarray, fold_of: dict[str, int]
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: list[tuple[str, ...]],
+    real: np.ndarray,
+    fold_of: dict[str, int],
+    trains: np.ndarray,
 ) -> np.ndarray:
-    """Out-of-fold scores of the real windows; a mix trains a fold only if none of its recordings is tested in it."""
+    """Out-of-fold scores of every real window by heads trained on the `trains` windows; a mix trains a fold only if
+    none of its recordings is tested in it."""
     oof = np.zeros((int((real >= 0).sum()), y.shape[1]), dtype=np.float32)
     real_rows = np.flatnonzero(real >= 0)
     window_fold = np.array([[fold_of[g] for g in gs] for gs in groups], dtype=object)
     for fold in range(FOLDS):
         touches = np.array([fold in f for f in window_fold])
-        train = ~touches
+        train = trains & ~touches
         w, b = fit_linear(x[train], y[train])
         test = np.array([fold_of[groups[r][0]] == fold for r in real_rows])
         oof[test] = _sigmoid(x[real_rows[test]] @ w + b)
@@ -319,6 +344,8 @@ class Variant:
     pooling: str
     with_scores: bool
     augmented: bool  # the thin classes' seeded mixes train the head too
+    proxies: bool = True  # the scene-level ("proxy") recordings train the head too
+    patch_stride: int = 1  # the front end's patch hop times this (YAMNet: 2 = non-overlapping patches, half the cost)
     l2: float = L2
 
     def as_dict(self) -> dict[str, Any]:
@@ -333,22 +360,31 @@ class Candidate:
     name: str
     backbones: tuple[str, ...]
     cost_ms: float
-    figures: dict[str, Any]
+    figures: dict[str, Any]  # at `thresholds`
     oof: np.ndarray  # out-of-fold scores of the real windows
-    variant: Variant | None = None  # None for the combinations
-    features: np.ndarray | None = None  # (windows, dims) the variant's features, all windows; None: not shippable
-    keep: np.ndarray | None = None  # which windows train it (mixes or not)
+    thresholds: list[float]
+    unseen: np.ndarray | None = None  # (negatives, classes) scores by heads that never saw the window's kind
+    variant: Variant | None = None  # a single backbone's head; None for combinations
+    features: np.ndarray | None = None  # (windows, dims) the variant's features, all windows
+    keep: np.ndarray | None = None  # which windows train it
+    members: tuple[Candidate, ...] = ()  # averaged heads: the single-backbone candidates, with `weights`
+    weights: tuple[float, ...] = ()
 
     @property
     def shippable(self) -> bool:
+        """A single backbone's head, or several averaged (a version-2 bundle); a concatenated head is not."""
+        if self.members:
+            return all(m.shippable for m in self.members)
         return self.variant is not None and self.features is not None
 
-    def record(self, truth: np.ndarray) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
         """Plain figures for the manifest provenance, default-bundle's decision and the report."""
+        variant = self.variant.as_dict() if self.variant else {}
+        if self.members:
+            variant = {"weights": dict(zip(self.backbones, self.weights, strict=True))}
         return {
             "name": self.name, "backbones": list(self.backbones), "shippable": self.shippable,
-            "cost_ms": self.cost_ms, "variant": self.variant.as_dict() if self.variant else {},
-            "figures": self.figures, "thresholds": thresholds_from(self.oof, truth),
+            "cost_ms": self.cost_ms, "variant": variant, "figures": self.figures, "thresholds": self.thresholds,
         }  # fmt: skip
 
 
@@ -384,11 +420,10 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
     bundle = write_and_verify(args, work, measured, chosen)
     result = measured.result
     head, mapping = result.figures["head"], result.figures["mapping"]
-    assert chosen.variant is not None
     print(
-        f"chosen: {chosen.name} pooling={chosen.variant.pooling} with_scores={chosen.variant.with_scores} "
-        f"mixes={chosen.variant.augmented}; grouped-CV top-1 {head['top1']:.3f} (mapping {mapping['top1']:.3f}), "
-        f"'other' windows with a label {head['false_alarm_other']:.3f} (mapping {mapping['false_alarm_other']:.3f}), "
+        f"chosen: {chosen.name} {json.dumps(result.chosen)}; grouped-CV top-1 {head['top1']:.3f} (mapping "
+        f"{mapping['top1']:.3f}); 'other' windows with a label: seen kinds {head['false_alarm_other']:.3f} "
+        f"(mapping {mapping['false_alarm_other']:.3f}), unseen kinds {head['false_alarm_unseen']:.3f}; "
         f"{chosen.cost_ms:.0f} ms/window (YAMNet {result.costs['mapping']:.0f})"
     )
     print("thresholds: " + ", ".join(f"{c.name} {c.threshold:.2f}" for c in bundle.classes))
@@ -396,9 +431,49 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
     return bundle.path, result
 
 
+@dataclass
+class _Folds:
+    """The windows and folds every candidate is measured on, and how a candidate's figures are made."""
+
+    y: np.ndarray
+    real: np.ndarray
+    groups: list[tuple[str, ...]]
+    fold_of: dict[str, int]
+    truth: np.ndarray
+    on_clips: np.ndarray
+    mixes: np.ndarray  # augmented windows
+    proxy: np.ndarray  # windows holding a scene-level ("proxy") recording
+    window_kinds: list[frozenset[str]]  # kinds of every recording in each window
+    negative_rows: np.ndarray  # windows that are real "other" recordings
+    negative_kinds: list[str]
+
+    def trains(self, variant: Variant) -> np.ndarray:
+        return (variant.augmented | ~self.mixes) & (variant.proxies | ~self.proxy)
+
+    def finish(self, name: str, backbones: tuple[str, ...], cost: float, oof: np.ndarray, unseen: np.ndarray,
+               **extra: Any) -> Candidate:  # fmt: skip
+        """Thresholds (grouped-CV rule, then raised for unseen kinds) and the figures at them."""
+        base = thresholds_from(oof, self.truth)
+        clips = self.on_clips
+        cuts = cap_false_alarms(
+            base, unseen, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING, oof[clips], self.truth[clips]
+        )
+        fig = figures(oof, self.truth, cuts, clips)
+        nested, per_kind = nested_unseen_rate(
+            base, unseen, self.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING, oof[clips],
+            self.truth[clips],
+        )  # fmt: skip
+        fig.update(
+            false_alarm_unseen=nested,
+            false_alarm_unseen_by_kind=per_kind,
+            false_alarm_unseen_before_raise=false_alarm_rate(unseen, thresholds_from(oof, self.truth)),
+        )
+        return Candidate(name, backbones, cost, fig, oof, cuts, unseen, **extra)
+
+
 def measure(args: argparse.Namespace, work: Path) -> Measured:
     """Features of every window from the daemon's own backbone code, today's mapping and every candidate head, all
-    scored out of fold on the same grouped folds."""
+    scored out of fold on the same grouped folds, and on negative kinds left out whole."""
     shared = args.shared
     names = BACKBONES if args.backbone == "both" else (args.backbone,)
     recordings, held_out = read_recordings(shared, limit_per_label=args.limit_per_label)
@@ -415,14 +490,23 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
     real = np.asarray(base.real)
     real_rows = np.flatnonzero(real >= 0)
     truth = y[real_rows]
-    fold_of = recording_fold_map([recordings[i].group for i in real[real_rows]], truth, FOLDS, args.seed)
-    on_clips = np.array([recordings[i].source == "clips" for i in real[real_rows]])
+    by_group = {r.group: r for r in recordings}
+    negatives = np.flatnonzero((real >= 0) & ~y.any(axis=1))
+    folds = _Folds(
+        y=y, real=real, groups=base.groups,
+        fold_of=recording_fold_map([recordings[i].group for i in real[real_rows]], truth, FOLDS, args.seed),
+        truth=truth, on_clips=np.array([recordings[i].source == "clips" for i in real[real_rows]]), mixes=real < 0,
+        proxy=np.array([any(by_group[g].proxy for g in gs) for gs in base.groups]),
+        window_kinds=[frozenset(by_group[g].kind for g in gs) for gs in base.groups],
+        negative_rows=negatives, negative_kinds=[recordings[real[r]].kind for r in negatives],
+    )  # fmt: skip
 
     result = HeadResult(truth=truth, held_out_rows=held_out)
     result.source = [recordings[i].source for i in real[real_rows]]
     result.kind = [recordings[i].kind for i in real[real_rows]]
     for rec in recordings:
         label = URBAN_CLASSES[rec.labels[0]].clip_label if rec.labels else "other"
+        label += " (proxy)" if rec.proxy else ""
         result.counts.setdefault(label, {}).setdefault(rec.source, 0)
         result.counts[label][rec.source] += 1
     result.counts.setdefault("(augmented mixes)", {})["clips"] = len(base.real) - len(real_rows)
@@ -431,111 +515,193 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
     mapping = backbones["yamnet"].mapping
     pooled = np.stack([base.scores[r].mean(axis=0) for r in real_rows])
     result.mapping_scores = np.stack([pooled[:, list(idx)].max(axis=1) for idx in mapping], axis=1)
-    clip_rows = np.flatnonzero(on_clips)
+    clip_rows = np.flatnonzero(folds.on_clips)
     # as the yamnet converter ships them: best F1 per class on all clips (optimistic for the mapping)
     result.mapping_thresholds = [best_f1_threshold(truth[clip_rows, k], result.mapping_scores[clip_rows, k]) for k in
                                  range(10)]  # fmt: skip
-    mapping_figures = figures(result.mapping_scores, truth, result.mapping_thresholds, on_clips)
+    mapping_figures = figures(result.mapping_scores, truth, result.mapping_thresholds, folds.on_clips)
+    mapping_figures["false_alarm_unseen"] = mapping_figures["false_alarm_other"]  # the mapping learnt no kind
     costs = dict(zip(probes, window_cost_ms(list(probes.values()), recordings), strict=True))
-    mixes = real < 0
-
-    def evaluate(x: np.ndarray, augmented: bool) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
-        keep = np.ones(len(real), dtype=bool) if augmented else ~mixes
-        kept_groups = [base.groups[i] for i in np.flatnonzero(keep)]
-        oof = cross_validate(x[keep], y[keep], kept_groups, real[keep], fold_of)
-        return oof, figures(oof, truth, thresholds_from(oof, truth), on_clips), keep
 
     print(
-        f"{'backbone':<12} {'pooling':<9} {'+scores':<8} {'mixes':<6} {'top-1':>6} {'macro AP':>9} {'other':>6}"
-        f"   (grouped {FOLDS}-fold CV, {len(clip_rows)} clips)"
+        f"{'backbone':<12} {'pooling':<9} {'+scores':<8} {'mixes':<6} {'proxy':<6} {'top-1':>6} {'macro AP':>9} "
+        f"{'other':>6}   (grouped {FOLDS}-fold CV, {len(clip_rows)} clips)"
     )
+    proxies = (True, False) if folds.proxy.any() else (True,)
     candidates: list[Candidate] = []
     for name in names:
-        best: Candidate | None = None
-        for pooling, with_scores, augmented in backbones[name].variants:
-            if augmented and not mixes.any():
+        tried: list[tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]] = []
+        tries = itertools.product(backbones[name].variants, proxies, backbones[name].strides)
+        for (pooling, with_scores, augmented), with_proxies, stride in tries:
+            if augmented and not folds.mixes.any():
                 continue  # --augment 0: nothing to try
-            variant = Variant(pooling, with_scores, augmented)
-            x = window_features(examples[name], pooling, with_scores)
-            oof, fig, keep = evaluate(x, augmented)
-            scored = {k: fig[k] for k in ("top1", "macro_ap", "false_alarm_other")}
-            result.variants.append({"backbone": name, **variant.as_dict(), **scored})
-            _print_row(name, pooling, str(with_scores), str(augmented), fig)
-            if best is None or (fig["top1"], fig["macro_ap"]) > (best.figures["top1"], best.figures["macro_ap"]):
-                best = Candidate(name, (name,), costs[name], fig, oof, variant, x, keep)
-        assert best is not None
-        candidates.append(best)
+            variant = Variant(pooling, with_scores, augmented, with_proxies, stride)
+            x = window_features(examples[name], pooling, with_scores, stride)
+            oof = cross_validate(x, y, base.groups, real, folds.fold_of, folds.trains(variant))
+            fig = figures(oof, truth, thresholds_from(oof, truth), folds.on_clips)
+            result.variants.append({"backbone": name, **variant.as_dict(), **{k: fig[k] for k in SCORED}})
+            _print_row(name, f"{pooling}/{stride}", str(with_scores), str(augmented), str(with_proxies), fig)
+            tried.append((variant, x, oof, fig))
+        variant, x, oof, _ = _best_variant(tried)
+        keep = folds.trains(variant)
+        unseen = unseen_kind_scores(x, y, keep, folds.window_kinds, negatives, folds.negative_kinds, fit_linear)
+        cost = costs[name] / variant.patch_stride  # the backbone's invokes dominate: half the patches, ~half the time
+        candidates.append(folds.finish(name, (name,), cost, oof, unseen, variant=variant, features=x, keep=keep))
     if len(candidates) == 2:
-        a, b = candidates
-        assert a.variant is not None and b.variant is not None and a.features is not None and b.features is not None
-        both, combined_cost = (a.name, b.name), a.cost_ms + b.cost_ms
-        augmented = a.variant.augmented or b.variant.augmented
-        oof, fig, _ = evaluate(np.hstack([a.features, b.features]), augmented)
-        _print_row("concat", "", "", str(augmented), fig)
-        candidates.append(Candidate("concatenated", both, combined_cost, fig, oof))
-        oof = (a.oof + b.oof) / 2
-        fig = figures(oof, truth, thresholds_from(oof, truth), on_clips)
-        _print_row("averaged", "", "", "", fig)
-        candidates.append(Candidate("averaged", both, combined_cost, fig, oof))
+        candidates += _combinations(candidates, folds, y, base.groups, real)
 
-    result.candidates = [c.record(truth) for c in candidates]
+    print(f"{'candidate':<28} {'top-1':>6} {'macro AP':>9} {'other: seen':>12} {'unseen':>7} {'before raise':>13}")
+    for c in candidates:
+        f = c.figures
+        print(f"{c.name:<28} {f['top1']:>6.3f} {f['macro_ap']:>9.3f} {f['false_alarm_other']:>12.3f} "
+              f"{f['false_alarm_unseen']:>7.3f} {f['false_alarm_unseen_before_raise']:>13.3f}", flush=True)  # fmt: skip
+    result.candidates = [c.record() for c in candidates]
     result.costs = {"mapping": costs["yamnet"], **{c.name: c.cost_ms for c in candidates}}
     result.figures = {"mapping": mapping_figures}
     return Measured(recordings, backbones, examples, y, real_rows, candidates, result)
 
 
-def _print_row(name: str, pooling: str, with_scores: str, augmented: str, fig: dict[str, Any]) -> None:
-    print(f"{name:<12} {pooling:<9} {with_scores:<8} {augmented:<6} {fig['top1']:>6.3f} {fig['macro_ap']:>9.3f} "
-          f"{fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
+SCORED = ("top1", "macro_ap", "false_alarm_other", "top1_recall")
+
+
+def _best_variant(
+    tried: list[tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]],
+) -> tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Best grouped-CV top-1 (then macro AP); within TIE_TOP1 of it, the largest patch stride (the cheapest)."""
+    best = max(tried, key=lambda t: (t[3]["top1"], t[3]["macro_ap"]))
+    tied = [t for t in tried if t[3]["top1"] >= best[3]["top1"] - TIE_TOP1 and t[0].patch_stride > best[0].patch_stride]
+    return max(tied, key=lambda t: (t[0].patch_stride, t[3]["top1"], t[3]["macro_ap"])) if tied else best
+
+
+AVERAGE_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the first member's share, tried by grouped CV
+
+
+def _combinations(
+    singles: list[Candidate], folds: _Folds, y: np.ndarray, groups: list[tuple[str, ...]], real: np.ndarray
+) -> list[Candidate]:
+    """Both backbones: one head over their concatenated features (measured), and their two heads averaged with the
+    weight grouped CV likes best (shippable as a version-2 bundle)."""
+    a, b = singles
+    assert a.features is not None and b.features is not None and a.keep is not None and a.unseen is not None
+    assert b.unseen is not None and a.variant is not None
+    both, cost = (a.name, b.name), a.cost_ms + b.cost_ms
+    x = np.hstack([a.features, b.features])
+    keep = a.keep & (b.keep if b.keep is not None else True)
+    oof = cross_validate(x, y, groups, real, folds.fold_of, keep)
+    unseen = unseen_kind_scores(x, y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds, fit_linear)
+    concatenated = folds.finish("concatenated", both, cost, oof, unseen)
+
+    def weighted(wa: float) -> np.ndarray:
+        return wa * a.oof + (1 - wa) * b.oof
+
+    def score(wa: float) -> tuple[float, float]:
+        fig = figures(weighted(wa), folds.truth, thresholds_from(weighted(wa), folds.truth), folds.on_clips)
+        return fig["top1"], fig["macro_ap"]
+
+    wa = max(AVERAGE_WEIGHTS, key=score)
+    averaged = folds.finish(
+        f"averaged ({a.name} {wa:.1f})", both, cost, weighted(wa), wa * a.unseen + (1 - wa) * b.unseen,
+        members=(a, b), weights=(wa, round(1 - wa, 6)),
+    )  # fmt: skip
+    return [concatenated, averaged]
+
+
+def _print_row(name: str, pooling: str, with_scores: str, augmented: str, proxies: str, fig: dict[str, Any]) -> None:
+    print(f"{name:<12} {pooling:<9} {with_scores:<8} {augmented:<6} {proxies:<6} {fig['top1']:>6.3f} "
+          f"{fig['macro_ap']:>9.3f} {fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
 
 
 def write_and_verify(args: argparse.Namespace, work: Path, measured: Measured, chosen: Candidate) -> Bundle:
-    """Fit the chosen head on every window it trains on, export it, write the bundle with its provenance, then load
-    the written bundle and check its head against the numpy fit."""
-    result, truth = measured.result, measured.result.truth
-    assert chosen.variant is not None and chosen.features is not None and chosen.keep is not None
-    assert truth is not None
-    backbone = measured.backbones[chosen.name]
+    """Fit the chosen head(s) on every window they train on, export, write the bundle (version 2 for averaged
+    heads) with its provenance, then load the written bundle and check each head against its numpy fit."""
+    result = measured.result
+    singles = chosen.members or (chosen,)
     result.head_oof = chosen.oof
-    result.thresholds = thresholds_from(chosen.oof, truth)
-    result.chosen = {"backbone": chosen.name, **chosen.variant.as_dict()}
+    result.chosen_name = chosen.name
+    result.thresholds = chosen.thresholds
+    result.chosen = {c.name: c.variant.as_dict() for c in singles if c.variant is not None}
+    if chosen.members:
+        result.chosen["weights"] = dict(zip(chosen.backbones, chosen.weights, strict=True))
     result.figures["head"] = chosen.figures
-    x, y = chosen.features, measured.y
-    w, b = fit_linear(x[chosen.keep], y[chosen.keep])
-    head_path = work / HEAD_FILE
-    head_path.write_bytes(export_head(w, b, args.quantize))
-    bundle = write_bundle(
-        _draft(
-            args,
-            backbone,
-            _head_spec(backbone, chosen.variant.pooling, chosen.variant.with_scores, x.shape[1]),
-            {backbone.model_file: backbone.path, HEAD_FILE: head_path},
-            result.thresholds,
-            _provenance(args, backbone, measured),
-        ),
-        args.out,
-    )
-    model = Model(bundle)  # the written bundle loads, and its head agrees with the numpy fit
-    ex = measured.examples[chosen.name]
+    fits = {}
+    sources: dict[str, Path] = {}
+    for single in singles:
+        assert single.features is not None and single.keep is not None and single.variant is not None
+        backbone = _strided(measured.backbones[single.name], single.variant)
+        w, b = fit_linear(single.features[single.keep], measured.y[single.keep])
+        fits[single.name] = (w, b)
+        head_file = HEAD_FILE if not chosen.members else f"head_{single.name}.tflite"
+        (work / head_file).write_bytes(export_head(w, b, args.quantize))
+        sources |= {backbone.model_file: backbone.path, head_file: work / head_file}
+    provenance = _provenance(args, [measured.backbones[c.name] for c in singles], measured)
+    strides = {c.name: c.variant.patch_stride if c.variant else 1 for c in singles}
+    draft: BundleDraft | EnsembleDraft
+    if chosen.members:
+        draft = _ensemble_draft(args, chosen, measured, sources, provenance)
+    else:
+        assert chosen.variant is not None and chosen.features is not None
+        backbone = _strided(measured.backbones[chosen.name], chosen.variant)
+        head = _head_spec(backbone, chosen.variant.pooling, chosen.variant.with_scores, chosen.features.shape[1])
+        draft = _draft(args, backbone, head, sources, chosen.thresholds, provenance)
+    bundle = write_bundle(draft, args.out)
+    models = [Model(m) for m in bundle.members] if bundle.members else [Model(bundle)]
     check_rows = measured.real_rows[:: max(1, len(measured.real_rows) // 20)]
-    got = np.stack([model.class_scores(np.hstack([ex.scores[r], ex.embeddings[r]])) for r in check_rows])
-    worst = float(np.abs(got - _sigmoid(x[check_rows] @ w + b)).max())
+    worst = 0.0
+    for single, model in zip(singles, models, strict=True):  # each written head agrees with its numpy fit
+        assert single.features is not None
+        ex, (w, b), n = measured.examples[single.name], fits[single.name], strides[single.name]
+        got = np.stack([model.class_scores(np.hstack([ex.scores[r][::n], ex.embeddings[r][::n]])) for r in check_rows])
+        worst = max(worst, float(np.abs(got - _sigmoid(single.features[check_rows] @ w + b)).max()))
     if worst > 0.02:
         raise RuntimeError(f"exported head disagrees with its fit by {worst:.4f}")
     print(f"head TFLite ({args.quantize}) vs float fit: max |difference| {worst:.5f} on {len(check_rows)} windows")
     return bundle
 
 
-def _provenance(args: argparse.Namespace, backbone: HeadBackbone, measured: Measured) -> dict[str, Any]:
+def _strided(backbone: HeadBackbone, variant: Variant) -> HeadBackbone:
+    """The backbone as the variant runs it: its front end's patch hop times the variant's stride."""
+    if variant.patch_stride == 1 or not isinstance(backbone.frontend, FrontendParams):
+        return backbone
+    hop = backbone.frontend.patch_hop_frames * variant.patch_stride
+    return dataclasses.replace(backbone, frontend=dataclasses.replace(backbone.frontend, patch_hop_frames=hop))
+
+
+def _ensemble_draft(
+    args: argparse.Namespace, chosen: Candidate, measured: Measured, sources: dict[str, Path],
+    provenance: dict[str, Any],
+) -> EnsembleDraft:  # fmt: skip
+    members = []
+    for single, weight in zip(chosen.members, chosen.weights, strict=True):
+        assert single.variant is not None and single.features is not None
+        backbone = _strided(measured.backbones[single.name], single.variant)
+        spec = _head_spec(backbone, single.variant.pooling, single.variant.with_scores, single.features.shape[1])
+        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, file=f"head_{single.name}.tflite"))
+        members.append(MemberDraft(backbone.name, backbone.frontend, backbone.spec, spec, weight))
+    return EnsembleDraft(
+        bundle_id=args.bundle_id or "-".join(chosen.backbones) + "-heads-urban10",
+        version=args.version,
+        members=members,
+        classes=[
+            ClassSpec(c.name, c.audioset_name, c.mid, t) for c, t in zip(URBAN_CLASSES, chosen.thresholds, strict=True)
+        ],  # fmt: skip
+        sources=sources,
+        band_rate_hz=TRAINED_BAND_RATE_HZ,
+        window_s=WINDOW_S,
+        provenance=provenance,
+    )
+
+
+def _provenance(args: argparse.Namespace, backbones: list[HeadBackbone], measured: Measured) -> dict[str, Any]:
     result = measured.result
 
     def summary(fig: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in fig.items() if k != "confusion"}
 
+    sources: dict[str, Any] = {b.name: b.provenance for b in backbones}
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tool": "custom-convert head",
-        **backbone.provenance,
+        **(backbones[0].provenance if len(backbones) == 1 else {"backbones": sources}),
         "training": {
             "recordings": len(measured.recordings),
             "held_out_rows_skipped": result.held_out_rows,

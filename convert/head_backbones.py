@@ -2,7 +2,8 @@
 as output 1 (no retraining), the bundle spec the daemon checks, the class mapping by AudioSet mid, and the pooling
 variants worth a grouped-CV check.
 
-YAMNet gives one 1024-d embedding per 0.96 s patch (so pooling over a window's patches matters); EfficientAT mn04
+YAMNet gives one 1024-d embedding per 0.96 s patch (so pooling over a window's patches matters, and so does the patch
+hop: half-overlapping patches as published, or every other one, which halves YAMNet's cost); EfficientAT mn04
 gives one 384-d pooled feature per 10 s window (a window is one patch, so mean == max and only "mean" is tried, with
 and without its own 527 AudioSet scores appended).
 """
@@ -41,6 +42,7 @@ class HeadBackbone:
     embedding: TensorSpec
     mapping: list[tuple[int, ...]]  # class -> backbone outputs, by mid
     variants: tuple[tuple[str, bool, bool], ...]
+    strides: tuple[int, ...]  # patch hops tried, as multiples of the front end's (features: every n-th patch)
     provenance: dict[str, Any]
 
     @property
@@ -78,7 +80,7 @@ def prepare(name: str, shared: Path, work: Path) -> HeadBackbone:
         spec = inspect_model(path)
         return HeadBackbone(
             name, path.name, path, YAMNET, spec, _embedding_spec(path), class_outputs(read_class_map(class_map), None),
-            YAMNET_VARIANTS,
+            YAMNET_VARIANTS, (1, 2),
             {
                 "source_model": {"file": source.name, "sha256": sha256_file(source)},
                 "embedding": {"tensor": tensor, "how": "exposed as output 1 by editing the flatbuffer"},
@@ -97,7 +99,7 @@ def prepare(name: str, shared: Path, work: Path) -> HeadBackbone:
         spec = inspect_model(path, path.name)
         return HeadBackbone(
             name, path.name, path, EFFICIENTAT, spec, _embedding_spec(path),
-            class_outputs(read_class_map(labels), None), EFFICIENTAT_VARIANTS,
+            class_outputs(read_class_map(labels), None), EFFICIENTAT_VARIANTS, (1,),
             {
                 "source_model": {"file": source.name, "sha256": sha256_file(source)},
                 "embedding": {

@@ -47,6 +47,7 @@ class Recording:
     group: str  # source recording id: the grouping key for folds
     source: str  # "clips" or "train-audio"
     kind: str  # the dataset's own class (train-audio) or our label (clips)
+    proxy: bool = False  # a scene-level label (a metro-station ambience for subway): trains only where CV says so
 
 
 @dataclass
@@ -110,7 +111,14 @@ def read_recordings(shared: Path, *, limit_per_label: int | None = None) -> tupl
             taken[label] = taken.get(label, 0) + 1
             labels = () if label == OTHER_LABEL else (by_label[label],)
             recordings.append(
-                Recording(path.parent / row["path"], labels, group, source, row.get("source_class") or label)
+                Recording(
+                    path.parent / row["path"],
+                    labels,
+                    group,
+                    source,
+                    row.get("source_class") or label,
+                    proxy=row.get("label_quality") == "proxy",
+                )  # fmt: skip
             )
     present = {i for r in recordings for i in r.labels}
     missing = [c.clip_label for i, c in enumerate(URBAN_CLASSES) if i not in present]
