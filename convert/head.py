@@ -106,6 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone", choices=(*BACKBONES, "both"), default="both",
         help="train on this backbone's embedding; both: compare them and their combinations, ship the best",
     )  # fmt: skip
+    parser.add_argument(
+        "--ship", default="best", metavar="CANDIDATE",
+        help="best (default: the choice rule), or a candidate by name to write regardless: yamnet, efficientat, "
+        "averaged (both heads, a version-2 bundle)",
+    )  # fmt: skip
     parser.add_argument("--bundle-id", help="default: <backbone>-head-urban10")
     parser.add_argument("--version", default="2.0.0")
 
@@ -396,6 +401,16 @@ def choose_candidate(candidates: list[Candidate]) -> Candidate:
     return min(tied, key=lambda c: (c.cost_ms, -c.figures["top1"]))
 
 
+def _pick(candidates: list[Candidate], ship: str) -> Candidate:
+    if ship == "best":
+        return choose_candidate(candidates)
+    named = [c for c in candidates if c.name.split()[0] == ship and c.shippable]
+    if not named:
+        names = ", ".join(c.name.split()[0] for c in candidates if c.shippable)
+        raise DataError(f"--ship {ship}: no such shippable candidate in this run ({names})", exitcodes.USAGE)
+    return named[0]
+
+
 @dataclass
 class Measured:
     """Everything one run measured before anything is written: the windows, the folds and every candidate."""
@@ -416,7 +431,7 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
     Raises DataError (one line naming the file, with the exit code) on bad data."""
     started = time.monotonic()
     measured = measure(args, work)
-    chosen = choose_candidate(measured.candidates)
+    chosen = _pick(measured.candidates, args.ship)
     bundle = write_and_verify(args, work, measured, chosen)
     result = measured.result
     head, mapping = result.figures["head"], result.figures["mapping"]

@@ -42,6 +42,15 @@ def efficientat_headed_bundle(shared: Path, tmp_path_factory: pytest.TempPathFac
     return out
 
 
+@pytest.fixture(scope="module")
+def ensemble_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A version-2 bundle: both backbones, a head on each, scores averaged (the real converter, told to ship it)."""
+    out = tmp_path_factory.mktemp("head-both") / "bundle"
+    args = ["head", "--shared", str(shared), "--out", str(out), "--backbone", "both", "--ship", "averaged", *QUICK]
+    assert convert(args) == 0
+    return out
+
+
 def sensord(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "custom.daemon.cli", *args], capture_output=True, text=True, timeout=300
@@ -76,7 +85,7 @@ def test_classify_runs_the_head(headed_bundle: Path, shared: Path) -> None:
     assert event["model"]["bundle_id"] == "yamnet-head-urban10" and len(event["scores"]) == 10
 
 
-@pytest.mark.parametrize("which", ["headed_bundle", "efficientat_headed_bundle"])
+@pytest.mark.parametrize("which", ["headed_bundle", "efficientat_headed_bundle", "ensemble_bundle"])
 def test_daemon_runs_the_head(which, request, shared, broker, subscriber_factory, make_daemon, tmp_path) -> None:
     headed_bundle = request.getfixturevalue(which)
     bundle_id = load_bundle(headed_bundle).bundle_id
@@ -130,7 +139,7 @@ def test_efficientat_head_runs_end_to_end_through_classify(efficientat_headed_bu
     np.testing.assert_allclose([event["scores"][n] for n in bundle.class_names], got, atol=2e-3)
 
 
-@pytest.mark.parametrize("which", ["headed_bundle", "efficientat_headed_bundle"])
+@pytest.mark.parametrize("which", ["headed_bundle", "efficientat_headed_bundle", "ensemble_bundle"])
 def test_headed_models_run_in_tflite_runtime_214(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     headed_bundle = request.getfixturevalue(which)
     python = os.environ.get("CUSTOM_TFLITE214_PYTHON")
@@ -253,3 +262,49 @@ def test_choice_weighs_cost_only_on_a_tie() -> None:
     assert choose_candidate(clear).name == "yamnet"  # a clear win ships, whatever it costs
     combined = [*clear, head("averaged", 0.95, 156.0, shippable=False)]
     assert choose_candidate(combined).name == "yamnet"  # a combination is measured, never shipped
+
+
+def test_two_backbone_bundle_averages_its_members(ensemble_bundle: Path, shared: Path) -> None:
+    """Version 2: each member's head pinned to its backbone file; the score is the weighted mean of the members', each
+    fed the same 16 kHz window at its own rate."""
+    from custom.daemon.audio.audiofile import read_audio
+    from custom.daemon.audio.pcm import resample
+    from custom.daemon.model.bundle import sha256_file
+    from custom.daemon.model.inference import EnsembleModel, open_model
+
+    manifest = json.loads((ensemble_bundle / "manifest.json").read_text())
+    assert manifest["format_version"] == 2
+    assert sorted(m["backbone"] for m in manifest["members"]) == ["efficientat", "yamnet"]
+    for member in manifest["members"]:
+        assert member["head"]["backbone_sha256"] == sha256_file(ensemble_bundle / member["model"]["file"])
+    bundle = load_bundle(ensemble_bundle)
+    model = open_model(bundle)
+    assert isinstance(model, EnsembleModel) and model.input_rate_hz == 16000
+    assert sum(bundle.weights) == pytest.approx(1.0)
+    window = read_audio(shared / SIREN, 16000).waveform
+    got = model.scores(window).scores
+    parts = [Model(m).scores(resample(window, 16000, m.frontend.sample_rate_hz)).scores for m in bundle.members]
+    np.testing.assert_allclose(got, sum(w * p for w, p in zip(bundle.weights, parts, strict=True)), atol=1e-5)
+    assert bundle.class_names[int(np.argmax(got))] == "Siren"
+    assert not np.allclose(parts[0], parts[1], atol=1e-3)  # the members really differ: the average means something
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda d: d["members"][1].update(band_rate_hz=32000), "members[1].band_rate_hz: 32000 Hz disagrees"),
+        (lambda d: d["members"][1].update(window_s=5.0), "members[1].window_s: 5.0 s disagrees"),
+        (lambda d: d["members"][0]["head"].update(backbone_sha256="0" * 64), "members[0].head.backbone_sha256"),
+        (lambda d: d["members"][0].update(weight=0.9), "members: weights must sum to 1"),
+    ],
+)
+def test_bad_two_backbone_bundles_are_refused_in_one_line(ensemble_bundle, shared, tmp_path, edit, key) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(ensemble_bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    edit(manifest)
+    (broken / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    done = sensord("classify", "--bundle", str(broken), str(shared / SIREN))
+    assert done.returncode == 78, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in done.stderr, done.stderr
