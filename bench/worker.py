@@ -31,13 +31,13 @@ def _bundle_pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     t0 = time.perf_counter()
     from custom.daemon.audio.pcm import to_model_rate
     from custom.daemon.model.bundle import load_bundle
-    from custom.daemon.model.inference import Model
+    from custom.daemon.model.inference import open_model
     from custom.daemon.model.runtime import runtime_name
 
     t1 = time.perf_counter()
-    model = Model(load_bundle(args.bundle), threads=args.threads, batched=not args.per_patch)
+    model = open_model(load_bundle(args.bundle), threads=args.threads, batched=not args.per_patch)
     t2 = time.perf_counter()
-    rate = model.bundle.frontend.sample_rate_hz
+    rate = model.input_rate_hz  # a version-2 bundle takes the 16 kHz band and resamples per member
 
     def window(x: np.ndarray) -> tuple[float, float, np.ndarray]:
         s0 = time.perf_counter()

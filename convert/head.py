@@ -597,11 +597,11 @@ def _combinations(
     """Both backbones: one head over their concatenated features (measured), and their two heads averaged with the
     weight grouped CV likes best (shippable as a version-2 bundle)."""
     a, b = singles
-    assert a.features is not None and b.features is not None and a.keep is not None and a.unseen is not None
-    assert b.unseen is not None and a.variant is not None
+    assert a.features is not None and b.features is not None and a.keep is not None and b.keep is not None
+    assert a.unseen is not None and b.unseen is not None
     both, cost = (a.name, b.name), a.cost_ms + b.cost_ms
     x = np.hstack([a.features, b.features])
-    keep = a.keep & (b.keep if b.keep is not None else True)
+    keep = a.keep & b.keep
     oof = cross_validate(x, y, groups, real, folds.fold_of, keep)
     unseen = unseen_kind_scores(x, y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds, fit_linear)
     concatenated = folds.finish("concatenated", both, cost, oof, unseen)
