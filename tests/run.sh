@@ -32,8 +32,10 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
   mosquitto mosquitto-clients \
   pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 \
   openssl sox shellcheck \
+  systemd-container debootstrap \
   postgresql postgresql-15-postgis-3 \
   chromium >/dev/null  # ingest: a throwaway PostgreSQL per session (testing/postgres.py); the dashboard in Chromium
+# systemd-container + debootstrap: the systemd tier (tests/test_systemd.py) boots a Debian 12 root with systemd-nspawn
 
 echo "== python environment ($VENV)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
