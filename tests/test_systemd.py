@@ -343,3 +343,51 @@ def test_ingest_unit_verifies_and_rates_inside(sensor: Sensor) -> None:
     verify = box.run("systemd-analyze", "verify", "--man=no", f"/etc/systemd/system/{INGEST_UNIT}", check=False)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
     assert exposure(sensor, INGEST_UNIT) <= MAX_EXPOSURE
+
+
+def test_ingest_unit_runs_for_real_against_postgresql(sensor: Sensor, pg_cluster: Any) -> None:
+    """custom-ingest.service in the container, hardened as shipped: migrates an empty database (ExecStartPre),
+    consumes the sensor's events from the broker, and stops cleanly. PostgreSQL is the test session's throwaway
+    cluster on host loopback (it has PostGIS), reached over the shared network."""
+    import psycopg
+
+    from custom.testing.postgres import create_database
+
+    dsn = create_database(pg_cluster, f"nspawn_ingest_{sensor.broker.port}")
+    box = sensor.box
+    venv = box.root / "opt/custom-ingest/venv"
+    if venv.is_symlink():  # the verify test's stand-in
+        venv.unlink()
+    box.run("python3", "-m", "venv", "/opt/custom-ingest/venv")
+    pip_env = {"PIP_CERT": str(nspawn.HOST_CA)}
+    box.run("/opt/custom-ingest/venv/bin/pip", "install", "-q", "/src[ingest]", env=pip_env, timeout=900)
+    settings = {
+        "mqtt": {"host": "127.0.0.1", "port": sensor.broker.port, "client_id": "nspawn-ingest"},
+        "database": {"dsn": dsn},
+        "timezone": "Europe/Madrid",
+    }
+    config = box.root / "etc/custom-ingest/ingest.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump(settings))
+    config.chmod(0o644)
+    shutil.copyfile(ROOT / "deploy" / INGEST_UNIT, box.root / "etc/systemd/system" / INGEST_UNIT)
+    box.run("systemctl", "daemon-reload")
+    try:
+        box.run("systemctl", "start", INGEST_UNIT)
+        state = sensor.show("ActiveState", "SubState", "Type", unit=INGEST_UNIT)
+        journal = sensor.journal(unit=INGEST_UNIT)
+        assert state == {"ActiveState": "active", "SubState": "running", "Type": "exec"}, journal
+        deadline = time.monotonic() + 90
+        rows = 0
+        while rows < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+            with psycopg.connect(dsn) as conn:
+                rows = conn.execute("SELECT count(*) FROM events WHERE sensor_id = %s", (SENSOR,)).fetchone()[0]
+        assert rows >= 2, sensor.journal(unit=INGEST_UNIT)
+        box.run("systemctl", "stop", INGEST_UNIT)
+        stopped = sensor.show("ActiveState", "Result", unit=INGEST_UNIT)
+        assert stopped == {"ActiveState": "inactive", "Result": "success"}
+        journal = sensor.journal(unit=INGEST_UNIT)
+        assert "applied 001" in journal and "consuming" in journal, journal
+    finally:
+        box.run("systemctl", "stop", INGEST_UNIT, check=False)
