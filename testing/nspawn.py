@@ -10,6 +10,7 @@ hash of the suite and package list, and copied for every test session so a test 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -62,14 +63,22 @@ def ensure_root() -> Path:
     if (final / "usr/lib/systemd/systemd").exists():
         return final
     CACHE.mkdir(parents=True, exist_ok=True)
-    building = final.with_name(final.name + ".building")
-    shutil.rmtree(building, ignore_errors=True)
-    subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), MIRROR],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    os.rename(building, final)
+    # one builder at a time: two test sessions on one machine must not debootstrap into the same folder
+    with (CACHE / ".nspawn.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "usr/lib/systemd/systemd").exists():
+            return final
+        building = final.with_name(final.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), MIRROR],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        os.rename(building, final)
+        for stale in CACHE.glob(f"nspawn-{SUITE}-*"):  # roots of older package lists
+            if stale != final:
+                shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
