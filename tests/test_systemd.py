@@ -329,7 +329,10 @@ def exposure(sensor: Sensor, unit: str) -> float:
     return float(match.group(1))
 
 
-def test_security_exposure_measured_inside(sensor: Sensor) -> None:
+def test_unit_verifies_and_security_exposure_measured_inside(sensor: Sensor) -> None:
+    """On the system it runs on (units, users and binaries as installed), not the --offline rating of the file."""
+    verify = sensor.box.run("systemd-analyze", "verify", "--man=no", UNIT, check=False)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
     assert exposure(sensor, UNIT) <= MAX_EXPOSURE
 
 
