@@ -171,7 +171,6 @@ def installed(
             "--config", "/root/config.yaml", env=pip_env, check=False, timeout=1200,
         )  # fmt: skip
         assert install.returncode == 0, f"install.sh failed:\n{install.stdout}\n{install.stderr}"
-        sensor.install_log = install.stdout + install.stderr  # type: ignore[attr-defined]
         yield sensor
     finally:
         box.stop()
