@@ -5,7 +5,8 @@ The host's PID 1 is not systemd, so `machinectl`/`systemd-run -M` cannot reach a
 here needs systemd on the host.
 
 The debootstrapped root is cached outside git (CUSTOM_NSPAWN_CACHE, default /var/cache/custom-sensor), keyed by a
-hash of the suite and package list, and copied for every test session so a test never dirties the cache.
+hash of the suite and package list; every test session gets an overlay (or copy) of it, so a test never dirties
+the cache.
 """
 
 from __future__ import annotations
@@ -86,10 +87,28 @@ PATH_INSIDE = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BOOT_TIMEOUT_S = 60.0
 
 
-def copy_root(cached: Path, dest: Path) -> Path:
-    """A private copy of the cached root for one session: tests write into it, never into the cache."""
-    subprocess.run(["cp", "-a", "--reflink=auto", f"{cached}/.", str(dest)], check=True)
-    return dest
+def session_root(cached: Path, workdir: Path) -> Path:
+    """A private, writable view of the cached root for one session: tests write into it, never into the cache.
+
+    An overlay mount (the cache as the read-only lower layer) costs nothing to make or drop; where overlayfs is not
+    allowed, a full copy (1.3 GB) instead. `release` undoes either."""
+    merged, upper, work = workdir / "root", workdir / "upper", workdir / "work"
+    for folder in (merged, upper, work):
+        folder.mkdir(parents=True, exist_ok=True)
+    options = f"lowerdir={cached},upperdir={upper},workdir={work}"
+    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)], capture_output=True)
+    if mounted.returncode != 0:
+        subprocess.run(["cp", "-a", "--reflink=auto", f"{cached}/.", str(merged)], check=True)
+    return merged
+
+
+def release(workdir: Path) -> None:
+    """Unmount the session's root (if it is an overlay) and delete everything the session wrote."""
+    merged = workdir / "root"
+    if os.path.ismount(merged):
+        subprocess.run(["umount", str(merged)], check=False)
+    if not os.path.ismount(merged):
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Container:
@@ -208,9 +227,7 @@ def sensor_container(workdir: Path, checkout: Path, shared: Path, name: str) -> 
     """A booted container prepared for deploy/install.sh: source at /src, ../shared at /shared (read-only), the
     host's CA bundle (pip goes through the same TLS as the host), a pip cache shared between runs, and a running
     virtual microphone (vmic.service)."""
-    root = workdir / "root"
-    root.mkdir()
-    copy_root(ensure_root(), root)
+    root = session_root(ensure_root(), workdir)
     copy_source(checkout, root / "src")
     if HOST_CA.exists():
         shutil.copyfile(HOST_CA, root / str(HOST_CA).lstrip("/"))
@@ -219,6 +236,12 @@ def sensor_container(workdir: Path, checkout: Path, shared: Path, name: str) -> 
     (units / "vmic-player.service").write_text(PLAYER_UNIT)
     PIP_CACHE.mkdir(parents=True, exist_ok=True)
     binds = [f"-ro={shared}:/shared", f"={PIP_CACHE}:/root/.cache/pip"]
-    container = Container(root, name, binds, log=workdir / "console.log").boot()
-    container.run("systemctl", "start", "vmic.service")
+    container = Container(root, name, binds, log=workdir / "console.log")
+    try:
+        container.boot()
+        container.run("systemctl", "start", "vmic.service")
+    except BaseException:
+        container.stop()
+        release(workdir)
+        raise
     return container

@@ -174,6 +174,7 @@ def installed(
         yield sensor
     finally:
         box.stop()
+        nspawn.release(workdir)
 
 
 @pytest.fixture
