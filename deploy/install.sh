@@ -211,7 +211,7 @@ install_venv() {
                 "unsupported; install Raspberry Pi OS 64-bit (arm64) instead"
         fi
     fi
-    "$python" -c "from custom.daemon.model.inference.runtime import runtime_name; print('TFLite runtime:', runtime_name())" ||
+    "$python" -c "from custom.daemon.model.runtime import runtime_name; print('TFLite runtime:', runtime_name())" ||
         die $EX_UNAVAILABLE "the venv has no working TFLite runtime (see deploy/OPERATING.md)"
 }
 

@@ -2,6 +2,7 @@
 # Install everything the tests need on a fresh Debian 12 machine and run them, as root (CI does) or via sudo:
 #   bash tests/run.sh            # the default suite (what CI runs)
 #   bash tests/run.sh -m slow    # the long checks kept out of CI (full-size VGGish conversion, ...)
+#   bash tests/run.sh -m "not slow and not systemd"   # without the systemd tier (booted Debian 12 container)
 # Extra arguments go to pytest. Real parts only: mosquitto and a PulseAudio virtual microphone are started by the
 # test fixtures themselves (each test gets its own broker port and audio server); ../shared must sit beside the
 # repo (or set CUSTOM_SHARED).
@@ -10,7 +11,7 @@ set -euo pipefail
 # again through sudo, keeping the settings it reads from the environment.
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "tests/run.sh: needs root, and sudo is not installed: run it as root" >&2; exit 77; }
-  exec sudo --preserve-env=CUSTOM_SHARED,CUSTOM_VENV,CUSTOM_TFLITE214_VENV bash "$0" "$@"
+  exec sudo --preserve-env=CUSTOM_SHARED,CUSTOM_VENV,CUSTOM_TFLITE214_VENV,CUSTOM_NSPAWN_CACHE bash "$0" "$@"
 fi
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -32,8 +33,10 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
   mosquitto mosquitto-clients \
   pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 \
   openssl sox shellcheck \
+  systemd-container debootstrap \
   postgresql postgresql-15-postgis-3 \
   chromium >/dev/null  # ingest: a throwaway PostgreSQL per session (testing/postgres.py); the dashboard in Chromium
+# systemd-container + debootstrap: the systemd tier (tests/test_systemd.py) boots a Debian 12 root with systemd-nspawn
 
 echo "== python environment ($VENV)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

@@ -92,3 +92,14 @@ def test_unit_has_what_the_daemon_and_the_issue_require() -> None:
     assert s["SystemCallFilter"][0] == "@system-service"
     assert one["MemoryMax"].endswith("M") and int(one["MemoryMax"][:-1]) >= 200
     assert one["CapabilityBoundingSet"] == ""
+
+
+def test_ingest_unit_is_hardened_like_the_sensor_unit() -> None:
+    """deploy/custom-ingest.service off-line (tests/test_systemd.py also verifies and runs it in a booted Debian)."""
+    ingest = UNIT.with_name("custom-ingest.service")
+    value = exposure(ingest)
+    assert value <= MAX_EXPOSURE, f"exposure {value} > {MAX_EXPOSURE}"
+    settings = unit_settings(ingest.read_text())
+    # no sd_notify in custom-ingest: Type=notify would time out every start
+    assert settings["Type"] == ["exec"]
+    assert settings["RestartPreventExitStatus"] == ["78"]
