@@ -179,9 +179,7 @@ def provision(target: Path, log: Path) -> None:
     shutil.copyfile("/etc/resolv.conf", target / "etc/resolv.conf", follow_symlinks=True)
     for name, reqs in venv_requirements().items():
         venv = VENVS[name]
-        script = " && ".join(
-            [f"python3 -m venv {venv}", f"{venv}/bin/pip install -q " + shlex.join(reqs)]
-        )
+        script = " && ".join([f"python3 -m venv {venv}", f"{venv}/bin/pip install -q " + shlex.join(reqs)])
         result = _in_namespace(_mount_script(str(target), [], ["sh", "-c", script], chroot_env()))
         with log.open("a") as out:
             out.write(f"$ {script}\n{result.stdout}{result.stderr}")
