@@ -20,6 +20,7 @@ Timings measured here are emulated, never a Pi figure.
 from __future__ import annotations
 
 import configparser
+import csv
 import fcntl
 import hashlib
 import json
@@ -27,11 +28,13 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .shared import ROOT, shared_dir
 
@@ -159,11 +162,11 @@ def _in_namespace(script: str, timeout: float | None = None) -> subprocess.Compl
 def _build(target: Path, log: Path) -> None:
     """debootstrap + second stage + CA certificates + the two venvs, into `target` (a fresh folder)."""
 
-    def step(argv: Sequence[str], **kwargs: object) -> None:
+    def step(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         with log.open("a") as out:
             out.write(f"$ {shlex.join(argv)}\n")
             out.flush()
-            subprocess.run(argv, check=True, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
+            subprocess.run(argv, check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     packages = ",".join(DEBIAN_PACKAGES)
     step(["nice", "-n", "10", "debootstrap", "--arch=arm64", "--foreign", "--variant=minbase",
@@ -174,7 +177,8 @@ def _build(target: Path, log: Path) -> None:
 
 
 def provision(target: Path, log: Path) -> None:
-    """After debootstrap: the host's CA bundle (it may hold a proxy's CA that Debian's lacks) and resolver, then the two venvs with the daemon's dependencies."""
+    """After debootstrap: the host's CA bundle (it may hold a proxy's CA that Debian's lacks) and resolver for
+    pip, then the two venvs with the daemon's dependencies."""
     shutil.copyfile(HOST_CA_BUNDLE, target / "etc/ssl/certs/ca-certificates.crt")
     shutil.copyfile("/etc/resolv.conf", target / "etc/resolv.conf", follow_symlinks=True)
     for name, reqs in venv_requirements().items():
@@ -268,3 +272,45 @@ def arm64_run(bundle: Path | None = None, shared: Path | None = None) -> Iterato
             (scratch / sub).mkdir()
         copy_checkout(scratch / "upper")
         yield Arm64Run(lower, scratch, binds)
+
+
+def pick_clips(shared: Path, n: int) -> list[str]:
+    """n clips across the labels (round-robin over the manifest, sorted): paths relative to data/clips."""
+    with (shared / "data/clips/manifest.csv").open() as f:
+        rows = sorted(csv.DictReader(f), key=lambda row: row["path"])
+    by_label: dict[str, list[str]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row["path"])
+    picked: list[str] = []
+    while len(picked) < n:
+        for paths in by_label.values():
+            if paths and len(picked) < n:
+                picked.append(paths.pop(0))
+    return picked
+
+
+def scores_by_window(stdout: str, prefix: str) -> dict[tuple[str, float], dict[str, Any]]:
+    """classify --json lines keyed by (clip path relative to data/clips, window offset)."""
+    events = {}
+    for line in stdout.splitlines():
+        event = json.loads(line)
+        events[(event["file"].removeprefix(prefix), event["window"]["offset_s"])] = event
+    return events
+
+
+def main() -> int:
+    """`python -m custom.testing.arm64`: build the cached root if missing, print where it is and how long it took."""
+    import time
+
+    start = time.monotonic()
+    try:
+        root = cached_root()
+    except Arm64Unavailable as exc:
+        print(f"arm64 root: cannot build here: {exc}", file=sys.stderr)
+        return 77
+    print(f"arm64 root: {root} (ready in {time.monotonic() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

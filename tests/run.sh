@@ -2,6 +2,8 @@
 # Install everything the tests need on a fresh Debian 12 machine and run them, as root (CI does) or via sudo:
 #   bash tests/run.sh            # the default suite (what CI runs)
 #   bash tests/run.sh -m slow    # the long checks kept out of CI (full-size VGGish conversion, ...)
+#   bash tests/run.sh -m arm64_full   # the arm64 checks kept out of CI (classify under tflite-runtime 2.14)
+#   bash tests/run.sh -m arm64   # only the Pi userland tier (arm64 Debian 12 chroot under qemu-user)
 # Extra arguments go to pytest. Real parts only: mosquitto and a PulseAudio virtual microphone are started by the
 # test fixtures themselves (each test gets its own broker port and audio server); ../shared must sit beside the
 # repo (or set CUSTOM_SHARED).
@@ -32,6 +34,7 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
   mosquitto mosquitto-clients \
   pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 \
   openssl sox shellcheck \
+  debootstrap qemu-user-static binfmt-support \
   postgresql postgresql-15-postgis-3 \
   chromium >/dev/null  # ingest: a throwaway PostgreSQL per session (testing/postgres.py); the dashboard in Chromium
 
@@ -44,6 +47,11 @@ echo "== tflite-runtime 2.14 environment ($TFLITE214_VENV; needs numpy<2)"
 [ -x "$TFLITE214_VENV/bin/python" ] || python3 -m venv "$TFLITE214_VENV"
 "$TFLITE214_VENV/bin/pip" install -q "numpy<2" "tflite-runtime==2.14.0"
 export CUSTOM_TFLITE214_PYTHON="$TFLITE214_VENV/bin/python"
+
+echo "== arm64 Debian 12 root (testing/arm64.py; cached under ${CUSTOM_ARM64_CACHE:-/var/cache/custom-sensor})"
+# Built once (debootstrap + second stage + the daemon's dependencies, emulated: about 10 min), then reused by
+# tests/test_arm64.py through an overlay per run; building it here keeps that time out of a test's.
+"$VENV/bin/python" -m custom.testing.arm64 || echo "tests/run.sh: arm64 root not built (above); tests/test_arm64.py will say why" >&2
 
 echo "== lint"
 "$VENV/bin/ruff" check .

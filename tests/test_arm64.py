@@ -11,8 +11,6 @@ runs by default and what needs `-m arm64_full`: see ARM64_FULL below and tests/r
 
 from __future__ import annotations
 
-import csv
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,33 +31,9 @@ N_CLIPS = 20  # the issue's floor: at least 20 real clips
 SCORE_TOLERANCE = 2e-3
 
 
-def pick_clips(shared: Path, n: int = N_CLIPS) -> list[str]:
-    """n clips across the labels (round-robin over the manifest, sorted): paths relative to data/clips."""
-    with (shared / "data/clips/manifest.csv").open() as f:
-        rows = sorted(csv.DictReader(f), key=lambda row: row["path"])
-    by_label: dict[str, list[str]] = {}
-    for row in rows:
-        by_label.setdefault(row["label"], []).append(row["path"])
-    picked: list[str] = []
-    while len(picked) < n:
-        for paths in by_label.values():
-            if paths and len(picked) < n:
-                picked.append(paths.pop(0))
-    return picked
-
-
-def scores_by_window(stdout: str, prefix: str) -> dict[tuple[str, float], dict[str, Any]]:
-    """classify --json lines keyed by (clip path relative to data/clips, window offset)."""
-    events = {}
-    for line in stdout.splitlines():
-        event = json.loads(line)
-        events[(event["file"].removeprefix(prefix), event["window"]["offset_s"])] = event
-    return events
-
-
 @pytest.fixture(scope="module")
 def clips(shared: Path) -> list[str]:
-    return pick_clips(shared)
+    return arm64.pick_clips(shared, N_CLIPS)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +47,7 @@ def x86_events(shared: Path, yamnet_bundle: Path, clips: list[str]) -> dict[tupl
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    return scores_by_window(result.stdout, prefix)
+    return arm64.scores_by_window(result.stdout, prefix)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +107,7 @@ def test_classify_on_arm64_matches_x86(
     argv = [chroot.command(runtime), "classify", "--json", "--bundle", arm64.BUNDLE_MOUNT, *(prefix + c for c in clips)]
     result = chroot.run(argv)
     assert result.returncode == 0, result.stderr
-    events = scores_by_window(result.stdout, prefix)
+    events = arm64.scores_by_window(result.stdout, prefix)
     assert events.keys() == x86_events.keys()
     assert len({clip for clip, _ in events}) == N_CLIPS
     diffs = [
