@@ -275,12 +275,19 @@ def arm64_run(bundle: Path | None = None, shared: Path | None = None) -> Iterato
 
 
 def pick_clips(shared: Path, n: int) -> list[str]:
-    """n clips across the labels (round-robin over the manifest, sorted): paths relative to data/clips."""
+    """n clips across the labels (round-robin over the manifest, sorted): paths relative to data/clips.
+
+    Only clips classify accepts (at least MIN_DURATION_S long); too few of them is an error, not a shorter list."""
+    from custom.daemon.classify import MIN_DURATION_S
+
     with (shared / "data/clips/manifest.csv").open() as f:
         rows = sorted(csv.DictReader(f), key=lambda row: row["path"])
     by_label: dict[str, list[str]] = {}
     for row in rows:
-        by_label.setdefault(row["label"], []).append(row["path"])
+        if float(row["duration_s"]) >= MIN_DURATION_S:
+            by_label.setdefault(row["label"], []).append(row["path"])
+    if sum(map(len, by_label.values())) < n:
+        raise ValueError(f"{shared}/data/clips holds fewer than {n} clips of at least {MIN_DURATION_S} s")
     picked: list[str] = []
     while len(picked) < n:
         for paths in by_label.values():
