@@ -24,11 +24,13 @@ from custom.testing import arm64
 pytestmark = pytest.mark.arm64
 
 N_CLIPS = 20  # the issue's floor: at least 20 real clips
-# Scores are published with 4 decimals (SCORE_DECIMALS). Measured here (YAMNet default bundle, 20 clips): aarch64
-# XNNPACK vs x86 differs by at most 1 step of the 4th decimal on either runtime; 2e-3 leaves room for a different
-# head or backbone rounding an order of magnitude worse while still catching any real divergence (a wrong window,
-# resampling or runtime mismatch moves scores by 1e-2 and more).
-SCORE_TOLERANCE = 2e-3
+# Tolerance, from what was measured (default YAMNet bundle, 20 clips, 20 windows): YAMNet's MobileNet body is int8,
+# and the int8 kernels on aarch64 (XNNPACK/NEON requantization) round differently from x86's by a quantization step
+# here and there; the int8 embedding then moves the head's scores. Measured max |score diff| vs x86: 0.091
+# (ai-edge-litert 2.x), 0.080 (tflite-runtime 2.14); mean |diff| 0.0021; same top class and same labels on 20/20.
+# A real fault (wrong band, window, resampling or a mis-read model) moves scores by far more and flips top classes.
+SCORE_TOLERANCE = 0.15  # the largest |diff| of one class's score in one window
+MEAN_TOLERANCE = 0.005  # mean |diff| over all classes and windows: a systematic shift cannot hide under the max
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,9 @@ def test_classify_on_arm64_matches_x86(
     per_window_ms = sorted(event["processing_ms"] for event in events.values())
     print(
         f"\narm64 ({runtime}, QEMU_CPU={arm64.QEMU_CPU}, emulated): {len(events)} windows, max |score diff| vs x86 "
-        f"{max(diffs):.5f}, same top {tops}/{len(events)}, processing_ms median {per_window_ms[len(events) // 2]}"
+        f"{max(diffs):.4f} (mean {sum(diffs) / len(diffs):.4f}), same top {tops}/{len(events)}, "
+        f"processing_ms median {per_window_ms[len(events) // 2]}"
     )
     assert max(diffs) <= SCORE_TOLERANCE
+    assert sum(diffs) / len(diffs) <= MEAN_TOLERANCE
+    assert tops == len(events), "the top class differs from x86's on some window"
