@@ -22,12 +22,20 @@ from custom.testing import arm64
 from custom.testing.shared import shared_dir
 
 
+def host_cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
 def summarise(name: str, events: dict[tuple[str, float], dict[str, Any]], wall_s: float, ref: Any) -> str:
     ms = [event["processing_ms"] for event in events.values()]
-    diff = max(abs(s - ref[key]["scores"][c]) for key, event in events.items() for c, s in event["scores"].items())
+    diffs = [abs(s - ref[key]["scores"][c]) for key, event in events.items() for c, s in event["scores"].items()]
+    tops = sum(event["top"]["name"] == ref[key]["top"]["name"] for key, event in events.items())
     return (
         f"| {name} | {len(events)} | {statistics.median(ms):.0f} | {statistics.mean(ms):.0f} | {max(ms):.0f} "
-        f"| {wall_s:.1f} | {diff:.4f} |"
+        f"| {wall_s:.1f} | {max(diffs):.4f} | {statistics.mean(diffs):.4f} | {tops}/{len(events)} |"
     )
 
 
