@@ -12,7 +12,7 @@ set -euo pipefail
 # again through sudo, keeping the settings it reads from the environment.
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "tests/run.sh: needs root, and sudo is not installed: run it as root" >&2; exit 77; }
-  exec sudo --preserve-env=CUSTOM_SHARED,CUSTOM_VENV,CUSTOM_TFLITE214_VENV bash "$0" "$@"
+  exec sudo --preserve-env=CUSTOM_SHARED,CUSTOM_VENV,CUSTOM_TFLITE214_VENV,CUSTOM_ARM64_CACHE bash "$0" "$@"
 fi
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
