@@ -3,6 +3,8 @@
 #   bash tests/run.sh            # the default suite (what CI runs)
 #   bash tests/run.sh -m slow    # the long checks kept out of CI (full-size VGGish conversion, ...)
 #   bash tests/run.sh -m "not slow and not systemd"   # without the systemd tier (booted Debian 12 container)
+#   bash tests/run.sh -m arm64   # the Pi userland tier, kept out of CI: an arm64 Debian 12 chroot under qemu-user
+#                                # (first build ~10 min, emulated; both runtimes), classify vs x86 on 20 clips
 # Extra arguments go to pytest. Real parts only: mosquitto and a PulseAudio virtual microphone are started by the
 # test fixtures themselves (each test gets its own broker port and audio server); ../shared must sit beside the
 # repo (or set CUSTOM_SHARED).
@@ -11,7 +13,8 @@ set -euo pipefail
 # again through sudo, keeping the settings it reads from the environment.
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "tests/run.sh: needs root, and sudo is not installed: run it as root" >&2; exit 77; }
-  exec sudo --preserve-env=CUSTOM_SHARED,CUSTOM_VENV,CUSTOM_TFLITE214_VENV,CUSTOM_NSPAWN_CACHE bash "$0" "$@"
+  exec sudo --preserve-env=CUSTOM_SHARED,CUSTOM_VENV,CUSTOM_TFLITE214_VENV,CUSTOM_NSPAWN_CACHE,CUSTOM_ARM64_CACHE \
+    bash "$0" "$@"
 fi
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -33,7 +36,7 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
   mosquitto mosquitto-clients \
   pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 \
   openssl sox shellcheck \
-  systemd-container debootstrap \
+  systemd-container debootstrap qemu-user-static binfmt-support \
   postgresql postgresql-15-postgis-3 \
   chromium >/dev/null  # ingest: a throwaway PostgreSQL per session (testing/postgres.py); the dashboard in Chromium
 # systemd-container + debootstrap: the systemd tier (tests/test_systemd.py) boots a Debian 12 root with systemd-nspawn
@@ -47,6 +50,14 @@ echo "== tflite-runtime 2.14 environment ($TFLITE214_VENV; needs numpy<2)"
 [ -x "$TFLITE214_VENV/bin/python" ] || python3 -m venv "$TFLITE214_VENV"
 "$TFLITE214_VENV/bin/pip" install -q "numpy<2" "tflite-runtime==2.14.0"
 export CUSTOM_TFLITE214_PYTHON="$TFLITE214_VENV/bin/python"
+
+if [[ " $* " == *arm64* ]]; then
+  echo "== arm64 Debian 12 root (testing/arm64.py; cached under ${CUSTOM_ARM64_CACHE:-/var/cache/custom-sensor})"
+  # Built once (debootstrap + second stage + the daemon's dependencies, emulated: about 10 min), then reused by
+  # tests/test_arm64.py through an overlay per run; building it here keeps that time out of a test's.
+  "$VENV/bin/python" -m custom.testing.arm64 ||
+    echo "tests/run.sh: arm64 root not built (above); tests/test_arm64.py will say why" >&2
+fi
 
 echo "== lint"
 "$VENV/bin/ruff" check .
