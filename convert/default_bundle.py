@@ -40,6 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(shared=_default_shared())
     parser.add_argument("--report", type=Path, help="also write the head report (REPORT.md + confusion PNG) here")
     parser.add_argument(
+        "--commit-dir",
+        type=Path,
+        help="also write the bundle as the repository commits it (e.g. models/default): the manifest and head(s), "
+        "each backbone replaced by a recipe (published model in ../shared/models + its sha256 + the tensor exposed), "
+        "which `python -m custom.daemon.model.assemble` turns back into the bundle without TensorFlow. The head is "
+        "byte-identical from build to build (seeded mixes, one-thread L-BFGS and TFLite); tests/test_prebuilt.py "
+        "rebuilds it and compares",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="for tests: 1 mix per thin clip and at most 12 recordings per label"
     )
 
@@ -136,6 +145,11 @@ def run(args: argparse.Namespace) -> int:
         if out.exists():
             shutil.rmtree(out)
         os.replace(staged, out)
+    if args.commit_dir is not None:
+        from .prebuilt import commit
+
+        commit(out, args.shared, args.commit_dir)
+        print(f"wrote {args.commit_dir} (commit it; assemble with python -m custom.daemon.model.assemble)")
     bundle = load_bundle(out)
     print(f"wrote {out} ({bundle.bundle_id}, sha256 {bundle.sha256[:12]}…)")
     return exitcodes.OK
