@@ -154,6 +154,8 @@ def assemble(prebuilt: Path, shared: Path, out: Path) -> Path:
         made = {item.file for item in derived}
         for name in sorted(manifest.get("files", {})):
             if name not in made:
+                if not (prebuilt / name).is_file():
+                    raise AssemblyError(f"{prebuilt / name}: not found (a file of {manifest_path})", exitcodes.NO_INPUT)
                 shutil.copyfile(prebuilt / name, staging / name)
         shutil.copyfile(manifest_path, staging / MANIFEST_NAME)
         try:
