@@ -66,20 +66,26 @@ def test_assembly_needs_no_tensorflow(tmp_path: Path, shared: Path):
     assert "assembled" in result.stdout
 
 
-def test_wrong_backbone_is_refused_with_one_line(tmp_path: Path, shared: Path):
-    """A shared folder whose backbone file is some other model: exit 78, one line naming that file, no bundle."""
+RECIPE = json.loads((PREBUILT / "manifest.json").read_text())["provenance"]["assembly"]
+
+
+@pytest.mark.parametrize("wrong", sorted(entry["source"] for entry in RECIPE.values()))
+def test_wrong_backbone_is_refused_with_one_line(tmp_path: Path, shared: Path, wrong: str):
+    """A shared folder where one published backbone is some other model: exit 78, one line naming that file, and
+    no bundle written."""
     fake = tmp_path / "shared"
     (fake / "models").mkdir(parents=True)
-    recipe = _manifest(PREBUILT)["provenance"]["assembly"]
-    for entry in recipe.values():
-        shutil.copyfile(shared / "models/yamnet_spectra_in.tflite", fake / entry["source"])
+    for entry in RECIPE.values():
+        (fake / entry["source"]).symlink_to(shared / entry["source"])
+    (fake / wrong).unlink()
+    shutil.copyfile(shared / "models/yamnet_spectra_in.tflite", fake / wrong)
     out = tmp_path / "bundle"
     result = assemble(PREBUILT, fake, out)
     assert result.returncode == 78
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert str(fake / next(iter(recipe.values()))["source"]) in lines[0] and "sha256" in lines[0]
-    assert not out.exists()
+    assert f"{fake / wrong}: sha256" in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".bundle.*"))
 
 
 def test_missing_backbone_exits_66(tmp_path: Path):
