@@ -278,9 +278,10 @@ EOF
 # whose sha256 is not the manifest's stops the install with the assembler's one line and its exit status (78).
 build_default_bundle() {
     local python out
-    python=$(r "$VENV")/bin/python
-    [[ -x $python ]] || python=$FROM/.venv/bin/python
-    [[ -x $python ]] || die $EX_CONFIG "--default-bundle needs the sensor's venv (use --with-venv, or a .venv in $FROM)"
+    for python in "$(r "$VENV")/bin/python" "$FROM/.venv/bin/python" "$(command -v python3 || true)" ""; do
+        [[ -x $python ]] && "$python" -c "import custom.daemon.model.assemble" 2>/dev/null && break
+    done
+    [[ -n $python ]] || die $EX_CONFIG "--default-bundle needs the sensor's package (use --with-venv, or a .venv in $FROM)"
     out=$(mktemp -d)/bundle
     "$python" -m custom.daemon.model.assemble --prebuilt "$FROM/models/default" \
         --shared "${CUSTOM_SHARED:-$FROM/../shared}" --out "$out" || exit

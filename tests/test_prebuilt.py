@@ -4,6 +4,7 @@ without TensorFlow it refuses a wrong backbone and classifies a real siren as Si
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,20 @@ def test_wrong_backbone_is_refused_with_one_line(tmp_path: Path, shared: Path, w
     assert len(lines) == 1, result.stderr
     assert f"{fake / wrong}: sha256" in lines[0]
     assert not out.exists() and not list(tmp_path.glob(".bundle.*"))
+
+
+def test_install_default_bundle_refuses_a_wrong_backbone(tmp_path: Path, shared: Path):
+    """deploy/install.sh --default-bundle assembles with the sensor's package and passes the refusal on: exit 78."""
+    fake = tmp_path / "shared"
+    (fake / "models").mkdir(parents=True)
+    for entry in RECIPE.values():
+        shutil.copyfile(shared / "models/yamnet_spectra_in.tflite", fake / entry["source"])
+    env = {**os.environ, "CUSTOM_SHARED": str(fake), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    command = ["bash", str(ROOT / "deploy/install.sh"), "--root", str(tmp_path / "root"), "--default-bundle"]
+    result = subprocess.run([*command, "--no-start"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 78, result.stderr
+    assert "sha256" in result.stderr and str(fake / "models") in result.stderr
+    assert not (tmp_path / "root/var/lib/custom-sensor/bundle").exists()
 
 
 def test_missing_backbone_exits_66(tmp_path: Path):
