@@ -45,7 +45,7 @@ class AssemblyError(Exception):
 @dataclass(frozen=True)
 class Derived:
     """A bundle file made from a published model: `source` (relative to ../shared) with main-subgraph tensors
-    `expose_outputs` appended to its outputs."""
+    `expose_outputs` appended to its outputs (none: the published file as is)."""
 
     file: str
     source: str
@@ -150,7 +150,10 @@ def assemble(prebuilt: Path, shared: Path, out: Path) -> Path:
             got = sha256_file(source)
             if got != item.source_sha256:
                 raise AssemblyError(f"{source}: sha256 {got} is not {item.source_sha256} recorded in {manifest_path}")
-            (staging / item.file).write_bytes(expose_outputs(source.read_bytes(), item.expose_outputs))
+            if item.expose_outputs:
+                (staging / item.file).write_bytes(expose_outputs(source.read_bytes(), item.expose_outputs))
+            else:  # the published model as is (e.g. YAMNet under its class mapping)
+                shutil.copyfile(source, staging / item.file)
         made = {item.file for item in derived}
         for name in sorted(manifest.get("files", {})):
             if name not in made:
