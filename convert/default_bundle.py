@@ -5,7 +5,9 @@ layout) and heads trained on YAMNet's and EfficientAT's embeddings (`custom-conv
 picks the best head on grouped CV, weighing cost per window). The best headed bundle ships if, and only if, it beats
 the mapping on the same run's grouped cross-validation: higher top-1 on the 10 classes, and no more false alarms on
 held-out "other" recordings than max(5%, the mapping's). The comparison is written into the shipped manifest's
-provenance (`default_choice`). The quickstart, the installer, the tests and the benchmarks all build it this way.
+provenance (`default_choice`). The tests and the benchmarks build it this way; with `--commit-dir models/default`
+it is also written as the repository commits it (convert/prebuilt.py), which the quickstart and the installer
+assemble without TensorFlow (custom.daemon.model.assemble).
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_head_arguments(parser)
     parser.set_defaults(shared=_default_shared())
     parser.add_argument("--report", type=Path, help="also write the head report (REPORT.md + confusion PNG) here")
+    parser.add_argument(
+        "--commit-dir",
+        type=Path,
+        help="also write the bundle as the repository commits it (e.g. models/default): the manifest and head(s), "
+        "each backbone replaced by a recipe (published model in ../shared/models + its sha256 + the tensor exposed), "
+        "which `python -m custom.daemon.model.assemble` turns back into the bundle without TensorFlow. The head is "
+        "byte-identical from build to build (seeded mixes, one-thread L-BFGS and TFLite); tests/test_prebuilt.py "
+        "rebuilds it and compares",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="for tests: 1 mix per thin clip and at most 12 recordings per label"
     )
@@ -136,6 +147,17 @@ def run(args: argparse.Namespace) -> int:
         if out.exists():
             shutil.rmtree(out)
         os.replace(staged, out)
+    if args.commit_dir is not None:
+        from custom.daemon.model.assemble import AssemblyError
+
+        from .prebuilt import commit
+
+        try:
+            commit(out, args.shared, args.commit_dir)
+        except (ValueError, AssemblyError) as exc:
+            print(f"custom-convert default-bundle: --commit-dir: {exc}")
+            return getattr(exc, "code", exitcodes.DATA_ERROR)
+        print(f"wrote {args.commit_dir} (commit it; assemble with python -m custom.daemon.model.assemble)")
     bundle = load_bundle(out)
     print(f"wrote {out} ({bundle.bundle_id}, sha256 {bundle.sha256[:12]}…)")
     return exitcodes.OK

@@ -3,17 +3,22 @@
 A backbone's embedding (the tensor that feeds its last layers) is what a trained head needs, but the published
 models only output class scores. The tensor is computed anyway, so listing it among the subgraph's outputs is
 enough: the interpreter then keeps it alive and returns it beside the original outputs, which stay first and
-unchanged. The edit goes through the TFLite schema's Python object API that TensorFlow ships (converter only; the
-sensor never imports TensorFlow). Anything appended after the flatbuffer (TF-Hub YAMNet's zipped label list) is not
-part of the schema and is dropped.
+unchanged. Reading goes through the TFLite schema's Python object API that TensorFlow ships; the edit through the
+same API as the TFLite runtime ships it (custom.daemon.model.assemble), so a sensor can repeat it without
+TensorFlow. Anything appended after the flatbuffer (TF-Hub YAMNet's zipped label list) is dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+# The edit itself lives with the sensor, which rebuilds a prebuilt bundle's backbone without TensorFlow
+# (custom.daemon.model.assemble); the converter uses the same function, so both write the same bytes.
+from custom.daemon.model.assemble import expose_outputs
+
+__all__ = ["expose_outputs", "final_layer", "read_model", "tensor_names", "write_model"]
 
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 
@@ -42,37 +47,6 @@ def tensor_names(model_bytes: bytes) -> list[str]:
     """Names of the main subgraph's tensors by index, to find the one to expose."""
     model = read_model(model_bytes)
     return [(t.name.decode() if isinstance(t.name, bytes) else str(t.name)) for t in model.subgraphs[0].tensors]
-
-
-def expose_outputs(model_bytes: bytes, tensor_indices: Sequence[int]) -> bytes:
-    """The model with main-subgraph tensors `tensor_indices` appended to its outputs (in that order, skipping ones
-    that already are outputs); also added to every signature of that subgraph, so signature runners see them.
-
-    Raises ValueError for an index that is not a computed tensor of the main subgraph (out of range, a constant
-    weight, or a model input), since such a tensor says nothing about the audio.
-    """
-    schema = _schema()
-    model = read_model(model_bytes)
-    graph = model.subgraphs[0]
-    outputs = [int(i) for i in graph.outputs]
-    inputs = {int(i) for i in graph.inputs}
-    produced = {int(i) for op in graph.operators for i in op.outputs}
-    for index in tensor_indices:
-        if not 0 <= index < len(graph.tensors):
-            raise ValueError(f"tensor {index} does not exist (main subgraph has {len(graph.tensors)} tensors)")
-        if index in inputs or index not in produced:
-            raise ValueError(f"tensor {index} ({graph.tensors[index].name!r}) is not computed by an operator")
-        if index in outputs:
-            continue
-        outputs.append(int(index))
-        for signature in model.signatureDefs or []:
-            if signature.subgraphIndex == 0:
-                entry = schema.TensorMapT()
-                entry.name = graph.tensors[index].name
-                entry.tensorIndex = int(index)
-                signature.outputs = [*(signature.outputs or []), entry]
-    graph.outputs = outputs
-    return write_model(model)
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ usage() {
 usage: $0 [options]
   --root DIR       install into DIR instead of / (no apt, no systemctl on the host, no host users)
   --bundle PATH    model bundle folder to install as $STATE_DIR/bundle
-  --default-bundle build the default bundle first (custom-convert default-bundle from \$CUSTOM_SHARED, default
-                   ../shared; needs the converter extra on this machine) and install it
+  --default-bundle assemble the default bundle (the committed models/default head + manifest and the backbone(s)
+                   in \$CUSTOM_SHARED/models, default ../shared, each checked by sha256; no TensorFlow) and install it
   --config PATH    config file to install (default: the project's config.yaml)
   --from PATH      package source (default: $FROM)
   --no-start       install and enable, but do not (re)start the service
@@ -273,15 +273,18 @@ for name, entry in manifest.get("files", {}).items():
 EOF
 }
 
-# --default-bundle: the one documented command that makes the shipped bundle, run with this checkout's converter.
+# --default-bundle: the committed head + manifest (models/default, made by custom-convert default-bundle --commit-dir)
+# plus the published backbone(s), assembled with the sensor's own package: no TensorFlow, no training. A backbone
+# whose sha256 is not the manifest's stops the install with the assembler's one line and its exit status (78).
 build_default_bundle() {
-    local convert out
-    convert=$(command -v custom-convert || true)
-    [[ -x $FROM/.venv/bin/custom-convert ]] && convert=$FROM/.venv/bin/custom-convert
-    [[ -n $convert ]] || die $EX_CONFIG "--default-bundle needs custom-convert (pip install '.[convert]')"
+    local python out
+    for python in "$(r "$VENV")/bin/python" "$FROM/.venv/bin/python" "$(command -v python3 || true)" ""; do
+        [[ -x $python ]] && "$python" -c "import custom.daemon.model.assemble" 2>/dev/null && break
+    done
+    [[ -n $python ]] || die $EX_CONFIG "--default-bundle needs the sensor's package (use --with-venv, or a .venv in $FROM)"
     out=$(mktemp -d)/bundle
-    "$convert" default-bundle --shared "${CUSTOM_SHARED:-$FROM/../shared}" --out "$out" ||
-        die $EX_CONFIG "custom-convert default-bundle failed"
+    "$python" -m custom.daemon.model.assemble --prebuilt "$FROM/models/default" \
+        --shared "${CUSTOM_SHARED:-$FROM/../shared}" --out "$out" || exit
     BUNDLE=$out
 }
 

@@ -3,9 +3,11 @@
 #   bash deploy/quickstart.sh                # runs until Ctrl-C, printing every event it publishes
 #   bash deploy/quickstart.sh --for 60       # stop by itself after 60 s
 #   bash deploy/quickstart.sh --input my.wav # replay a recording instead of the microphone
-# It installs the system packages, a venv in .venv, builds the default model bundle (`custom-convert default-bundle`:
-# the best head trained on ../shared on YAMNet or EfficientAT embeddings iff it beats YAMNet's class mapping) into .quickstart/bundle, starts a loopback broker if none listens on
-# 127.0.0.1:1883, and runs `custom-sensord run`. Without a microphone it replays a siren recording in a loop.
+# It installs the system packages (only if one is missing), a venv in .venv with the sensor alone (no TensorFlow),
+# assembles the default model bundle into .quickstart/bundle from the committed head in models/default plus the
+# published backbone(s) in ../shared/models, each checked by sha256 (python -m custom.daemon.model.assemble; a
+# mismatch stops it with exit 78), starts a loopback broker if none listens on 127.0.0.1:1883, and runs
+# `custom-sensord run`. Without a microphone it replays a siren recording in a loop.
 # For a real deployment under systemd use deploy/install.sh (see deploy/OPERATING.md).
 set -euo pipefail
 # Needs root (apt-get, a system broker). As root (a fresh Debian has no sudo) it runs as is; as a user it runs itself
@@ -17,7 +19,6 @@ fi
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SHARED=${CUSTOM_SHARED:-$ROOT/../shared}
-YAMNET=$SHARED/models/yamnet_classification.tflite
 WORK=$ROOT/.quickstart
 VENV=$ROOT/.venv
 INPUT=""
@@ -25,21 +26,27 @@ DURATION=""
 
 while (($#)); do
     case $1 in
-    --yamnet) YAMNET=${2:?--yamnet needs the TF-Hub YAMNet .tflite}; shift ;;
     --input) INPUT=${2:?--input needs an audio file}; shift ;;
     --for) DURATION=${2:?--for needs seconds}; shift ;;
-    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "quickstart: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-[[ -f $YAMNET ]] || { echo "quickstart: $YAMNET not found: pass --yamnet PATH (TF-Hub YAMNet TFLite)" >&2; exit 66; }
+[[ -d $SHARED/models ]] || { echo "quickstart: $SHARED/models not found: set CUSTOM_SHARED to the folder holding models/" >&2; exit 66; }
 
 echo "== system packages"
 export DEBIAN_FRONTEND=noninteractive
-# Wait for the dpkg/apt locks (unattended-upgrades often holds them on a Pi's first boot) instead of failing at once.
-apt-get -o DPkg::Lock::Timeout=600 update -qq
-apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends python3-venv libportaudio2 libsndfile1 mosquitto mosquitto-clients >/dev/null
+PACKAGES=(python3-venv libportaudio2 libsndfile1 mosquitto mosquitto-clients)
+# Only when one is missing: apt-get update alone takes tens of seconds. Wait for the dpkg/apt locks
+# (unattended-upgrades often holds them on a Pi's first boot) instead of failing at once.
+missing=$(dpkg-query -W -f='${db:Status-Status} ${Package}\n' "${PACKAGES[@]}" 2>&1 | grep -v '^installed ' || true)
+if [[ -z $missing ]]; then
+    echo "(all installed)"
+else
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+fi
 
 echo "== python environment ($VENV)"
 [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
@@ -47,12 +54,12 @@ echo "== python environment ($VENV)"
 "$VENV/bin/pip" install -q -e .
 mkdir -p "$WORK"
 
-echo "== default model bundle ($WORK/bundle)"
-if ! "$VENV/bin/python" -c "from custom.daemon.model.inference.bundle import load_bundle; load_bundle('$WORK/bundle')" 2>/dev/null; then
-    # the one documented command: the best trained head iff it beats the class mapping (needs the
-    # converter extra, TensorFlow, on this machine only; the sensor itself runs on the TFLite runtime)
-    "$VENV/bin/pip" install -q -e ".[convert]"
-    "$VENV/bin/custom-convert" default-bundle --shared "$SHARED" --out "$WORK/bundle"
+echo "== default model bundle ($WORK/bundle, from models/default + $SHARED/models)"
+# The committed head and manifest plus the published backbone(s), each checked against the sha256 in the manifest;
+# no TensorFlow, no training (custom-convert default-bundle --commit-dir models/default made models/default).
+if ! cmp -s "$ROOT/models/default/manifest.json" "$WORK/bundle/manifest.json" ||
+    ! "$VENV/bin/python" -c "from custom.daemon.model.bundle import load_bundle; load_bundle('$WORK/bundle')" 2>/dev/null; then
+    "$VENV/bin/python" -m custom.daemon.model.assemble --prebuilt "$ROOT/models/default" --shared "$SHARED" --out "$WORK/bundle"
 fi
 
 echo "== local broker (127.0.0.1:1883)"
