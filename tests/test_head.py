@@ -61,7 +61,7 @@ def test_headed_bundle_manifest_and_scores(headed_bundle: Path, shared: Path) ->
     bundle = load_bundle(headed_bundle)
     assert bundle.head is not None and bundle.head.classes == bundle.class_names
     provenance = bundle.provenance
-    assert provenance["thresholds"]["rule"] and provenance["cross_validated"]["chosen"]["pooling"]
+    assert provenance["thresholds"]["rule"] and provenance["cross_validated"]["chosen"]["yamnet"]["pooling"]
     model = Model(bundle)
     from custom.daemon.audio.audiofile import read_audio
 
@@ -254,7 +254,7 @@ def test_choice_weighs_cost_only_on_a_tie() -> None:
     def head(name: str, top1: float, cost: float, shippable: bool = True) -> Candidate:
         none = np.zeros((0, 10))
         variant, features = (Variant("mean", False, False), none) if shippable else (None, None)
-        return Candidate(name, (name,), cost, {"top1": top1}, none, variant, features)
+        return Candidate(name, (name,), cost, {"top1": top1}, none, [0.5] * 10, variant=variant, features=features)
 
     tied = [head("yamnet", 0.850, 123.0), head("efficientat", 0.850 - TIE_TOP1 / 2, 33.0)]
     assert choose_candidate(tied).name == "efficientat"  # a tie: the cheaper ships
