@@ -121,18 +121,24 @@ class PostprocessSection:
 
 
 @dataclass(frozen=True)
-class Manifest:
-    """manifest.json as written by `write_bundle`: validated by the same engine as the config files."""
+class ManifestHeader:
+    """What every manifest layout has: validated by the same engine as the config files."""
 
     format: str = opt(doc="Always custom-sensor-bundle.", choices=(FORMAT_NAME,))
     format_version: int = opt(doc="Manifest layout version.")
     bundle_id: str = opt(doc="Name of this bundle.")
     version: str = opt(doc="Its version.")
+    classes: tuple[ClassSpec, ...] = opt(doc="The classes, in score order.")
+    files: Mapping[str, FileEntry] = opt(doc="Every file of the bundle with its sha256.")
+
+
+@dataclass(frozen=True)
+class Manifest(ManifestHeader):
+    """manifest.json of a version-1 (one-backbone) bundle, as written by `write_bundle`."""
+
     backbone: str = opt(doc="Which network family.", choices=BACKBONES)
     frontend: Mapping[str, Any] = opt(doc="Front-end parameters (FrontendParams / EfficientATParams).")
     models: ModelsSection = opt(doc="The .tflite models.")
-    classes: tuple[ClassSpec, ...] = opt(doc="The classes, in score order.")
-    files: Mapping[str, FileEntry] = opt(doc="Every file of the bundle with its sha256.")
     aggregation: str = opt("max", "How patch scores pool over a window.", choices=AGGREGATIONS)
     postprocess: PostprocessSection | None = opt(None, "VGGish only.")
     provenance: Mapping[str, Any] = opt(doc="Where the bundle came from.", factory=frozen_mapping)
@@ -153,16 +159,10 @@ class MemberSection:
 
 
 @dataclass(frozen=True)
-class ManifestV2:
+class ManifestV2(ManifestHeader):
     """manifest.json of a version-2 (multi-backbone) bundle."""
 
-    format: str = opt(doc="Always custom-sensor-bundle.", choices=(FORMAT_NAME,))
-    format_version: int = opt(doc="2.")
-    bundle_id: str = opt(doc="Name of this bundle.")
-    version: str = opt(doc="Its version.")
     members: tuple[MemberSection, ...] = opt(doc="The backbones and their heads, scores averaged by weight.")
-    classes: tuple[ClassSpec, ...] = opt(doc="The classes, in score order.")
-    files: Mapping[str, FileEntry] = opt(doc="Every file of the bundle with its sha256.")
     provenance: Mapping[str, Any] = opt(doc="Where the bundle came from.", factory=frozen_mapping)
 
 
