@@ -246,9 +246,11 @@ def export_head(w: np.ndarray, b: np.ndarray, mode: str) -> bytes:
 
     from .tflite_export import export_tflite
 
-    inputs = tf.keras.Input((w.shape[0],), batch_size=1)
-    dense = tf.keras.layers.Dense(w.shape[1], activation="sigmoid")
-    model = tf.keras.Model(inputs, dense(inputs))
+    # fixed names: Keras numbers unnamed layers per process ("dense_3"), and the names land in the .tflite, so an
+    # export after other Keras work would differ byte for byte from the committed head (models/default)
+    inputs = tf.keras.Input((w.shape[0],), batch_size=1, name="features")
+    dense = tf.keras.layers.Dense(w.shape[1], activation="sigmoid", name="head")
+    model = tf.keras.Model(inputs, dense(inputs), name="head")
     dense.set_weights([w, b])
     return export_tflite(model, (1, w.shape[0]), mode)
 
