@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from custom.testing import nspawn
-from custom.testing.broker import Broker, Subscriber, free_port
+from custom.testing.broker import Broker, Message, Subscriber, free_port
 from custom.testing.shared import ROOT
 
 pytestmark = pytest.mark.systemd
@@ -119,8 +119,9 @@ class Sensor:
         props = ("ActiveState", "SubState", "MainPID", "NRestarts", "Result")
         return self.wait_state(lambda s: (s["ActiveState"], s["SubState"]) == ("active", "running"), props, timeout)
 
-    def subscribe(self, topics: list[str]) -> Subscriber:
-        return Subscriber("127.0.0.1", self.broker.port, topics).start()
+    def subscribe(self, topics: list[str], durable_id: str | None = None) -> Subscriber:
+        """durable_id: a persistent session, so the broker queues what arrives while this client is away."""
+        return Subscriber("127.0.0.1", self.broker.port, topics, client_id=durable_id, clean=durable_id is None).start()
 
     def status(self) -> str:
         return self.systemctl("status", UNIT, check=False)
@@ -138,8 +139,9 @@ def window_starts(evs: list[dict[str, Any]]) -> list[float]:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """mosquitto on host loopback: the container shares the host's network."""
-    server = Broker(tmp_path_factory.mktemp("nspawn-broker"), free_port())
+    """mosquitto on host loopback: the container shares the host's network. Persistence keeps a durable
+    subscriber's session across `broker.stop()`/`start()`."""
+    server = Broker(tmp_path_factory.mktemp("nspawn-broker"), free_port(), persistence=True)
     server.start()
     yield server
     server.stop()
@@ -242,7 +244,11 @@ def test_a_hung_pipeline_is_killed_by_the_watchdog_and_restarted_with_its_spool(
     """Broker down, so finished windows go to the spool; the pipeline then stalls (test-only seam), the watchdog
     kills the process, systemd restarts it, and the restarted daemon finds and sends what the spool held."""
     cursor = sensor.cursor()
+    # durable: the restarted daemon may flush its spool the moment the broker is back, before any new subscriber
+    # could subscribe; the broker queues those for this session instead
+    watch = sensor.subscribe([EVENTS], durable_id="watchdog-watch")
     sensor.broker.stop()
+    broker_down_at = time.time()
     sensor.dropin(
         "test",
         "[Service]\nExecStart=\n"
@@ -263,10 +269,19 @@ def test_a_hung_pipeline_is_killed_by_the_watchdog_and_restarted_with_its_spool(
         time.sleep(0.5)
     assert re.search(rf"spool {SPOOL} holds [1-9]\d* unsent event\(s\)", sensor.journal(cursor)), sensor.journal()
     sensor.broker.start()
-    watch = sensor.subscribe([EVENTS])
-    assert watch.wait_for(lambda ms: len(ms) >= 3, timeout=90), sensor.journal(cursor)
-    starts = window_starts(events(watch))
-    assert min(starts) < killed_at - 8, "no event from before the watchdog kill was delivered"
+
+    def stalled_run_windows(ms: list[Message]) -> list[float]:
+        # the stalled run's windows all started >= WatchdogSec before its kill was seen
+        starts = window_starts([m.json() for m in ms if m.topic == EVENTS])
+        return [s for s in starts if broker_down_at < s < killed_at - 8]
+
+    assert watch.wait_for(lambda ms: len(stalled_run_windows(ms)) >= 1, timeout=90), (
+        "no event from before the watchdog kill was delivered",
+        window_starts(events(watch)),
+        broker_down_at,
+        killed_at,
+        sensor.journal(cursor),
+    )
     watch.stop()
 
 
