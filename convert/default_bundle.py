@@ -85,6 +85,7 @@ def decide(
                 "false_alarm_other": round(c["figures"]["false_alarm_other"], 4),
                 "false_alarm_unseen": round(c["figures"]["false_alarm_unseen"], 4),
                 "cost_ms": round(c["cost_ms"], 1),
+                "veto": c.get("veto", "none"),
             }
             for c in candidates
         ],

@@ -60,6 +60,7 @@ from .headdata import (
     save_examples,
 )
 from .metrics import best_f1_threshold, per_class_ap
+from .ontology import Ontology
 from .openset import (
     UNSEEN_FALSE_ALARM_TARGET,
     cap_false_alarms,
@@ -67,6 +68,7 @@ from .openset import (
     nested_unseen_rate,
     unseen_kind_scores,
 )
+from .veto import VETO_TOP1_COST, VetoChoice, VetoSource, veto_choices, veto_source
 
 HELP = "train a head on YAMNet and/or EfficientAT embeddings from ../shared and write a headed bundle"
 CACHE_VERSION = 2  # 2: mix offsets drawn as a fraction (rate-independent)
@@ -134,6 +136,7 @@ class HeadResult:
     figures: dict[str, Any] = field(default_factory=dict)
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every head compared, with figures and cost
     costs: dict[str, float] = field(default_factory=dict)  # ms per window: mapping and each candidate
+    veto_tries: list[dict[str, Any]] = field(default_factory=list)  # the shipped candidate's veto settings tried
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -273,9 +276,14 @@ def _draft(args, backbone: HeadBackbone, head: HeadSpec, sources: dict[str, Path
     )
 
 
-def _head_spec(backbone: HeadBackbone, pooling: str, with_scores: bool, dims: int) -> HeadSpec:
+def _head_spec(
+    backbone: HeadBackbone, pooling: str, with_scores: bool, dims: int, veto: VetoChoice | None = None
+) -> HeadSpec:
+    """`veto`: the candidate's; this head carries it if its backbone is one of the veto's sources."""
     model = ModelSpec(HEAD_FILE, TensorSpec((1, dims), "float32"), TensorSpec((1, 10), "float32"), "features")
-    return HeadSpec(model, 1, backbone.embedding, pooling, with_scores, CLASS_NAMES)
+    mine = [s for s in (veto.sources if veto else ()) if s.backbone == backbone.name]
+    spec = mine[0].spec(veto.min_score) if mine and veto else None
+    return HeadSpec(model, 1, backbone.embedding, pooling, with_scores, CLASS_NAMES, veto=spec)
 
 
 def _probe(args, backbone: HeadBackbone, work: Path) -> Model:
@@ -376,6 +384,11 @@ class Candidate:
     keep: np.ndarray | None = None  # which windows train it
     members: tuple[Candidate, ...] = ()  # averaged heads: the single-backbone candidates, with `weights`
     weights: tuple[float, ...] = ()
+    veto: VetoChoice = field(default_factory=VetoChoice)  # chosen by the unseen-kind figure (convert/veto.py)
+    veto_tries: list[dict[str, Any]] = field(default_factory=list)  # every veto setting tried, with its figures
+    veto_source: VetoSource | None = None  # a single backbone's scores, for the veto of any candidate using it
+    plain_oof: np.ndarray | None = None  # `oof` and `unseen` before the veto
+    plain_unseen: np.ndarray | None = None
 
     @property
     def shippable(self) -> bool:
@@ -391,7 +404,8 @@ class Candidate:
             variant = {"weights": dict(zip(self.backbones, self.weights, strict=True))}
         return {
             "name": self.name, "backbones": list(self.backbones), "shippable": self.shippable,
-            "cost_ms": self.cost_ms, "variant": variant, "figures": self.figures, "thresholds": self.thresholds,
+            "cost_ms": self.cost_ms, "variant": variant, "veto": self.veto.label, "figures": self.figures,
+            "thresholds": self.thresholds,
         }  # fmt: skip
 
 
@@ -463,12 +477,33 @@ class _Folds:
     window_kinds: list[frozenset[str]]  # kinds of every recording in each window
     negative_rows: np.ndarray  # windows that are real "other" recordings
     negative_kinds: list[str]
+    real_rows: np.ndarray  # windows that are real recordings (the rows of out-of-fold scores)
 
     def trains(self, variant: Variant) -> np.ndarray:
         return (variant.augmented | ~self.mixes) & (variant.proxies | ~self.proxy)
 
     def finish(self, name: str, backbones: tuple[str, ...], cost: float, oof: np.ndarray, unseen: np.ndarray,
-               **extra: Any) -> Candidate:  # fmt: skip
+               vetoes: tuple[VetoSource, ...], **extra: Any) -> Candidate:  # fmt: skip
+        """The candidate at its best veto setting (see convert/veto.py): the lowest nested unseen-kind rate among the
+        settings that cost at most VETO_TOP1_COST of top-1 against no veto."""
+        tries = []
+        for choice in veto_choices(vetoes):
+            cuts, fig = self._figures(choice.apply(oof, self.real_rows), choice.apply(unseen, self.negative_rows))
+            tries.append((choice, cuts, fig))
+        plain = tries[0][2]
+        eligible = [t for t in tries if t[2]["top1"] >= plain["top1"] - VETO_TOP1_COST]
+        choice, cuts, fig = min(
+            eligible,
+            key=lambda t: (t[2]["false_alarm_unseen"], -t[2]["top1"], len(t[0].sources), -t[0].min_score),
+        )
+        fig.update(veto=choice.label, top1_without_veto=plain["top1"],
+                   false_alarm_unseen_without_veto=plain["false_alarm_unseen"])  # fmt: skip
+        record = [{"veto": c.label, **{k: f[k] for k in VETO_SCORED}} for c, _, f in tries]
+        return Candidate(name, backbones, cost, fig, choice.apply(oof, self.real_rows), cuts,
+                         choice.apply(unseen, self.negative_rows), veto=choice, veto_tries=record, plain_oof=oof,
+                         plain_unseen=unseen, **extra)  # fmt: skip
+
+    def _figures(self, oof: np.ndarray, unseen: np.ndarray) -> tuple[list[float], dict[str, Any]]:
         """Thresholds (grouped-CV rule, then raised for unseen kinds) and the figures at them."""
         base = thresholds_from(oof, self.truth)
         clips = self.on_clips
@@ -485,7 +520,7 @@ class _Folds:
             false_alarm_unseen_by_kind=per_kind,
             false_alarm_unseen_before_raise=false_alarm_rate(unseen, thresholds_from(oof, self.truth)),
         )
-        return Candidate(name, backbones, cost, fig, oof, cuts, unseen, **extra)
+        return cuts, fig
 
 
 def measure(args: argparse.Namespace, work: Path) -> Measured:
@@ -497,6 +532,7 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
     print(f"recordings: {len(recordings)} ({held_out} held-out rows skipped)", flush=True)
     # YAMNet's features are always computed: today's mapping is scored on them in the same run
     backbones = {n: prepare(n, shared, work) for n in ("yamnet", *[n for n in names if n != "yamnet"])}
+    ontology = Ontology.load(shared / "data/audioset/ontology.json")
     probes = {n: _probe(args, b, work) for n, b in backbones.items()}
     examples = {n: _examples(args, b, probes[n], recordings, shared) for n, b in backbones.items()}
     base = examples["yamnet"]
@@ -515,7 +551,7 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
         truth=truth, on_clips=np.array([recordings[i].source == "clips" for i in real[real_rows]]), mixes=real < 0,
         proxy=np.array([any(by_group[g].proxy for g in gs) for gs in base.groups]),
         window_kinds=[frozenset(by_group[g].kind for g in gs) for gs in base.groups],
-        negative_rows=negatives, negative_kinds=[recordings[real[r]].kind for r in negatives],
+        negative_rows=negatives, negative_kinds=[recordings[real[r]].kind for r in negatives], real_rows=real_rows,
     )  # fmt: skip
 
     result = HeadResult(truth=truth, held_out_rows=held_out)
@@ -563,15 +599,20 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
         keep = folds.trains(variant)
         unseen = unseen_kind_scores(x, y, keep, folds.window_kinds, negatives, folds.negative_kinds, fit_linear)
         cost = costs[name] / variant.patch_stride  # the backbone's invokes dominate: half the patches, ~half the time
-        candidates.append(folds.finish(name, (name,), cost, oof, unseen, variant=variant, features=x, keep=keep))
+        pooled = np.stack([s[:: variant.patch_stride].mean(axis=0) for s in examples[name].scores])
+        source = veto_source(name, backbones[name].class_map, ontology, pooled)
+        candidates.append(folds.finish(name, (name,), cost, oof, unseen, (source,), variant=variant, features=x,
+                                       keep=keep, veto_source=source))  # fmt: skip
     if len(candidates) == 2:
         candidates += _combinations(candidates, folds, y, base.groups, real)
 
-    print(f"{'candidate':<28} {'top-1':>6} {'macro AP':>9} {'other: seen':>12} {'unseen':>7} {'before raise':>13}")
+    print(f"{'candidate':<28} {'top-1':>6} {'macro AP':>9} {'other: seen':>12} {'unseen':>7} {'before raise':>13}"
+          "  veto")  # fmt: skip
     for c in candidates:
         f = c.figures
         print(f"{c.name:<28} {f['top1']:>6.3f} {f['macro_ap']:>9.3f} {f['false_alarm_other']:>12.3f} "
-              f"{f['false_alarm_unseen']:>7.3f} {f['false_alarm_unseen_before_raise']:>13.3f}", flush=True)  # fmt: skip
+              f"{f['false_alarm_unseen']:>7.3f} {f['false_alarm_unseen_before_raise']:>13.3f}  {c.veto.label}",
+              flush=True)  # fmt: skip
     result.candidates = [c.record() for c in candidates]
     result.costs = {"mapping": costs["yamnet"], **{c.name: c.cost_ms for c in candidates}}
     result.figures = {"mapping": mapping_figures}
@@ -579,6 +620,7 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
 
 
 SCORED = ("top1", "macro_ap", "false_alarm_other", "top1_recall")
+VETO_SCORED = ("top1", "false_alarm_other", "false_alarm_unseen", "false_alarm_unseen_before_raise", "top1_recall")
 
 
 def _best_variant(
@@ -600,16 +642,19 @@ def _combinations(
     weight grouped CV likes best (shippable as a version-2 bundle)."""
     a, b = singles
     assert a.features is not None and b.features is not None and a.keep is not None and b.keep is not None
-    assert a.unseen is not None and b.unseen is not None
-    both, cost = (a.name, b.name), a.cost_ms + b.cost_ms
+    assert a.veto_source is not None and b.veto_source is not None
+    assert a.plain_oof is not None and b.plain_oof is not None
+    assert a.plain_unseen is not None and b.plain_unseen is not None
+    both, cost, sources = (a.name, b.name), a.cost_ms + b.cost_ms, (a.veto_source, b.veto_source)
     x = np.hstack([a.features, b.features])
     keep = a.keep & b.keep
     oof = cross_validate(x, y, groups, real, folds.fold_of, keep)
     unseen = unseen_kind_scores(x, y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds, fit_linear)
-    concatenated = folds.finish("concatenated", both, cost, oof, unseen)
+    concatenated = folds.finish("concatenated", both, cost, oof, unseen, sources)
 
-    def weighted(wa: float) -> np.ndarray:
-        return wa * a.oof + (1 - wa) * b.oof
+    def weighted(wa: float) -> np.ndarray:  # the members' scores before their vetoes: the average gets its own
+        assert a.plain_oof is not None and b.plain_oof is not None
+        return wa * a.plain_oof + (1 - wa) * b.plain_oof
 
     def score(wa: float) -> tuple[float, float]:
         fig = figures(weighted(wa), folds.truth, thresholds_from(weighted(wa), folds.truth), folds.on_clips)
@@ -617,8 +662,8 @@ def _combinations(
 
     wa = max(AVERAGE_WEIGHTS, key=score)
     averaged = folds.finish(
-        f"averaged ({a.name} {wa:.1f})", both, cost, weighted(wa), wa * a.unseen + (1 - wa) * b.unseen,
-        members=(a, b), weights=(wa, round(1 - wa, 6)),
+        f"averaged ({a.name} {wa:.1f})", both, cost, weighted(wa), wa * a.plain_unseen + (1 - wa) * b.plain_unseen,
+        sources, members=(a, b), weights=(wa, round(1 - wa, 6)),
     )  # fmt: skip
     return [concatenated, averaged]
 
@@ -636,6 +681,7 @@ def write_and_verify(args: argparse.Namespace, work: Path, measured: Measured, c
     result.head_oof = chosen.oof
     result.chosen_name = chosen.name
     result.thresholds = chosen.thresholds
+    result.veto_tries = chosen.veto_tries
     result.chosen = {c.name: c.variant.as_dict() for c in singles if c.variant is not None}
     if chosen.members:
         result.chosen["weights"] = dict(zip(chosen.backbones, chosen.weights, strict=True))
@@ -658,7 +704,9 @@ def write_and_verify(args: argparse.Namespace, work: Path, measured: Measured, c
     else:
         assert chosen.variant is not None and chosen.features is not None
         backbone = _strided(measured.backbones[chosen.name], chosen.variant)
-        head = _head_spec(backbone, chosen.variant.pooling, chosen.variant.with_scores, chosen.features.shape[1])
+        head = _head_spec(
+            backbone, chosen.variant.pooling, chosen.variant.with_scores, chosen.features.shape[1], chosen.veto
+        )
         draft = _draft(args, backbone, head, sources, chosen.thresholds, provenance)
     bundle = write_bundle(draft, args.out)
     models = [Model(m) for m in bundle.members] if bundle.members else [Model(bundle)]
@@ -691,7 +739,9 @@ def _ensemble_draft(
     for single, weight in zip(chosen.members, chosen.weights, strict=True):
         assert single.variant is not None and single.features is not None
         backbone = _strided(measured.backbones[single.name], single.variant)
-        spec = _head_spec(backbone, single.variant.pooling, single.variant.with_scores, single.features.shape[1])
+        spec = _head_spec(
+            backbone, single.variant.pooling, single.variant.with_scores, single.features.shape[1], chosen.veto
+        )
         spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, file=f"head_{single.name}.tflite"))
         members.append(MemberDraft(backbone.name, backbone.frontend, backbone.spec, spec, weight))
     return EnsembleDraft(

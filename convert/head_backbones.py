@@ -41,6 +41,7 @@ class HeadBackbone:
     spec: ModelSpec
     embedding: TensorSpec
     mapping: list[tuple[int, ...]]  # class -> backbone outputs, by mid
+    class_map: dict[str, int]  # AudioSet mid -> backbone output (for the veto, convert/veto.py)
     variants: tuple[tuple[str, bool, bool], ...]
     strides: tuple[int, ...]  # patch hops tried, as multiples of the front end's (features: every n-th patch)
     provenance: dict[str, Any]
@@ -78,8 +79,9 @@ def prepare(name: str, shared: Path, work: Path) -> HeadBackbone:
         path = work / "yamnet.tflite"
         path.write_bytes(expose_outputs(original, [tensor]))
         spec = inspect_model(path)
+        mids = read_class_map(class_map)
         return HeadBackbone(
-            name, path.name, path, YAMNET, spec, _embedding_spec(path), class_outputs(read_class_map(class_map), None),
+            name, path.name, path, YAMNET, spec, _embedding_spec(path), class_outputs(mids, None), mids,
             YAMNET_VARIANTS, (1, 2),
             {
                 "source_model": {"file": source.name, "sha256": sha256_file(source)},
@@ -97,9 +99,10 @@ def prepare(name: str, shared: Path, work: Path) -> HeadBackbone:
         path = work / "efficientat_mn04_as.tflite"
         path.write_bytes(expose_outputs(original, [tensor]))
         spec = inspect_model(path, path.name)
+        mids = read_class_map(labels)
         return HeadBackbone(
-            name, path.name, path, EFFICIENTAT, spec, _embedding_spec(path),
-            class_outputs(read_class_map(labels), None), EFFICIENTAT_VARIANTS, (1,),
+            name, path.name, path, EFFICIENTAT, spec, _embedding_spec(path), class_outputs(mids, None), mids,
+            EFFICIENTAT_VARIANTS, (1,),
             {
                 "source_model": {"file": source.name, "sha256": sha256_file(source)},
                 "embedding": {

@@ -86,6 +86,28 @@ class ClassSpec:
 
 
 @dataclass(frozen=True)
+class VetoSpec:
+    """Silence a class when the backbone's own AudioSet scores say a sound none of the classes is dominates the window.
+
+    A head learns "not ours" only from the negatives it was trained on, so on a kind it never saw (a chainsaw, a
+    hen, street music) it often names its nearest class. The backbone was trained on all of AudioSet and usually
+    names such a kind outright; `foreign_outputs` are its outputs for sounds that are neither a class, an ancestor
+    of one, nor street background (chosen from the AudioSet ontology by the converter)."""
+
+    foreign_outputs: tuple[int, ...] = opt(doc="Backbone outputs of sounds that are none of the classes.")
+    class_outputs: tuple[tuple[int, ...], ...] = opt(doc="Per class, in class order: its own backbone outputs.")
+    min_score: float = opt(doc="A foreign score below this never vetoes.", gt=0.0, hi=1.0)
+    margin: float = opt(0.0, "The foreign score must beat the class's own best score by this much.", lo=0.0, hi=1.0)
+
+    def check(self, path: str) -> None:
+        if not self.foreign_outputs:
+            raise ConfigError(f"{path}.foreign_outputs", "must list at least one backbone output")
+        empty = [i for i, outputs in enumerate(self.class_outputs) if not outputs]
+        if empty:
+            raise ConfigError(f"{path}.class_outputs[{empty[0]}]", "must list at least one backbone output")
+
+
+@dataclass(frozen=True)
 class HeadSpec:
     """A trained head over the backbone's embedding: pooled embedding of a window (+ optionally the backbone's own
     mean-pooled scores) -> one sigmoid score per class. The backbone model carries the embedding as an extra output,
@@ -100,6 +122,16 @@ class HeadSpec:
     backbone_sha256: str | None = opt(
         None, "sha256 of the backbone file the head was trained on (required in version 2).", pattern="[0-9a-f]{64}"
     )
+    veto: VetoSpec | None = opt(
+        None, "Silence a class when the backbone hears a foreign sound (in a v2 bundle: for the averaged score)."
+    )
+
+    def check(self, path: str) -> None:
+        veto, classes = self.veto, self.classes
+        if veto is not None and classes and len(veto.class_outputs) != len(classes):
+            raise ConfigError(
+                f"{path}.veto.class_outputs", f"has {len(veto.class_outputs)} entries for {len(classes)} classes"
+            )
 
 
 @dataclass(frozen=True)
@@ -522,6 +554,13 @@ def head_spec_dict(head: HeadSpec) -> dict[str, Any]:
     }
     if head.backbone_sha256 is not None:
         data["backbone_sha256"] = head.backbone_sha256
+    if head.veto is not None:
+        data["veto"] = {
+            "foreign_outputs": list(head.veto.foreign_outputs),
+            "class_outputs": [list(outputs) for outputs in head.veto.class_outputs],
+            "min_score": head.veto.min_score,
+            "margin": head.veto.margin,
+        }
     return data
 
 

@@ -8,14 +8,17 @@ A version-2 bundle runs as an `EnsembleModel`: every member on the same window, 
 
 from __future__ import annotations
 
+import itertools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..audio.pcm import resample
 from .audioset_params import FRAMES_PER_CLIP
-from .bundle import Bundle, BundleError, ModelSpec
+from .bundle import Bundle, BundleError, ModelSpec, VetoSpec
 from .frontend import Frontend
 from .frontend_efficientat import EfficientATFrontend, EfficientATParams
 from .head import EmbeddingReader, pool_features
@@ -29,6 +32,7 @@ class WindowScores:
     patches: int  # how many patches the window gave
     frontend_ms: float
     model_ms: float
+    vetoed: np.ndarray | None = None  # (classes,) bool: classes silenced by the bundle's veto (their score is 0)
 
 
 def _runner(bundle: Bundle, spec: ModelSpec, threads: int, runtime: str | None, batched: bool) -> RowRunner:
@@ -104,9 +108,12 @@ class Model:
             for j, c in enumerate(bundle.classes):
                 self._class_mask[list(c.backbone_outputs), j] = True
         self.head = self.embedding = None
+        self.veto: Veto | None = None
         if bundle.head is not None:
             self.embedding = EmbeddingReader(bundle, bundle.head, self.backbone.interpreter)
             self.head = _runner(bundle, bundle.head.model, threads, runtime, batched)
+            if bundle.head.veto is not None:
+                self.veto = Veto(bundle.head.veto, bundle.backbone_model.output.shape[-1], bundle.path)
         self.min_samples = bundle.frontend.patch_samples
         self.input_rate_hz = bundle.frontend.sample_rate_hz  # what `scores` takes
 
@@ -157,34 +164,85 @@ class Model:
         outputs, frontend_ms, backbone_ms = self.backbone_outputs(waveform)
         t0 = time.perf_counter()
         scores = self.class_scores(outputs)
-        return WindowScores(scores, len(outputs), frontend_ms, backbone_ms + (time.perf_counter() - t0) * 1e3)
+        vetoed = None
+        if self.veto is not None:
+            vetoed = self.veto(outputs[:, : self.veto.width])
+            scores = np.where(vetoed, np.float32(0.0), scores)
+        model_ms = backbone_ms + (time.perf_counter() - t0) * 1e3
+        return WindowScores(scores, len(outputs), frontend_ms, model_ms, vetoed)
+
+
+class Veto:
+    """A head's veto (see `VetoSpec`): which classes a window's backbone scores silence."""
+
+    def __init__(self, spec: VetoSpec, width: int, where: Path) -> None:
+        bad = [i for i in (*spec.foreign_outputs, *itertools.chain(*spec.class_outputs)) if not 0 <= i < width]
+        if bad:
+            raise BundleError(f"{where}: veto names backbone output(s) {sorted(set(bad))} outside 0..{width - 1}")
+        self.width = width
+        self.foreign = np.asarray(spec.foreign_outputs)
+        self.own = np.zeros((width, len(spec.class_outputs)), dtype=bool)
+        for j, outputs in enumerate(spec.class_outputs):
+            self.own[list(outputs), j] = True
+        self.min_score = np.float32(spec.min_score)
+        self.margin = np.float32(spec.margin)
+
+    def __call__(self, patch_scores: np.ndarray) -> np.ndarray:
+        """(patches, outputs) backbone scores of one window -> (classes,) bool, True where the class is vetoed."""
+        pooled = patch_scores.mean(axis=0)
+        foreign = pooled[self.foreign].max()
+        own = np.where(self.own, pooled[:, None], 0.0).max(axis=0)
+        vetoed: np.ndarray = (foreign >= self.min_score) & (foreign > own + self.margin)
+        return vetoed
 
 
 class EnsembleModel:
     """A version-2 bundle: each member (backbone + head) scores the same window at its own rate; the class scores are
-    the weighted mean. Takes the window at the members' common band rate (16 kHz) and resamples per member."""
+    the weighted mean. Takes the window at the members' common band rate (16 kHz) and resamples per member.
+
+    With `threads` >= the member count, the members run side by side, each on `threads // members` interpreter
+    threads: EfficientAT gains nothing from a second interpreter thread, but both backbones at once fill two cores
+    (TFLite and numpy release the GIL), so the window costs about the slower member, not the sum."""
 
     def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None, batched: bool = True) -> None:
         assert bundle.members and bundle.band_rate_hz is not None  # load_bundle checked both
         self.bundle = bundle
-        self.members = tuple(Model(member, threads, runtime, batched) for member in bundle.members)
+        self.parallel = threads >= len(bundle.members) > 1
+        each = max(1, threads // len(bundle.members)) if self.parallel else threads
+        self.members = tuple(Model(member, each, runtime, batched) for member in bundle.members)
         self.weights = tuple(float(w) for w in bundle.weights)
         self.input_rate_hz = bundle.band_rate_hz
 
+    def _member_scores(self, member: Model, waveform: np.ndarray) -> tuple[WindowScores, float]:
+        t0 = time.perf_counter()
+        wave = resample(waveform, self.input_rate_hz, member.input_rate_hz)
+        resample_ms = (time.perf_counter() - t0) * 1e3
+        return member.scores(wave), resample_ms
+
     def scores(self, waveform: np.ndarray) -> WindowScores:
         """Score one window of mono float32 audio at the band rate (bundle.band_rate_hz)."""
+        if self.parallel:
+            # a pool per window costs ~0.1 ms against ~20 ms of work, and leaves no thread behind on a reload
+            with ThreadPoolExecutor(max_workers=len(self.members) - 1, thread_name_prefix="member") as pool:
+                others = [pool.submit(self._member_scores, m, waveform) for m in self.members[1:]]
+                results = [self._member_scores(self.members[0], waveform), *(f.result() for f in others)]
+        else:
+            results = [self._member_scores(m, waveform) for m in self.members]
         total = np.zeros(len(self.bundle.classes), dtype=np.float32)
-        patches, frontend_ms, model_ms = 0, 0.0, 0.0
-        for member, weight in zip(self.members, self.weights, strict=True):
-            t0 = time.perf_counter()
-            wave = resample(waveform, self.input_rate_hz, member.input_rate_hz)
-            resample_ms = (time.perf_counter() - t0) * 1e3
-            result = member.scores(wave)
+        vetoed = None
+        for (result, _), weight in zip(results, self.weights, strict=True):
             total += np.float32(weight) * result.scores
-            patches = max(patches, result.patches)
-            frontend_ms += resample_ms + result.frontend_ms
-            model_ms += result.model_ms
-        return WindowScores(total, patches, frontend_ms, model_ms)
+            if result.vetoed is not None:  # a member's veto silences the class in the average, not just its share
+                vetoed = result.vetoed if vetoed is None else vetoed | result.vetoed
+        if vetoed is not None:
+            total = np.where(vetoed, np.float32(0.0), total)
+        return WindowScores(
+            total,
+            max(r.patches for r, _ in results),
+            sum(r.frontend_ms + resample_ms for r, resample_ms in results),
+            sum(r.model_ms for r, _ in results),
+            vetoed,
+        )
 
 
 def open_model(
