@@ -68,7 +68,7 @@ def veto_source(backbone: str, class_map: Mapping[str, int], ontology: Ontology,
 
 @dataclass(frozen=True)
 class VetoChoice:
-    sources: tuple[VetoSource, ...]  # empty: no veto
+    sources: tuple[VetoSource, ...] = ()  # empty: no veto
     min_score: float = 0.0
 
     @property

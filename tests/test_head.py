@@ -17,6 +17,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from custom.convert.classes import CLASS_NAMES
 from custom.convert.cli import main as convert
 from custom.daemon.model.bundle import load_bundle
 from custom.daemon.model.inference import Model
@@ -282,9 +283,16 @@ def test_two_backbone_bundle_averages_its_members(ensemble_bundle: Path, shared:
     assert isinstance(model, EnsembleModel) and model.input_rate_hz == 16000
     assert sum(bundle.weights) == pytest.approx(1.0)
     window = read_audio(shared / SIREN, 16000).waveform
-    got = model.scores(window).scores
+    scored = model.scores(window)
+    got = scored.scores
     parts = [Model(m).scores(resample(window, 16000, m.frontend.sample_rate_hz)).scores for m in bundle.members]
-    np.testing.assert_allclose(got, sum(w * p for w, p in zip(bundle.weights, parts, strict=True)), atol=1e-5)
+    expected = sum(w * p for w, p in zip(bundle.weights, parts, strict=True))
+    if scored.vetoed is not None:  # a member's veto silences the class in the average
+        expected = np.where(scored.vetoed, 0.0, expected)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    side_by_side = open_model(bundle, threads=2)  # two threads: the members run at once, one interpreter thread each
+    assert isinstance(side_by_side, EnsembleModel) and side_by_side.parallel
+    np.testing.assert_array_equal(side_by_side.scores(window).scores, got)
     assert bundle.class_names[int(np.argmax(got))] == "Siren"
     assert not np.allclose(parts[0], parts[1], atol=1e-3)  # the members really differ: the average means something
 
@@ -296,6 +304,18 @@ def test_two_backbone_bundle_averages_its_members(ensemble_bundle: Path, shared:
         (lambda d: d["members"][1].update(window_s=5.0), "members[1].window_s: 5.0 s disagrees"),
         (lambda d: d["members"][0]["head"].update(backbone_sha256="0" * 64), "members[0].head.backbone_sha256"),
         (lambda d: d["members"][0].update(weight=0.9), "members: weights must sum to 1"),
+        (
+            lambda d: d["members"][0]["head"].update(
+                veto={"foreign_outputs": [1], "class_outputs": [[0]] * 3, "min_score": 0.5}
+            ),
+            "members[0].head.veto.class_outputs: has 3 entries for 10 classes",
+        ),
+        (
+            lambda d: d["members"][0]["head"].update(
+                veto={"foreign_outputs": [99999], "class_outputs": [[0]] * 10, "min_score": 0.5}
+            ),
+            "members[0].head.veto: names backbone output(s) [99999] outside 0..",
+        ),
     ],
 )
 def test_bad_two_backbone_bundles_are_refused_in_one_line(ensemble_bundle, shared, tmp_path, edit, key) -> None:
@@ -308,3 +328,60 @@ def test_bad_two_backbone_bundles_are_refused_in_one_line(ensemble_bundle, share
     assert done.returncode == 78, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and "Traceback" not in done.stderr, done.stderr
+
+
+def test_foreign_labels_come_from_the_ontology(shared: Path) -> None:
+    """Foreign = neither a class, an ancestor of one, nor street background: a chainsaw, music, a hen are foreign;
+    a siren, a bark (a Dog descendant), a car (traffic's sibling, under Vehicle) and speech are not."""
+    from custom.convert.ontology import Ontology
+    from custom.convert.veto import veto_source
+    from custom.convert.yamnet import read_class_map
+
+    ontology = Ontology.load(shared / "data/audioset/ontology.json")
+    class_map = read_class_map(shared / "data/audioset/class_labels_indices.csv")
+    source = veto_source("efficientat", class_map, ontology, np.zeros((1, len(class_map))))
+    foreign = set(source.foreign)
+    for name in ("Chainsaw", "Music", "Chicken, rooster", "Rain", "Air conditioning", "Drill"):
+        assert class_map[ontology.mid(name)] in foreign, name
+    for name in ("Siren", "Bark", "Car", "Speech", "Jackhammer", "Traffic noise, roadway noise"):
+        assert class_map[ontology.mid(name)] not in foreign, name
+    dog = CLASS_NAMES.index("Dog")
+    assert class_map[ontology.mid("Bark")] in source.class_outputs[dog]  # a class's own outputs include descendants
+
+
+def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(ensemble_bundle: Path, shared: Path,
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    """The EfficientAT member given the converter's veto: on real chainsaw recordings (a kind no class covers) the
+    classes its scores say are drowned by a foreign sound score 0 in the average; a siren keeps its Siren score."""
+    from custom.convert.ontology import Ontology
+    from custom.convert.veto import veto_source
+    from custom.convert.yamnet import read_class_map
+    from custom.daemon.audio.audiofile import read_audio
+    from custom.daemon.model.bundle import veto_spec_dict
+    from custom.daemon.model.inference import open_model
+
+    vetoing = tmp_path / "vetoing"
+    shutil.copytree(ensemble_bundle, vetoing)
+    manifest = json.loads((vetoing / "manifest.json").read_text())
+    ontology = Ontology.load(shared / "data/audioset/ontology.json")
+    class_map = read_class_map(shared / "data/audioset/class_labels_indices.csv")
+    spec = veto_source("efficientat", class_map, ontology, np.zeros((1, len(class_map)))).spec(0.3)
+    member = next(m for m in manifest["members"] if m["backbone"] == "efficientat")
+    member["head"]["veto"] = veto_spec_dict(spec)
+    (vetoing / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    model = open_model(load_bundle(vetoing))
+    plain = open_model(load_bundle(ensemble_bundle))
+
+    with open(shared / "data/train-audio/manifest.csv", newline="") as handle:
+        chainsaws = [r["path"] for r in csv.DictReader(handle) if r["source_class"] == "chainsaw"][:6]
+    silenced = 0
+    for path in chainsaws:
+        window = read_audio(shared / "data/train-audio" / path, 16000).waveform
+        got, before = model.scores(window), plain.scores(window)
+        assert got.vetoed is not None
+        np.testing.assert_array_equal(got.scores[got.vetoed], 0.0)
+        np.testing.assert_allclose(got.scores[~got.vetoed], before.scores[~got.vetoed], atol=1e-6)
+        silenced += int(got.vetoed[int(np.argmax(before.scores))])  # what the heads alone would have named
+    assert silenced >= len(chainsaws) // 2, f"the chainsaw was heard as foreign in only {silenced} of {len(chainsaws)}"
+    siren = model.scores(read_audio(shared / SIREN, 16000).waveform)
+    assert siren.vetoed is not None and not siren.vetoed[list(model.bundle.class_names).index("Siren")]

@@ -313,6 +313,7 @@ def _read_manifest(data: Any) -> Manifest:
     if m.head is not None:
         if list(m.head.classes) != names:
             raise ConfigError("head.classes", f"{list(m.head.classes)} do not match the bundle's classes {names}")
+        _check_veto(m.head, m.models.backbone, "head")
         if m.head.model.output.shape[-1] != len(names):
             raise ConfigError(
                 "head.model.output", f"has {m.head.model.output.shape[-1]} scores for {len(names)} classes"
@@ -360,6 +361,7 @@ def _read_manifest_v2(data: Any) -> ManifestV2:
             raise ConfigError(
                 f"{where}.head.classes", f"{list(head.classes)} do not match the bundle's classes {names}"
             )
+        _check_veto(head, member.model, f"{where}.head")
         outputs = head.model.output.shape[-1]
         if outputs != len(names):
             raise ConfigError(f"{where}.head.model.output", f"has {outputs} scores for {len(names)} classes")
@@ -383,6 +385,17 @@ def _read_manifest_v2(data: Any) -> ManifestV2:
         if Path(name).name != name:
             raise ConfigError(f"files.{name}", "file names must not contain a directory")
     return m
+
+
+def _check_veto(head: HeadSpec, backbone: ModelSpec, where: str) -> None:
+    """Every output a veto names must exist in the backbone it sits on (checked before any model is loaded)."""
+    if head.veto is None:
+        return
+    width = backbone.output.shape[-1]
+    named = [*head.veto.foreign_outputs, *(i for outputs in head.veto.class_outputs for i in outputs)]
+    bad = sorted({i for i in named if not 0 <= i < width})
+    if bad:
+        raise ConfigError(f"{where}.veto", f"names backbone output(s) {bad} outside 0..{width - 1} ({backbone.file})")
 
 
 def _check_classes(names: list[str]) -> None:
@@ -555,13 +568,17 @@ def head_spec_dict(head: HeadSpec) -> dict[str, Any]:
     if head.backbone_sha256 is not None:
         data["backbone_sha256"] = head.backbone_sha256
     if head.veto is not None:
-        data["veto"] = {
-            "foreign_outputs": list(head.veto.foreign_outputs),
-            "class_outputs": [list(outputs) for outputs in head.veto.class_outputs],
-            "min_score": head.veto.min_score,
-            "margin": head.veto.margin,
-        }
+        data["veto"] = veto_spec_dict(head.veto)
     return data
+
+
+def veto_spec_dict(veto: VetoSpec) -> dict[str, Any]:
+    return {
+        "foreign_outputs": list(veto.foreign_outputs),
+        "class_outputs": [list(outputs) for outputs in veto.class_outputs],
+        "min_score": veto.min_score,
+        "margin": veto.margin,
+    }
 
 
 def class_spec_dict(c: ClassSpec) -> dict[str, Any]:

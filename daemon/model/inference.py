@@ -8,11 +8,9 @@ A version-2 bundle runs as an `EnsembleModel`: every member on the same window, 
 
 from __future__ import annotations
 
-import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -113,7 +111,7 @@ class Model:
             self.embedding = EmbeddingReader(bundle, bundle.head, self.backbone.interpreter)
             self.head = _runner(bundle, bundle.head.model, threads, runtime, batched)
             if bundle.head.veto is not None:
-                self.veto = Veto(bundle.head.veto, bundle.backbone_model.output.shape[-1], bundle.path)
+                self.veto = Veto(bundle.head.veto, bundle.backbone_model.output.shape[-1])
         self.min_samples = bundle.frontend.patch_samples
         self.input_rate_hz = bundle.frontend.sample_rate_hz  # what `scores` takes
 
@@ -175,10 +173,8 @@ class Model:
 class Veto:
     """A head's veto (see `VetoSpec`): which classes a window's backbone scores silence."""
 
-    def __init__(self, spec: VetoSpec, width: int, where: Path) -> None:
-        bad = [i for i in (*spec.foreign_outputs, *itertools.chain(*spec.class_outputs)) if not 0 <= i < width]
-        if bad:
-            raise BundleError(f"{where}: veto names backbone output(s) {sorted(set(bad))} outside 0..{width - 1}")
+    def __init__(self, spec: VetoSpec, width: int) -> None:
+        """`width`: the backbone's score outputs (load_bundle checked that every index the spec names is below it)."""
         self.width = width
         self.foreign = np.asarray(spec.foreign_outputs)
         self.own = np.zeros((width, len(spec.class_outputs)), dtype=bool)
