@@ -63,8 +63,10 @@ from .metrics import best_f1_threshold, per_class_ap
 from .ontology import Ontology
 from .openset import (
     UNSEEN_FALSE_ALARM_TARGET,
+    Setting,
     cap_false_alarms,
     false_alarm_rate,
+    nested_choice_rate,
     nested_unseen_rate,
     unseen_kind_scores,
 )
@@ -220,6 +222,8 @@ def figures(scores: np.ndarray, truth: np.ndarray, cuts: list[float], on_clips: 
     single = on_clips & (truth.sum(axis=1) == 1)
     true_index = truth[single].argmax(axis=1)
     predicted = scores[single].argmax(axis=1)
+    named = scores[single].max(axis=1) > 0  # every class vetoed (all 0): no top class, so never a hit
+    hit = (predicted == true_index) & named
     fired = scores >= np.asarray(cuts)
     recall, precision = [], []
     for k in range(truth.shape[1]):
@@ -227,10 +231,10 @@ def figures(scores: np.ndarray, truth: np.ndarray, cuts: list[float], on_clips: 
         recall.append(float((fired[pos, k]).mean()) if pos.any() else float("nan"))
         sel = on_clips & fired[:, k]
         precision.append(float(truth[sel, k].mean()) if sel.any() else float("nan"))
-    top1_recall = [float((predicted[true_index == k] == k).mean()) for k in range(truth.shape[1])]
+    top1_recall = [float(hit[true_index == k].mean()) for k in range(truth.shape[1])]
     negatives = ~truth.any(axis=1)
     return {
-        "top1": float((predicted == true_index).mean()),
+        "top1": float(hit.mean()),
         "top1_recall": top1_recall,
         "recall": recall,
         "precision": precision,
@@ -238,7 +242,7 @@ def figures(scores: np.ndarray, truth: np.ndarray, cuts: list[float], on_clips: 
         "false_alarm_other": float(fired[negatives].any(axis=1).mean()) if negatives.any() else float("nan"),
         "other_windows": int(negatives.sum()),
         "clips": int(single.sum()),
-        "confusion": np.bincount(true_index * truth.shape[1] + predicted, minlength=truth.shape[1] ** 2)
+        "confusion": np.bincount(true_index[named] * truth.shape[1] + predicted[named], minlength=truth.shape[1] ** 2)
         .reshape(truth.shape[1], truth.shape[1])
         .tolist(),
     }
@@ -484,24 +488,34 @@ class _Folds:
 
     def finish(self, name: str, backbones: tuple[str, ...], cost: float, oof: np.ndarray, unseen: np.ndarray,
                vetoes: tuple[VetoSource, ...], **extra: Any) -> Candidate:  # fmt: skip
-        """The candidate at its best veto setting (see convert/veto.py): the lowest nested unseen-kind rate among the
-        settings that cost at most VETO_TOP1_COST of top-1 against no veto."""
+        """The candidate at its veto setting (see convert/veto.py): among the settings that cost at most
+        VETO_TOP1_COST of top-1 against no veto, the one labelling the fewest unseen-kind windows before thresholds
+        are raised. The unseen-kind rate reported chooses the setting nested too (`nested_choice_rate`)."""
+        clips = self.on_clips
         tries = []
         for choice in veto_choices(vetoes):
-            cuts, fig = self._figures(choice.apply(oof, self.real_rows), choice.apply(unseen, self.negative_rows))
-            tries.append((choice, cuts, fig))
+            v_oof, v_unseen = choice.apply(oof, self.real_rows), choice.apply(unseen, self.negative_rows)
+            cuts, fig = self._figures(v_oof, v_unseen)
+            setting = Setting(thresholds_from(v_oof, self.truth), v_unseen, v_oof[clips])
+            tries.append((choice, cuts, fig, setting, v_oof))
         plain = tries[0][2]
-        eligible = [t for t in tries if t[2]["top1"] >= plain["top1"] - VETO_TOP1_COST]
-        choice, cuts, fig = min(
-            eligible,
-            key=lambda t: (t[2]["false_alarm_unseen"], -t[2]["top1"], len(t[0].sources), -t[0].min_score),
+        eligible = sorted(
+            (t for t in tries if t[2]["top1"] >= plain["top1"] - VETO_TOP1_COST),
+            key=lambda t: (-t[2]["top1"], len(t[0].sources), -t[0].min_score),  # preference on a tie
         )
-        fig.update(veto=choice.label, top1_without_veto=plain["top1"],
-                   false_alarm_unseen_without_veto=plain["false_alarm_unseen"])  # fmt: skip
-        record = [{"veto": c.label, **{k: f[k] for k in VETO_SCORED}} for c, _, f in tries]
-        return Candidate(name, backbones, cost, fig, choice.apply(oof, self.real_rows), cuts,
-                         choice.apply(unseen, self.negative_rows), veto=choice, veto_tries=record, plain_oof=oof,
-                         plain_unseen=unseen, **extra)  # fmt: skip
+        choice, cuts, chosen_fig, setting, v_oof = min(eligible, key=lambda t: t[2]["false_alarm_unseen_before_raise"])
+        nested, per_kind = nested_choice_rate(
+            [t[3] for t in eligible], self.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING,
+            self.truth[clips],
+        )  # fmt: skip
+        fig = {
+            **chosen_fig, "false_alarm_unseen": nested, "false_alarm_unseen_by_kind": per_kind,
+            "false_alarm_unseen_fixed_setting": chosen_fig["false_alarm_unseen"], "veto": choice.label,
+            "top1_without_veto": plain["top1"], "false_alarm_unseen_without_veto": plain["false_alarm_unseen"],
+        }  # fmt: skip
+        record = [{"veto": t[0].label, **{k: t[2][k] for k in VETO_SCORED}} for t in tries]
+        return Candidate(name, backbones, cost, fig, v_oof, cuts, setting.unseen, veto=choice, veto_tries=record,
+                         plain_oof=oof, plain_unseen=unseen, **extra)  # fmt: skip
 
     def _figures(self, oof: np.ndarray, unseen: np.ndarray) -> tuple[list[float], dict[str, Any]]:
         """Thresholds (grouped-CV rule, then raised for unseen kinds) and the figures at them."""

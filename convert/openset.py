@@ -12,6 +12,7 @@ thresholds set without it), so the figure is not tuned on itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -111,5 +112,32 @@ def nested_unseen_rate(
         mine = kinds_arr == kind
         capped = cap_false_alarms(cuts, unseen[~mine], target, ceiling, positives, truth)
         fired[mine] = (unseen[mine] >= np.asarray(capped)).any(axis=1)
+        per_kind[kind] = float(fired[mine].mean())
+    return (float(fired.mean()) if len(fired) else float("nan")), per_kind
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of scoring the same windows (e.g. a veto setting), with its thresholds before any raise."""
+
+    base: list[float]
+    unseen: np.ndarray  # (negatives, classes) unseen-kind scores
+    positives: np.ndarray  # (clips, classes) out-of-fold scores of the real clips
+
+
+def nested_choice_rate(
+    settings: Sequence[Setting], kinds: Sequence[str], target: float, ceiling: float, truth: np.ndarray
+) -> tuple[float, dict[str, float]]:
+    """The unseen-kind false-alarm rate when the setting is chosen too: each kind is judged by the setting that labels
+    the fewest windows of the *other* kinds at its base thresholds (the first such, so order `settings` by
+    preference), with thresholds capped on the other kinds only. Nothing about a kind decides how it is judged."""
+    kinds_arr = np.asarray(kinds)
+    fired = np.zeros(len(kinds_arr), dtype=bool)
+    per_kind = {}
+    for kind in sorted(set(kinds)):
+        mine = kinds_arr == kind
+        best = min(settings, key=lambda s: false_alarm_rate(s.unseen[~mine], s.base))
+        capped = cap_false_alarms(best.base, best.unseen[~mine], target, ceiling, best.positives, truth)
+        fired[mine] = (best.unseen[mine] >= np.asarray(capped)).any(axis=1)
         per_kind[kind] = float(fired[mine].mean())
     return (float(fired.mean()) if len(fired) else float("nan")), per_kind
