@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`python -m bench.ensemble` on {info.get('cpu', '?')}, {info.get('cores', '?')} cores; "
         f"{args.windows} windows per cell (median), 16 kHz real audio, the daemon's code path, each bundle in its "
         "own process. CPU = all threads' CPU time per window (robust to a busy machine); ratio = CPU / the YAMNet "
-        "mapping bundle's at the same thread count. Target (issue 18): <= 1.5x.",
+        "mapping bundle's at the same thread count. Target (issue 18): <= 1.5x. At 2 threads a version-2 bundle "
+        "runs its members side by side, one interpreter thread each (`EnsembleModel`).",
         "",
         "| bundle | threads | CPU ms | wall ms | ratio (CPU) | ratio (wall) | peak RSS MiB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

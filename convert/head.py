@@ -70,7 +70,7 @@ from .openset import (
     nested_unseen_rate,
     unseen_kind_scores,
 )
-from .veto import VETO_TOP1_COST, VetoChoice, VetoSource, veto_choices, veto_source
+from .veto import VetoChoice, VetoSource, shortfall, veto_choices, veto_source
 
 HELP = "train a head on YAMNet and/or EfficientAT embeddings from ../shared and write a headed bundle"
 CACHE_VERSION = 2  # 2: mix offsets drawn as a fraction (rate-independent)
@@ -488,25 +488,24 @@ class _Folds:
 
     def finish(self, name: str, backbones: tuple[str, ...], cost: float, oof: np.ndarray, unseen: np.ndarray,
                vetoes: tuple[VetoSource, ...], **extra: Any) -> Candidate:  # fmt: skip
-        """The candidate at its veto setting (see convert/veto.py): among the settings that cost at most
-        VETO_TOP1_COST of top-1 against no veto, the one labelling the fewest unseen-kind windows before thresholds
-        are raised. The unseen-kind rate reported chooses the setting nested too (`nested_choice_rate`)."""
+        """The candidate at its veto setting (see convert/veto.py): the least `shortfall` from the top-1 and
+        unseen-kind targets (unseen windows labelled before thresholds are raised). The unseen-kind rate reported
+        chooses the setting nested too (`nested_choice_rate`)."""
         clips = self.on_clips
         tries = []
         for choice in veto_choices(vetoes):
             v_oof, v_unseen = choice.apply(oof, self.real_rows), choice.apply(unseen, self.negative_rows)
             cuts, fig = self._figures(v_oof, v_unseen)
-            setting = Setting(thresholds_from(v_oof, self.truth), v_unseen, v_oof[clips])
+            setting = Setting(thresholds_from(v_oof, self.truth), v_unseen, v_oof[clips], fig["top1"])
             tries.append((choice, cuts, fig, setting, v_oof))
         plain = tries[0][2]
-        eligible = sorted(
-            (t for t in tries if t[2]["top1"] >= plain["top1"] - VETO_TOP1_COST),
-            key=lambda t: (-t[2]["top1"], len(t[0].sources), -t[0].min_score),  # preference on a tie
+        ranked = sorted(tries, key=lambda t: (-t[2]["top1"], len(t[0].sources), -t[0].min_score))  # ties: first
+        choice, cuts, chosen_fig, setting, v_oof = min(
+            ranked, key=lambda t: veto_shortfall(t[2]["top1"], t[2]["false_alarm_unseen_before_raise"])
         )
-        choice, cuts, chosen_fig, setting, v_oof = min(eligible, key=lambda t: t[2]["false_alarm_unseen_before_raise"])
         nested, per_kind = nested_choice_rate(
-            [t[3] for t in eligible], self.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING,
-            self.truth[clips],
+            [t[3] for t in ranked], self.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING,
+            self.truth[clips], veto_shortfall,
         )  # fmt: skip
         fig = {
             **chosen_fig, "false_alarm_unseen": nested, "false_alarm_unseen_by_kind": per_kind,
@@ -634,6 +633,12 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
 
 
 SCORED = ("top1", "macro_ap", "false_alarm_other", "top1_recall")
+
+
+def veto_shortfall(top1: float, unseen_rate: float) -> float:
+    return shortfall(top1, unseen_rate, UNSEEN_FALSE_ALARM_TARGET)
+
+
 VETO_SCORED = ("top1", "false_alarm_other", "false_alarm_unseen", "false_alarm_unseen_before_raise", "top1_recall")
 
 

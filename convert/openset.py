@@ -123,20 +123,27 @@ class Setting:
     base: list[float]
     unseen: np.ndarray  # (negatives, classes) unseen-kind scores
     positives: np.ndarray  # (clips, classes) out-of-fold scores of the real clips
+    top1: float
 
 
 def nested_choice_rate(
-    settings: Sequence[Setting], kinds: Sequence[str], target: float, ceiling: float, truth: np.ndarray
+    settings: Sequence[Setting],
+    kinds: Sequence[str],
+    target: float,
+    ceiling: float,
+    truth: np.ndarray,
+    cost: Callable[[float, float], float],
 ) -> tuple[float, dict[str, float]]:
-    """The unseen-kind false-alarm rate when the setting is chosen too: each kind is judged by the setting that labels
-    the fewest windows of the *other* kinds at its base thresholds (the first such, so order `settings` by
-    preference), with thresholds capped on the other kinds only. Nothing about a kind decides how it is judged."""
+    """The unseen-kind false-alarm rate when the setting is chosen too: each kind is judged by the setting with the
+    least `cost(top1, share of the *other* kinds' windows labelled at its base thresholds)` (the first such, so
+    order `settings` by preference), with thresholds capped on the other kinds only. Nothing about a kind decides
+    how it is judged."""
     kinds_arr = np.asarray(kinds)
     fired = np.zeros(len(kinds_arr), dtype=bool)
     per_kind = {}
     for kind in sorted(set(kinds)):
         mine = kinds_arr == kind
-        best = min(settings, key=lambda s: false_alarm_rate(s.unseen[~mine], s.base))
+        best = min(settings, key=lambda s: cost(s.top1, false_alarm_rate(s.unseen[~mine], s.base)))
         capped = cap_false_alarms(best.base, best.unseen[~mine], target, ceiling, best.positives, truth)
         fired[mine] = (best.unseen[mine] >= np.asarray(capped)).any(axis=1)
         per_kind[kind] = float(fired[mine].mean())

@@ -92,12 +92,14 @@ class VetoSpec:
     A head learns "not ours" only from the negatives it was trained on, so on a kind it never saw (a chainsaw, a
     hen, street music) it often names its nearest class. The backbone was trained on all of AudioSet and usually
     names such a kind outright; `foreign_outputs` are its outputs for sounds that are neither a class, an ancestor
-    of one, nor street background (chosen from the AudioSet ontology by the converter)."""
+    of one, nor street background (chosen from the AudioSet ontology by the converter). A class is vetoed when the
+    strongest foreign score reaches `min_score`, beats the class's own score, and that own score is below `max_own`
+    (the backbone hears no trace of the class)."""
 
     foreign_outputs: tuple[int, ...] = opt(doc="Backbone outputs of sounds that are none of the classes.")
     class_outputs: tuple[tuple[int, ...], ...] = opt(doc="Per class, in class order: its own backbone outputs.")
     min_score: float = opt(doc="A foreign score below this never vetoes.", gt=0.0, hi=1.0)
-    margin: float = opt(0.0, "The foreign score must beat the class's own best score by this much.", lo=0.0, hi=1.0)
+    max_own: float = opt(1.0, "A class whose own AudioSet score reaches this is never vetoed.", gt=0.0, hi=1.0)
 
     def check(self, path: str) -> None:
         if not self.foreign_outputs:
@@ -577,7 +579,7 @@ def veto_spec_dict(veto: VetoSpec) -> dict[str, Any]:
         "foreign_outputs": list(veto.foreign_outputs),
         "class_outputs": [list(outputs) for outputs in veto.class_outputs],
         "min_score": veto.min_score,
-        "margin": veto.margin,
+        "max_own": veto.max_own,
     }
 
 

@@ -181,14 +181,14 @@ class Veto:
         for j, outputs in enumerate(spec.class_outputs):
             self.own[list(outputs), j] = True
         self.min_score = np.float32(spec.min_score)
-        self.margin = np.float32(spec.margin)
+        self.max_own = np.float32(spec.max_own)
 
     def __call__(self, patch_scores: np.ndarray) -> np.ndarray:
         """(patches, outputs) backbone scores of one window -> (classes,) bool, True where the class is vetoed."""
         pooled = patch_scores.mean(axis=0)
         foreign = pooled[self.foreign].max()
         own = np.where(self.own, pooled[:, None], 0.0).max(axis=0)
-        vetoed: np.ndarray = (foreign >= self.min_score) & (foreign > own + self.margin)
+        vetoed: np.ndarray = (foreign >= self.min_score) & (foreign > own) & (own < self.max_own)
         return vetoed
 
 
