@@ -31,12 +31,13 @@ from .common import BENCH_DIR, INPUT_RATE_HZ, ROOT, WINDOW_S, WORK_DIR, parse_re
 WORKER_TIMEOUT_S = 900.0
 
 
-def run_worker(module: str, args: list[str], threads: int) -> dict[str, Any]:
-    """`python -m MODULE ARGS` in a fresh process with `threads` BLAS threads; its result line as a dict."""
+def run_worker(module: str, args: list[str], threads: int, blas_threads: int | None = None) -> dict[str, Any]:
+    """`python -m MODULE ARGS` in a fresh process with `blas_threads` (default: `threads`) BLAS threads; its result
+    line as a dict."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
-        env=build.subprocess_env(threads),
+        env=build.subprocess_env(threads if blas_threads is None else blas_threads),
         capture_output=True,
         text=True,
         timeout=WORKER_TIMEOUT_S,

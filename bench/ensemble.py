@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from custom.daemon.cli import BLAS_ENVIRONMENT
+
 from .__main__ import machine_info, run_worker
 from .common import BENCH_DIR, WORK_DIR, shared_dir
 
@@ -28,6 +30,7 @@ BUNDLES = {  # name -> converter command that builds it (after `--shared S --out
     "both, averaged (v2)": ["head", "--backbone", "both", "--ship", "averaged"],
 }
 BASELINE = "yamnet mapping (v1)"
+DAEMON_BLAS_THREADS = int(BLAS_ENVIRONMENT["OPENBLAS_NUM_THREADS"])  # as `custom-sensord` pins numpy's BLAS
 
 
 def build(name: str, shared: Path, work: Path) -> Path:
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bench.worker",
                 ["--kind", "bundle", "--bundle", str(path), "--windows-file", str(wins), "--input-rate", "16000",
                  "--threads", str(threads), "--windows", str(args.windows)],
-                threads,
+                threads, blas_threads=DAEMON_BLAS_THREADS,
             )  # fmt: skip
     info = machine_info()
     lines = [
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.windows} windows per cell (median), 16 kHz real audio, the daemon's code path, each bundle in its "
         "own process. CPU = all threads' CPU time per window (robust to a busy machine); ratio = CPU / the YAMNet "
         "mapping bundle's at the same thread count. Target (issue 18): <= 1.5x. At 2 threads a version-2 bundle "
-        "runs its members side by side, one interpreter thread each (`EnsembleModel`).",
+        "runs its members side by side, one interpreter thread each (`EnsembleModel`). numpy's BLAS is pinned to 1 "
+        "thread, as `custom-sensord` pins it.",
         "",
         "| bundle | threads | CPU ms | wall ms | ratio (CPU) | ratio (wall) | peak RSS MiB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

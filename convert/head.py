@@ -73,7 +73,7 @@ from .openset import (
 from .veto import VetoChoice, VetoSource, shortfall, veto_choices, veto_source
 
 HELP = "train a head on YAMNet and/or EfficientAT embeddings from ../shared and write a headed bundle"
-CACHE_VERSION = 2  # 2: mix offsets drawn as a fraction (rate-independent)
+CACHE_VERSION = 3  # 2: mix offsets drawn as a fraction (rate-independent); 3: EfficientAT STFT in float32 (scipy)
 HEAD_FILE = "head.tflite"
 FOLDS = 5
 # Pooling variants per backbone: convert/head_backbones.py. For YAMNet, appending its 521 scores lost 2-3 points of

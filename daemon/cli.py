@@ -12,6 +12,7 @@ Exit codes: 0 ok, 2 usage, 65 bad data (calibrate), 66 unreadable input, 69 miss
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -100,7 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# numpy's BLAS would start a busy thread per core for the front ends' matrix products: measured no faster per
+# window, twice the CPU (bench/ENSEMBLE.md). The interpreters have their own threads (`model.threads`).
+BLAS_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    for key, value in BLAS_ENVIRONMENT.items():  # before numpy loads (nothing above imports it); the caller's wins
+        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -56,9 +56,11 @@ def _direct_log_mel(waveform: np.ndarray, frames: range) -> np.ndarray:
     return np.stack(out, axis=1)  # (128, len(frames))
 
 
-def test_frontend_matches_direct_computation_on_a_real_clip(shared: Path) -> None:
+@pytest.mark.parametrize("use_scipy", [False, True], ids=["numpy-float64", "scipy-float32"])
+def test_frontend_matches_direct_computation_on_a_real_clip(shared: Path, use_scipy: bool) -> None:
+    """Both FFT paths (scipy's float32 where the `fastfft` extra is installed, numpy's float64 otherwise)."""
     waveform = read_audio(shared / CHATTER, EFFICIENTAT.sample_rate_hz).waveform[: EFFICIENTAT.patch_samples]
-    ours = EfficientATFrontend().log_mel(waveform)
+    ours = EfficientATFrontend(use_scipy=use_scipy).log_mel(waveform)
     assert ours.shape == (128, 1001)  # 10 s at 32 kHz: exactly the model's input
     frames = range(0, 1001, 50)
     direct = _direct_log_mel(waveform, frames)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..audio.fft import real_fft
 from .frontend import ManifestParams, hz_to_mel
 
 EFFICIENTAT_RATE_HZ = 32000
@@ -91,30 +92,41 @@ def centred_window(params: EfficientATParams) -> np.ndarray:
 
 
 class EfficientATFrontend:
-    """Model inputs for one parameter set; window and mel banks are built once, not per window."""
+    """Model inputs for one parameter set; window and mel banks are built once, not per window.
 
-    def __init__(self, params: EfficientATParams = EFFICIENTAT) -> None:
+    Per window the STFT is the cost (~1000 frames of 1024): only the window's 800 non-zero samples of each frame are
+    multiplied (the zero padding around them shifts the frame in time, which leaves the power spectrum unchanged),
+    only the bins the mel banks use are squared, and the FFT is scipy's float32 one where installed
+    (`daemon/audio/fft.py`): ~3x less time than numpy's float64, log-mel within 1e-5 of it."""
+
+    def __init__(self, params: EfficientATParams = EFFICIENTAT, use_scipy: bool | None = None) -> None:
         if params.stft_window_samples > params.fft_length:
             raise ValueError(f"STFT window {params.stft_window_samples} exceeds FFT length {params.fft_length}")
         self.params = params
-        self._window = centred_window(params)  # float64: numpy's float32 FFT path is slower
-        self._mel = kaldi_mel_banks(params).astype(np.float32)
+        self._fft, self._dtype = real_fft(use_scipy)
+        self._left = (params.fft_length - params.stft_window_samples) // 2  # where the window sits in a frame
+        window = centred_window(params)
+        self._window = window[self._left : self._left + params.stft_window_samples].astype(self._dtype)
+        banks = kaldi_mel_banks(params)
+        self._bins = int(np.flatnonzero(banks.any(axis=1)).max()) + 1  # bins above mel_max_hz weigh nothing
+        self._mel = np.ascontiguousarray(banks[: self._bins], dtype=np.float32)
 
     def log_mel(self, waveform: np.ndarray) -> np.ndarray:
         """Mono float32 at 32 kHz -> (mel_bands, 1 + samples // hop) normalised log-mel, the model's layout."""
         p = self.params
-        x = np.asarray(waveform, dtype=np.float64)
+        x = np.asarray(waveform, dtype=self._dtype)
         pad = p.fft_length // 2
         if len(x) <= pad:  # reflect padding needs more samples than it pads
             x = np.pad(x, (0, pad + 1 - len(x)))
         emphasized = np.empty_like(x)
         emphasized[0] = x[0]
-        emphasized[1:] = x[1:] - p.preemphasis * x[:-1]
+        emphasized[1:] = x[1:] - self._dtype(p.preemphasis) * x[:-1]
         padded = np.pad(emphasized, pad, mode="reflect")  # torch.stft(center=True, pad_mode="reflect")
         num_frames = 1 + len(x) // p.hop_samples
-        frames = np.lib.stride_tricks.sliding_window_view(padded, p.fft_length)[:: p.hop_samples][:num_frames]
-        spectrum = np.fft.rfft(frames * self._window)  # (frames, fft_length//2+1)
-        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+        frames = np.lib.stride_tricks.sliding_window_view(padded[self._left :], p.stft_window_samples)
+        frames = frames[:: p.hop_samples][:num_frames]
+        spectrum = self._fft.rfft(frames * self._window, n=p.fft_length)[:, : self._bins]
+        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)
         mel = power @ self._mel  # (frames, mel_bands)
         normalised = (np.log(mel + np.float32(p.log_offset)) + np.float32(p.norm_shift)) / np.float32(p.norm_scale)
         return np.ascontiguousarray(normalised.T)  # (mel_bands, frames)

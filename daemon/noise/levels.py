@@ -28,10 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:  # optional (extra `fastfft`): scipy's float32 FFT is ~2.5x numpy's, which keeps levels under 10 % of a window
-    import scipy.fft as _scipy_fft
-except ImportError:  # numpy alone works, in float64 (numpy's float32 FFT is no faster)
-    _scipy_fft = None
+from ..audio.fft import real_fft
 
 AES17_OFFSET_DB = 10.0 * math.log10(2.0)  # mean square of a full-scale sine is 1/2: +3.01 dB makes it 0 dBFS
 FAST_TAU_S = 0.125  # IEC 61672-1 "F" time weighting
@@ -106,8 +103,7 @@ class LevelMeter:
     def __init__(self, calibration_db: float | None = None, use_scipy: bool | None = None) -> None:
         """`use_scipy` None: scipy's float32 FFT when scipy is installed, else numpy's float64 one."""
         self.calibration_db = calibration_db
-        self._fft = _scipy_fft if (use_scipy is None or use_scipy) and _scipy_fft is not None else np.fft
-        self._dtype = np.float32 if self._fft is not np.fft else np.float64
+        self._fft, self._dtype = real_fft(use_scipy)  # scipy's keeps levels under 10 % of a window
         self.unit = "dBFS" if calibration_db is None else "dB(A)"
         self._weights: dict[tuple[int, float], np.ndarray] = {}
 
