@@ -92,7 +92,9 @@ class ModelConfig:
     """Which model bundle runs and how its per-class decisions are made."""
 
     bundle: Path = opt(STATE_DIR / "bundle", "Model bundle folder (checked when the daemon starts).")
-    threads: int = opt(2, "Interpreter threads.", lo=1, hi=16)
+    threads: int = opt(
+        2, "Interpreter threads; from 2, a two-backbone bundle runs its backbones side by side.", lo=1, hi=16
+    )
     thresholds: Mapping[str, float] = opt(
         doc="Per-class score threshold overrides, class name -> 0..1, e.g. {Siren: 0.3}; "
         "names are checked against the bundle at start.",
