@@ -285,8 +285,7 @@ def _head_spec(
 ) -> HeadSpec:
     """`veto`: the candidate's; this head carries it if its backbone is one of the veto's sources."""
     model = ModelSpec(HEAD_FILE, TensorSpec((1, dims), "float32"), TensorSpec((1, 10), "float32"), "features")
-    mine = [s for s in (veto.sources if veto else ()) if s.backbone == backbone.name]
-    spec = mine[0].spec(veto.min_score) if mine and veto else None
+    spec = veto.spec_for(backbone.name) if veto else None
     return HeadSpec(model, 1, backbone.embedding, pooling, with_scores, CLASS_NAMES, veto=spec)
 
 

@@ -51,7 +51,7 @@ class VetoSource:
         vetoed: np.ndarray = (foreign >= min_score) & (foreign > own) & (own < max_own)
         return vetoed
 
-    def spec(self, min_score: float, max_own: float = 1.0) -> VetoSpec:
+    def spec(self, min_score: float, max_own: float) -> VetoSpec:
         return VetoSpec(self.foreign, self.class_outputs, float(min_score), float(max_own))
 
 
@@ -81,6 +81,11 @@ class VetoChoice:
             return "none"
         own = f", own < {self.max_own:g}" if self.max_own < 1.0 else ""
         return f"{'+'.join(s.backbone for s in self.sources)} >= {self.min_score:.1f}{own}"
+
+    def spec_for(self, backbone: str) -> VetoSpec | None:
+        """What a head on `backbone` carries in its bundle: this setting if that backbone is one of the sources."""
+        mine = [s for s in self.sources if s.backbone == backbone]
+        return mine[0].spec(self.min_score, self.max_own) if mine else None
 
     def apply(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Scores of windows `rows` with vetoed classes set to 0 (any source vetoing silences the class)."""

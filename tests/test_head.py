@@ -365,7 +365,7 @@ def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(ensemble_bu
     manifest = json.loads((vetoing / "manifest.json").read_text())
     ontology = Ontology.load(shared / "data/audioset/ontology.json")
     class_map = read_class_map(shared / "data/audioset/class_labels_indices.csv")
-    spec = veto_source("efficientat", class_map, ontology, np.zeros((1, len(class_map)))).spec(0.3)
+    spec = veto_source("efficientat", class_map, ontology, np.zeros((1, len(class_map)))).spec(0.3, 1.0)
     member = next(m for m in manifest["members"] if m["backbone"] == "efficientat")
     member["head"]["veto"] = veto_spec_dict(spec)
     (vetoing / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -385,3 +385,17 @@ def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(ensemble_bu
     assert silenced >= len(chainsaws) // 2, f"the chainsaw was heard as foreign in only {silenced} of {len(chainsaws)}"
     siren = model.scores(read_audio(shared / SIREN, 16000).waveform)
     assert siren.vetoed is not None and not siren.vetoed[list(model.bundle.class_names).index("Siren")]
+
+
+def test_the_written_veto_is_the_setting_the_build_chose(ensemble_bundle: Path) -> None:
+    """The members' `head.veto` entries spell out exactly the setting grouped CV picked (recorded in provenance)."""
+    manifest = json.loads((ensemble_bundle / "manifest.json").read_text())
+    chosen = manifest["provenance"]["cross_validated"]["head"]["veto"]
+    vetoes = [(m["backbone"], m["head"]["veto"]) for m in manifest["members"] if "veto" in m["head"]]
+    written = "none"
+    if vetoes:
+        assert len({(v["min_score"], v["max_own"]) for _, v in vetoes}) == 1, vetoes  # one setting, every source
+        v = vetoes[0][1]
+        own = f", own < {v['max_own']:g}" if v["max_own"] < 1.0 else ""
+        written = f"{'+'.join(b for b, _ in vetoes)} >= {v['min_score']:.1f}{own}"
+    assert written == chosen
