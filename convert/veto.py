@@ -36,18 +36,17 @@ TOP1_TARGET = 0.92  # issue 18's grouped-CV top-1 target
 
 @dataclass(frozen=True)
 class VetoSource:
-    """One backbone's scores of every window, and which of its outputs are foreign / each class's own."""
+    """One backbone's evidence in every window, reduced once (every setting tried reads the same two arrays)."""
 
     backbone: str
-    pooled: np.ndarray  # (windows, outputs) backbone scores, mean over each window's patches as the daemon pools
+    foreign_score: np.ndarray  # (windows,) strongest foreign score, of scores pooled as the daemon pools them
+    own_scores: np.ndarray  # (windows, classes) each class's own strongest score
     foreign: tuple[int, ...]
     class_outputs: tuple[tuple[int, ...], ...]
 
     def mask(self, rows: np.ndarray, min_score: float, max_own: float = 1.0) -> np.ndarray:
         """(len(rows), classes) True where the veto silences the class; the daemon's `Veto` on these windows."""
-        scores = self.pooled[rows]
-        foreign = scores[:, list(self.foreign)].max(axis=1)[:, None]
-        own = np.stack([scores[:, list(o)].max(axis=1) for o in self.class_outputs], axis=1)
+        foreign, own = self.foreign_score[rows][:, None], self.own_scores[rows]
         vetoed: np.ndarray = (foreign >= min_score) & (foreign > own) & (own < max_own)
         return vetoed
 
@@ -56,7 +55,8 @@ class VetoSource:
 
 
 def veto_source(backbone: str, class_map: Mapping[str, int], ontology: Ontology, pooled: np.ndarray) -> VetoSource:
-    """`class_map`: AudioSet mid -> the backbone's output index."""
+    """`class_map`: AudioSet mid -> the backbone's output index; `pooled`: (windows, outputs) backbone scores, mean
+    over each window's patches."""
     friendly: set[str] = set()
     for c in URBAN_CLASSES:
         friendly |= {c.mid, *ontology.descendants(c.mid), *ontology.ancestors(c.mid)}
@@ -66,7 +66,8 @@ def veto_source(backbone: str, class_map: Mapping[str, int], ontology: Ontology,
     own = tuple(
         tuple(sorted(class_map[m] for m in ontology.with_descendants(c.mid) if m in class_map)) for c in URBAN_CLASSES
     )
-    return VetoSource(backbone, pooled, foreign, own)
+    own_scores = np.stack([pooled[:, list(o)].max(axis=1) for o in own], axis=1)
+    return VetoSource(backbone, pooled[:, list(foreign)].max(axis=1), own_scores, foreign, own)
 
 
 @dataclass(frozen=True)
