@@ -217,12 +217,24 @@ def thresholds_from(oof: np.ndarray, truth: np.ndarray) -> list[float]:
     return cuts
 
 
-def figures(scores: np.ndarray, truth: np.ndarray, cuts: list[float], on_clips: np.ndarray) -> dict[str, Any]:
-    """top-1 and per-class recall/precision (at the thresholds) on the clips; false alarms on 'other' windows."""
+def figures(
+    scores: np.ndarray, truth: np.ndarray, cuts: list[float], on_clips: np.ndarray, exact: np.ndarray | None = None
+) -> dict[str, Any]:
+    """top-1 and per-class recall/precision (at the thresholds) on the clips; false alarms on 'other' windows.
+    `exact`: the clips whose label is exact (not a scene-level proxy), judged apart too: issue 18's own check of
+    the shipped bundle counts exact-labelled clips only."""
+    extra = {}
+    if exact is not None:
+        judged = figures(scores, truth, cuts, exact)
+        extra = {
+            "top1_exact": judged["top1"],
+            "top1_recall_exact": judged["top1_recall"],
+            "clips_exact": judged["clips"],
+        }
     single = on_clips & (truth.sum(axis=1) == 1)
     true_index = truth[single].argmax(axis=1)
     predicted = scores[single].argmax(axis=1)
-    named = scores[single].max(axis=1) > 0  # every class vetoed (all 0): no top class, so never a hit
+    named = scores[single].max(axis=1) > 0  # every class vetoed at scale 0: no top class, so never a hit
     hit = (predicted == true_index) & named
     fired = scores >= np.asarray(cuts)
     recall, precision = [], []
@@ -245,6 +257,7 @@ def figures(scores: np.ndarray, truth: np.ndarray, cuts: list[float], on_clips: 
         "confusion": np.bincount(true_index[named] * truth.shape[1] + predicted[named], minlength=truth.shape[1] ** 2)
         .reshape(truth.shape[1], truth.shape[1])
         .tolist(),
+        **extra,
     }
 
 
@@ -481,6 +494,7 @@ class _Folds:
     negative_rows: np.ndarray  # windows that are real "other" recordings
     negative_kinds: list[str]
     real_rows: np.ndarray  # windows that are real recordings (the rows of out-of-fold scores)
+    exact: np.ndarray  # rows of out-of-fold scores that are clips with an exact label (no proxy)
 
     def trains(self, variant: Variant) -> np.ndarray:
         return (variant.augmented | ~self.mixes) & (variant.proxies | ~self.proxy)
@@ -522,7 +536,7 @@ class _Folds:
         cuts = cap_false_alarms(
             base, unseen, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING, oof[clips], self.truth[clips]
         )
-        fig = figures(oof, self.truth, cuts, clips)
+        fig = figures(oof, self.truth, cuts, clips, self.exact)
         nested, per_kind = nested_unseen_rate(
             base, unseen, self.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING, oof[clips],
             self.truth[clips],
@@ -564,6 +578,7 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
         proxy=np.array([any(by_group[g].proxy for g in gs) for gs in base.groups]),
         window_kinds=[frozenset(by_group[g].kind for g in gs) for gs in base.groups],
         negative_rows=negatives, negative_kinds=[recordings[real[r]].kind for r in negatives], real_rows=real_rows,
+        exact=np.array([recordings[i].source == "clips" and not recordings[i].proxy for i in real[real_rows]]),
     )  # fmt: skip
 
     result = HeadResult(truth=truth, held_out_rows=held_out)
@@ -584,7 +599,7 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
     # as the yamnet converter ships them: best F1 per class on all clips (optimistic for the mapping)
     result.mapping_thresholds = [best_f1_threshold(truth[clip_rows, k], result.mapping_scores[clip_rows, k]) for k in
                                  range(10)]  # fmt: skip
-    mapping_figures = figures(result.mapping_scores, truth, result.mapping_thresholds, folds.on_clips)
+    mapping_figures = figures(result.mapping_scores, truth, result.mapping_thresholds, folds.on_clips, folds.exact)
     mapping_figures["false_alarm_unseen"] = mapping_figures["false_alarm_other"]  # the mapping learnt no kind
     costs = dict(zip(probes, window_cost_ms(list(probes.values()), recordings), strict=True))
 

@@ -4,7 +4,8 @@ A head learns "not ours" only from the negative kinds it was trained on; on a ki
 its nearest class (a chainsaw is a "Jackhammer", a hen a "Dog", street music a "Vehicle horn"). The backbones were
 trained on all of AudioSet and usually name such a sound outright, so a window whose strongest *foreign* AudioSet
 score (a label that is not one of our classes, not an ancestor of one and not street background) is at least
-`min_score` and beats the class's own AudioSet score, while that own score is below `max_own`, loses that class.
+`min_score` and beats the class's own AudioSet score, while that own score is below `max_own`, keeps only
+`VETO_SCALE` of that class's score.
 Which labels are foreign comes from the ontology alone, never from the negatives. Which backbone(s) veto, and at what
 scores, is chosen against the issue's two targets at once: the setting with the least total shortfall of grouped-CV
 top-1 below `TOP1_TARGET` plus unseen-kind windows labelled (before thresholds are raised) above the 5% target,
@@ -28,7 +29,19 @@ from .ontology import Ontology
 # natural sounds, other animals, tools, engines, domestic sounds, mechanisms (air conditioning, fans)...
 STREET_BACKGROUND = (
     "Human sounds", "Vehicle", "Alarm", "Source-ambiguous sounds", "Channel, environment and background", "Silence",
+    "Engine",
 )  # fmt: skip
+# ...except these parts of it. Engines as a whole are street background: trucks, buses and motorbikes, and the
+# jackhammers' compressors (grouped CV: with "Engine" foreign the veto cost 1.4 points of top-1, all on jackhammer
+# and traffic clips). Light engines are chainsaws, lawn mowers and dental drills, not traffic; an idling engine is
+# a kind issue 18 wants kept quiet.
+STILL_FOREIGN = ("Light engine (high frequency)", "Idling")
+# A vetoed class keeps this share of its score rather than dropping to 0: the veto's job is to keep the class below
+# its threshold, and a scaled score still does that (the thresholds are fitted on scaled scores), while the window
+# keeps its ranking. Zeroing cost grouped-CV top-1 (0.866 vs 0.888 on the shipped heads: a window of a real class
+# whose every class the backbone vetoed had no top class) for the same unseen-kind false alarms (0.05 and 0.1
+# gave the same figures; 0.25 let more unseen-kind windows through).
+VETO_SCALE = 0.1
 VETO_MIN_SCORES = (0.3, 0.4, 0.5, 0.7)
 VETO_MAX_OWN = (0.05, 1.0)  # 0.05: only where the backbone hears (almost) nothing of the class; 1.0: always
 TOP1_TARGET = 0.92  # issue 18's grouped-CV top-1 target
@@ -51,7 +64,7 @@ class VetoSource:
         return vetoed
 
     def spec(self, min_score: float, max_own: float) -> VetoSpec:
-        return VetoSpec(self.foreign, self.class_outputs, float(min_score), float(max_own))
+        return VetoSpec(self.foreign, self.class_outputs, float(min_score), float(max_own), VETO_SCALE)
 
 
 def veto_source(backbone: str, class_map: Mapping[str, int], ontology: Ontology, pooled: np.ndarray) -> VetoSource:
@@ -62,6 +75,8 @@ def veto_source(backbone: str, class_map: Mapping[str, int], ontology: Ontology,
         friendly |= {c.mid, *ontology.descendants(c.mid), *ontology.ancestors(c.mid)}
     for name in STREET_BACKGROUND:
         friendly |= set(ontology.with_descendants(ontology.mid(name)))
+    for name in STILL_FOREIGN:
+        friendly -= set(ontology.with_descendants(ontology.mid(name)))
     foreign = tuple(sorted(i for mid, i in class_map.items() if mid not in friendly))
     own = tuple(
         tuple(sorted(class_map[m] for m in ontology.with_descendants(c.mid) if m in class_map)) for c in URBAN_CLASSES
@@ -89,13 +104,13 @@ class VetoChoice:
         return mine[0].spec(self.min_score, self.max_own) if mine else None
 
     def apply(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Scores of windows `rows` with vetoed classes set to 0 (any source vetoing silences the class)."""
+        """Scores of windows `rows` with vetoed classes scaled by VETO_SCALE (any source vetoing is enough)."""
         if not self.sources:
             return scores
         vetoed = np.zeros(scores.shape, dtype=bool)
         for source in self.sources:
             vetoed |= source.mask(rows, self.min_score, self.max_own)
-        return np.where(vetoed, 0.0, scores).astype(scores.dtype)
+        return np.where(vetoed, scores * VETO_SCALE, scores).astype(scores.dtype)
 
 
 def veto_choices(sources: Sequence[VetoSource]) -> list[VetoChoice]:

@@ -285,16 +285,21 @@ def test_two_backbone_bundle_averages_its_members(ensemble_bundle: Path, shared:
     window = read_audio(shared / SIREN, 16000).waveform
     scored = model.scores(window)
     got = scored.scores
-    parts = [Model(m).scores(resample(window, 16000, m.frontend.sample_rate_hz)).scores for m in bundle.members]
-    expected = sum(w * p for w, p in zip(bundle.weights, parts, strict=True))
-    if scored.vetoed is not None:  # a member's veto silences the class in the average
-        expected = np.where(scored.vetoed, 0.0, expected)
+    parts = [Model(m).scores(resample(window, 16000, m.frontend.sample_rate_hz), apply_veto=False)
+             for m in bundle.members]  # fmt: skip
+    expected = sum(w * p.scores for w, p in zip(bundle.weights, parts, strict=True))
+    factors = [np.where(p.vetoed, m.head.veto.scale, 1.0) for p, m in zip(parts, bundle.members, strict=True)
+               if p.vetoed is not None and m.head is not None and m.head.veto is not None]  # fmt: skip
+    if factors:  # a member's veto scales the class in the average, once
+        expected = expected * np.minimum.reduce(factors)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     side_by_side = open_model(bundle, threads=2)  # two threads: the members run at once, one interpreter thread each
     assert isinstance(side_by_side, EnsembleModel) and side_by_side.parallel
     np.testing.assert_array_equal(side_by_side.scores(window).scores, got)
     assert bundle.class_names[int(np.argmax(got))] == "Siren"
-    assert not np.allclose(parts[0], parts[1], atol=1e-3)  # the members really differ: the average means something
+    assert not np.allclose(
+        parts[0].scores, parts[1].scores, atol=1e-3
+    )  # the members differ: the average means something
 
 
 @pytest.mark.parametrize(
@@ -349,10 +354,13 @@ def test_foreign_labels_come_from_the_ontology(shared: Path) -> None:
     assert class_map[ontology.mid("Bark")] in source.class_outputs[dog]  # a class's own outputs include descendants
 
 
-def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(ensemble_bundle: Path, shared: Path,
-                                                                        tmp_path: Path) -> None:  # fmt: skip
+@pytest.mark.parametrize("scale", [None, 0.1])
+def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(
+    ensemble_bundle: Path, shared: Path, tmp_path: Path, scale: float | None
+) -> None:
     """The EfficientAT member given the converter's veto: on real chainsaw recordings (a kind no class covers) the
-    classes its scores say are drowned by a foreign sound score 0 in the average; a siren keeps its Siren score."""
+    classes its scores say are drowned by a foreign sound keep `scale` of their score in the average (a manifest
+    without `scale`, as written before it existed: 0); a siren keeps its Siren score."""
     from custom.convert.ontology import Ontology
     from custom.convert.veto import veto_source
     from custom.convert.yamnet import read_class_map
@@ -368,6 +376,10 @@ def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(ensemble_bu
     spec = veto_source("efficientat", class_map, ontology, np.zeros((1, len(class_map)))).spec(0.3, 1.0)
     member = next(m for m in manifest["members"] if m["backbone"] == "efficientat")
     member["head"]["veto"] = veto_spec_dict(spec)
+    if scale is None:
+        del member["head"]["veto"]["scale"]
+    else:
+        member["head"]["veto"]["scale"] = scale
     (vetoing / "manifest.json").write_text(json.dumps(manifest, indent=2))
     model = open_model(load_bundle(vetoing))
     plain = open_model(load_bundle(ensemble_bundle))
@@ -379,7 +391,7 @@ def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(ensemble_bu
         window = read_audio(shared / "data/train-audio" / path, 16000).waveform
         got, before = model.scores(window), plain.scores(window)
         assert got.vetoed is not None
-        np.testing.assert_array_equal(got.scores[got.vetoed], 0.0)
+        np.testing.assert_allclose(got.scores[got.vetoed], before.scores[got.vetoed] * (scale or 0.0), atol=1e-6)
         np.testing.assert_allclose(got.scores[~got.vetoed], before.scores[~got.vetoed], atol=1e-6)
         silenced += int(got.vetoed[int(np.argmax(before.scores))])  # what the heads alone would have named
     assert silenced >= len(chainsaws) // 2, f"the chainsaw was heard as foreign in only {silenced} of {len(chainsaws)}"

@@ -94,12 +94,15 @@ class VetoSpec:
     names such a kind outright; `foreign_outputs` are its outputs for sounds that are neither a class, an ancestor
     of one, nor street background (chosen from the AudioSet ontology by the converter). A class is vetoed when the
     strongest foreign score reaches `min_score`, beats the class's own score, and that own score is below `max_own`
-    (the backbone hears no trace of the class)."""
+    (the backbone hears no trace of the class); its score is then multiplied by `scale`, which keeps it under its
+    threshold but keeps the window's ranking of classes (0 would leave a window whose every class is vetoed with
+    no top class)."""
 
     foreign_outputs: tuple[int, ...] = opt(doc="Backbone outputs of sounds that are none of the classes.")
     class_outputs: tuple[tuple[int, ...], ...] = opt(doc="Per class, in class order: its own backbone outputs.")
     min_score: float = opt(doc="A foreign score below this never vetoes.", gt=0.0, hi=1.0)
     max_own: float = opt(1.0, "A class whose own AudioSet score reaches this is never vetoed.", gt=0.0, hi=1.0)
+    scale: float = opt(0.0, "A vetoed class's score is multiplied by this (0: silenced outright).", lo=0.0, hi=1.0)
 
     def check(self, path: str) -> None:
         if not self.foreign_outputs:
@@ -580,6 +583,7 @@ def veto_spec_dict(veto: VetoSpec) -> dict[str, Any]:
         "class_outputs": [list(outputs) for outputs in veto.class_outputs],
         "min_score": veto.min_score,
         "max_own": veto.max_own,
+        "scale": veto.scale,
     }
 
 

@@ -30,7 +30,7 @@ class WindowScores:
     patches: int  # how many patches the window gave
     frontend_ms: float
     model_ms: float
-    vetoed: np.ndarray | None = None  # (classes,) bool: classes silenced by the bundle's veto (their score is 0)
+    vetoed: np.ndarray | None = None  # (classes,) bool: classes the bundle's veto scaled down
 
 
 def _runner(bundle: Bundle, spec: ModelSpec, threads: int, runtime: str | None, batched: bool) -> RowRunner:
@@ -157,21 +157,24 @@ class Model:
         scores: np.ndarray = np.where(self._class_mask, pooled[:, None], 0.0).max(axis=0).astype(np.float32)
         return scores
 
-    def scores(self, waveform: np.ndarray) -> WindowScores:
-        """Score one window of mono float32 audio at the bundle's rate (bundle.frontend.sample_rate_hz)."""
+    def scores(self, waveform: np.ndarray, apply_veto: bool = True) -> WindowScores:
+        """Score one window of mono float32 audio at the bundle's rate (bundle.frontend.sample_rate_hz).
+        `apply_veto` False: the scores as the head gave them, the veto's mask alongside (an ensemble scales the
+        weighted mean once, as the converter measured it)."""
         outputs, frontend_ms, backbone_ms = self.backbone_outputs(waveform)
         t0 = time.perf_counter()
         scores = self.class_scores(outputs)
         vetoed = None
         if self.veto is not None:
             vetoed = self.veto(outputs[:, : self.veto.width])
-            scores = np.where(vetoed, np.float32(0.0), scores)
+            if apply_veto:
+                scores = np.where(vetoed, scores * self.veto.scale, scores)
         model_ms = backbone_ms + (time.perf_counter() - t0) * 1e3
         return WindowScores(scores, len(outputs), frontend_ms, model_ms, vetoed)
 
 
 class Veto:
-    """A head's veto (see `VetoSpec`): which classes a window's backbone scores silence."""
+    """A head's veto (see `VetoSpec`): which classes a window's backbone scores silence, and by how much."""
 
     def __init__(self, spec: VetoSpec, width: int) -> None:
         """`width`: the backbone's score outputs (load_bundle checked that every index the spec names is below it)."""
@@ -182,6 +185,7 @@ class Veto:
             self.own[list(outputs), j] = True
         self.min_score = np.float32(spec.min_score)
         self.max_own = np.float32(spec.max_own)
+        self.scale = np.float32(spec.scale)
 
     def __call__(self, patch_scores: np.ndarray) -> np.ndarray:
         """(patches, outputs) backbone scores of one window -> (classes,) bool, True where the class is vetoed."""
@@ -213,7 +217,7 @@ class EnsembleModel:
         t0 = time.perf_counter()
         wave = resample(waveform, self.input_rate_hz, member.input_rate_hz)
         resample_ms = (time.perf_counter() - t0) * 1e3
-        return member.scores(wave), resample_ms
+        return member.scores(wave, apply_veto=False), resample_ms
 
     def scores(self, waveform: np.ndarray) -> WindowScores:
         """Score one window of mono float32 audio at the band rate (bundle.band_rate_hz)."""
@@ -225,13 +229,14 @@ class EnsembleModel:
         else:
             results = [self._member_scores(m, waveform) for m in self.members]
         total = np.zeros(len(self.bundle.classes), dtype=np.float32)
+        factor = np.ones_like(total)  # a member's veto scales the class in the average, not just its share
         vetoed = None
-        for (result, _), weight in zip(results, self.weights, strict=True):
+        for (result, _), weight, member in zip(results, self.weights, self.members, strict=True):
             total += np.float32(weight) * result.scores
-            if result.vetoed is not None:  # a member's veto silences the class in the average, not just its share
+            if result.vetoed is not None and member.veto is not None:
+                factor = np.where(result.vetoed, np.minimum(factor, member.veto.scale), factor)
                 vetoed = result.vetoed if vetoed is None else vetoed | result.vetoed
-        if vetoed is not None:
-            total = np.where(vetoed, np.float32(0.0), total)
+        total *= factor
         return WindowScores(
             total,
             max(r.patches for r, _ in results),
