@@ -42,8 +42,9 @@ STILL_FOREIGN = ("Light engine (high frequency)", "Idling")
 # whose every class the backbone vetoed had no top class) for the same unseen-kind false alarms (0.05 and 0.1
 # gave the same figures; 0.25 let more unseen-kind windows through).
 VETO_SCALE = 0.1
-VETO_MIN_SCORES = (0.3, 0.4, 0.5, 0.7)
-VETO_MAX_OWN = (0.05, 1.0)  # 0.05: only where the backbone hears (almost) nothing of the class; 1.0: always
+# With scaling rather than zeroing, low settings cost (almost) no top-1, so they are tried too
+VETO_MIN_SCORES = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7)
+VETO_MAX_OWN = (0.05, 0.1, 1.0)  # below 1: only where the backbone hears (almost) nothing of the class; 1.0: always
 TOP1_TARGET = 0.92  # issue 18's grouped-CV top-1 target
 
 
@@ -96,7 +97,7 @@ class VetoChoice:
         if not self.sources:
             return "none"
         own = f", own < {self.max_own:g}" if self.max_own < 1.0 else ""
-        return f"{'+'.join(s.backbone for s in self.sources)} >= {self.min_score:.1f}{own}"
+        return f"{'+'.join(s.backbone for s in self.sources)} >= {self.min_score:g}{own}"
 
     def spec_for(self, backbone: str) -> VetoSpec | None:
         """What a head on `backbone` carries in its bundle: this setting if that backbone is one of the sources."""

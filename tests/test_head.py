@@ -409,5 +409,5 @@ def test_the_written_veto_is_the_setting_the_build_chose(ensemble_bundle: Path) 
         assert len({(v["min_score"], v["max_own"]) for _, v in vetoes}) == 1, vetoes  # one setting, every source
         v = vetoes[0][1]
         own = f", own < {v['max_own']:g}" if v["max_own"] < 1.0 else ""
-        written = f"{'+'.join(b for b, _ in vetoes)} >= {v['min_score']:.1f}{own}"
+        written = f"{'+'.join(b for b, _ in vetoes)} >= {v['min_score']:g}{own}"
     assert written == chosen
