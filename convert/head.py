@@ -653,7 +653,9 @@ def veto_shortfall(top1: float, unseen_rate: float) -> float:
     return shortfall(top1, unseen_rate, UNSEEN_FALSE_ALARM_TARGET)
 
 
-VETO_SCORED = ("top1", "false_alarm_other", "false_alarm_unseen", "false_alarm_unseen_before_raise", "top1_recall")
+VETO_SCORED = (
+    "top1", "false_alarm_other", "false_alarm_unseen", "false_alarm_unseen_before_raise", "top1_recall", "recall",
+)  # fmt: skip
 
 
 def _best_variant(
