@@ -223,7 +223,7 @@ def figures(
     """top-1 and per-class recall/precision (at the thresholds) on the clips; false alarms on 'other' windows.
     `exact`: the clips whose label is exact (not a scene-level proxy), judged apart too: issue 18's own check of
     the shipped bundle counts exact-labelled clips only."""
-    extra = {}
+    extra: dict[str, Any] = {}
     if exact is not None:
         judged = figures(scores, truth, cuts, exact)
         extra = {
