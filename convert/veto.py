@@ -34,8 +34,9 @@ STREET_BACKGROUND = (
 # ...except these parts of it. Engines as a whole are street background: trucks, buses and motorbikes, and the
 # jackhammers' compressors (grouped CV: with "Engine" foreign the veto cost 1.4 points of top-1, all on jackhammer
 # and traffic clips). Light engines are chainsaws, lawn mowers and dental drills, not traffic; an idling engine is
-# a kind issue 18 wants kept quiet.
-STILL_FOREIGN = ("Light engine (high frequency)", "Idling")
+# a kind issue 18 wants kept quiet. Boats are vehicles no Madrid street hears, while a two-stroke chainsaw often
+# sounds like a motorboat to the backbones (unseen-kind chainsaw windows labelled: 25% -> 6% with boats foreign).
+STILL_FOREIGN = ("Light engine (high frequency)", "Idling", "Boat, Water vehicle")
 # A vetoed class keeps this share of its score rather than dropping to 0: the veto's job is to keep the class below
 # its threshold, and a scaled score still does that (the thresholds are fitted on scaled scores), while the window
 # keeps its ranking. Zeroing cost grouped-CV top-1 (0.866 vs 0.888 on the shipped heads: a window of a real class
