@@ -83,7 +83,6 @@ class Ingest:
         self._inbox: queue.Queue[Incoming] = queue.Queue()
         self._stop = threading.Event()
         self._generation = 0
-        self._subscribed = threading.Event()
         self._client = self._new_client()
 
     # ---- MQTT side (paho's network thread)
@@ -96,7 +95,7 @@ class Ingest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_subscribe = lambda *a: self._subscribed.set()
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(0.2, 5.0)  # type: ignore[arg-type]  # paho takes float seconds; its hint says int
         return client
 
@@ -115,6 +114,16 @@ class Ingest:
             self.counters.mqtt_up = True
         client.subscribe([(self.config.event_topic, 1), (self.config.summary_topic, 1)])
         log.info("MQTT connected (session present: %s)", getattr(flags, "session_present", "?"))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        """Only after the broker's SUBACK is anything queued for this session: the line says when consuming begins,
+        and a subscription the broker refuses (an ACL) is said once instead of the ingest waiting silently."""
+        topics = f"{self.config.event_topic} and {self.config.summary_topic}"
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("MQTT subscription to %s refused by the broker: %s", topics, ", ".join(refused))
+        else:
+            log.info("MQTT subscribed to %s", topics)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._generation += 1  # nothing received before this may be acknowledged any more
