@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .common import INPUT_RATE_HZ, ROOT, WINDOW_S, shared_dir
+from .common import INPUT_RATE_HZ, ROOT, WINDOW_S, cached_bundle, mark_bundle, shared_dir
 
 if TYPE_CHECKING:
     from custom.convert.vggish_model import Architecture
@@ -128,6 +129,15 @@ def make_live_audio(path: Path, seconds: float = 60.0) -> Path:
     return path
 
 
+def converted(out: Path, args: list[str], log: Path) -> Path:
+    """`out`, converted by `python -m bench.build ARGS --out OUT` unless today's converter already built it there."""
+    if not cached_bundle(out, args):
+        shutil.rmtree(out, ignore_errors=True)
+        run_step([*args, "--out", str(out)], log)
+        mark_bundle(out, args)
+    return out
+
+
 def vggish_inputs(work: Path, arch: str) -> tuple[Path, Path]:
     """(checkpoint, classifier folder) for `arch`, written once."""
     folder = work / arch
@@ -142,26 +152,18 @@ def vggish_bundle(work: Path, arch: str, mode: str) -> Path:
     """The VGGish bundle in quantization `mode`, converted once by the real converter (`custom-convert vggish`)."""
     checkpoint, classifier = vggish_inputs(work, arch)
     out = work / arch / f"vggish-{mode}"
-    if not (out / "manifest.json").is_file():
-        args = ["vggish", "--arch", arch, "--mode", mode, "--checkpoint", str(checkpoint)]
-        run_step([*args, "--classifier", str(classifier), "--out", str(out)], work / arch / f"vggish-{mode}.log")
-    return out
+    args = ["vggish", "--arch", arch, "--mode", mode, "--checkpoint", str(checkpoint)]
+    return converted(out, [*args, "--classifier", str(classifier)], work / arch / f"vggish-{mode}.log")
 
 
 def yamnet_patch_bundle(work: Path) -> Path:
     """Coral's log-mel patch YAMNet (input [1,96,64], batchable) as a bundle, same classes and calibration."""
-    out = work / "yamnet-patch"
-    if not (out / "manifest.json").is_file():
-        run_step(["yamnet", "--patch", "--out", str(out)], work / "yamnet-patch.log")
-    return out
+    return converted(work / "yamnet-patch", ["yamnet", "--patch"], work / "yamnet-patch.log")
 
 
 def yamnet_bundle(work: Path) -> Path:
     """The shipped-default YAMNet bundle, built with the real converter exactly as tests/conftest.py does."""
-    out = work / "yamnet"
-    if not (out / "manifest.json").is_file():
-        run_step(["yamnet", "--out", str(out)], work / "yamnet.log")
-    return out
+    return converted(work / "yamnet", ["yamnet"], work / "yamnet.log")
 
 
 # ------------------------------------------------------------------------------------------------ subprocess steps

@@ -6,8 +6,10 @@ imported here is charged to every pipeline alike.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,34 @@ WORK_DIR = Path(os.environ.get("CUSTOM_BENCH_WORK", BENCH_DIR / ".work"))  # cac
 INPUT_RATE_HZ = 16000
 WINDOW_S = 10.0
 RESULT_PREFIX = "BENCH_RESULT "  # the worker's one machine-readable stdout line
+# The code a cached bundle depends on: the converter writes it, daemon/model defines its format and front ends.
+BUNDLE_SOURCES = (ROOT / "convert", ROOT / "daemon" / "model")
+
+
+def bundle_recipe(command: Sequence[str]) -> str:
+    """sha256 over the converter command and the sources that write and read bundles. A bench must time today's
+    model: a bundle cached under the work dir by an older converter (say, before a veto rule changed) would be
+    timed silently if its mere presence were enough, so a cached bundle is reused only when this still matches."""
+    digest = hashlib.sha256(json.dumps(list(command)).encode())
+    for folder in BUNDLE_SOURCES:
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _recipe_file(out: Path) -> Path:
+    return out.parent / f"{out.name}.recipe"  # beside the bundle: a stray file inside would not be in its manifest
+
+
+def cached_bundle(out: Path, command: Sequence[str]) -> bool:
+    """True if `out` holds a bundle built by `command` with today's converter (see `bundle_recipe`)."""
+    recipe = _recipe_file(out)
+    return (out / "manifest.json").is_file() and recipe.is_file() and recipe.read_text() == bundle_recipe(command)
+
+
+def mark_bundle(out: Path, command: Sequence[str]) -> None:
+    """Record which recipe built the bundle in `out`, once it is complete."""
+    _recipe_file(out).write_text(bundle_recipe(command))
 
 
 def proc_status_kib(field: str, pid: int | str = "self") -> int:

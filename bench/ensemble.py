@@ -1,16 +1,17 @@
 """`python -m bench.ensemble`: what a two-backbone (version-2) bundle costs per window against today's YAMNet bundle.
 
 Issue 18's budget: at most 1.5x the YAMNet bundle per 10 s window, at 1 and 2 threads. Builds (or reuses, in
-bench/.work/) the YAMNet mapping bundle (`custom-convert yamnet`), the single-backbone head bundles and the averaged
-two-backbone bundle (`custom-convert head --ship ...` on ../shared, features cached outside git), then times every
-bundle in its own subprocess (bench/worker.py: the daemon's code path, CPU time and wall time, peak RSS) on the same
-real 16 kHz windows, interleaving bundles per thread count so machine load hits all alike. Prints a markdown table
-and writes it to bench/ENSEMBLE.md (or --out).
+bench/.work/, while the converter's code is unchanged) the YAMNet mapping bundle (`custom-convert yamnet`), the
+single-backbone head bundles and the averaged two-backbone bundle (`custom-convert head --ship ...` on ../shared,
+features cached outside git), then times every bundle in its own subprocess (bench/worker.py: the daemon's code
+path, CPU time and wall time, peak RSS) on the same real 16 kHz windows, interleaving bundles per thread count so
+machine load hits all alike. Prints a markdown table and writes it to bench/ENSEMBLE.md (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import numpy as np
 from custom.daemon.cli import BLAS_ENVIRONMENT
 
 from .__main__ import machine_info, run_worker
-from .common import BENCH_DIR, WORK_DIR, shared_dir
+from .common import BENCH_DIR, WORK_DIR, cached_bundle, mark_bundle, shared_dir
 
 BUNDLES = {  # name -> converter command that builds it (after `--shared S --out DIR`)
     "yamnet mapping (v1)": ["yamnet"],
@@ -35,14 +36,16 @@ DAEMON_BLAS_THREADS = int(BLAS_ENVIRONMENT["OPENBLAS_NUM_THREADS"])  # as `custo
 
 def build(name: str, shared: Path, work: Path) -> Path:
     out = work / name.split(" (")[0].replace(" ", "-").replace(",", "")
-    if (out / "manifest.json").is_file():
-        return out
     command = BUNDLES[name]
+    if cached_bundle(out, command):
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # built by an older converter (or interrupted): never time it
     extra = ["--cache", str(work / "features.npz")] if command[0] == "head" else []
     layout = ["--tflite", str(shared / "models/yamnet_classification.tflite")] if command[0] == "yamnet" else [
         "--shared", str(shared)]  # fmt: skip
     subprocess.run([sys.executable, "-m", "custom.convert.cli", *command, *layout, "--out", str(out), *extra],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    mark_bundle(out, command)
     return out
 
 

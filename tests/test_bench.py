@@ -143,3 +143,26 @@ def test_worker_result_line_is_found_among_chatter() -> None:
     assert parse_result('INFO: chatter\nBENCH_RESULT {"a": 1}\nmore chatter\n') == {"a": 1}
     with pytest.raises(ValueError):
         parse_result("no result here")
+
+
+def test_a_cached_bundle_is_reused_only_while_the_converter_is_unchanged(tmp_path: Path, monkeypatch) -> None:
+    """A bundle left under bench/.work by an older converter must be rebuilt, not timed as if it were today's."""
+    from bench import common
+
+    sources = tmp_path / "convert"
+    sources.mkdir()
+    (sources / "veto.py").write_text("SCALE = 0.0\n")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    monkeypatch.setattr(common, "BUNDLE_SOURCES", (sources,))
+    out = tmp_path / "work" / "bundle"
+    command = ["head", "--ship", "averaged"]
+    assert not common.cached_bundle(out, command)  # nothing built yet
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text("{}")
+    assert not common.cached_bundle(out, command)  # no recipe: built before recipes were recorded, or interrupted
+    common.mark_bundle(out, command)
+    assert common.cached_bundle(out, command)
+    assert not common.cached_bundle(out, ["head", "--ship", "yamnet"])  # another command
+    (sources / "veto.py").write_text("SCALE = 0.1\n")
+    assert not common.cached_bundle(out, command)  # the converter changed
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]  # the recipe never sits inside the bundle
