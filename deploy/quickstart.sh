@@ -3,7 +3,8 @@
 #   bash deploy/quickstart.sh                # runs until Ctrl-C, printing every event it publishes
 #   bash deploy/quickstart.sh --for 60       # stop by itself after 60 s
 #   bash deploy/quickstart.sh --input my.wav # replay a recording instead of the microphone
-# It installs the system packages (only if one is missing), a venv in .venv with the sensor alone (no TensorFlow),
+# It installs the system packages (only if one is missing), a venv in .venv with the sensor alone (no TensorFlow;
+# scipy for the fast FFT, as deploy/install.sh),
 # assembles the default model bundle into .quickstart/bundle from the committed head in models/default plus the
 # published backbone(s) in ../shared/models, each checked by sha256 (python -m custom.daemon.model.assemble; a
 # mismatch stops it with exit 78), starts a loopback broker if none listens on 127.0.0.1:1883, and runs
@@ -51,7 +52,8 @@ fi
 echo "== python environment ($VENV)"
 [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q -e .
+# fastfft (scipy's float32 FFT): the front end and level meter as deploy/install.sh sets a sensor up, 3x faster
+"$VENV/bin/pip" install -q -e ".[fastfft]"
 mkdir -p "$WORK"
 
 echo "== default model bundle ($WORK/bundle, from models/default + $SHARED/models)"
