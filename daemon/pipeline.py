@@ -53,7 +53,7 @@ class Pipeline:
         elapsed_ms = (time.perf_counter() - t0) * 1e3
         event = self.context.build(
             result.scores, window.start_time, window.end_time, levels.to_event(), elapsed_ms, extra=extra,
-            clock=None if clock is None else clock.to_event(),
+            clock=None if clock is None else clock.to_event(), vetoed=result.vetoed,
         )  # fmt: skip
         return Scored(event, levels)
 

@@ -376,7 +376,8 @@ def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(
         (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return copy, manifest
 
-    plain = open_model(load_bundle(without_vetoes("plain")[0]))
+    plain_bundle = without_vetoes("plain")[0]
+    plain = open_model(load_bundle(plain_bundle))
     vetoing, manifest = without_vetoes("vetoing")
     ontology = Ontology.load(shared / "data/audioset/ontology.json")
     class_map = read_class_map(shared / "data/audioset/class_labels_indices.csv")
@@ -403,6 +404,20 @@ def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(
     assert silenced >= len(chainsaws) // 2, f"the chainsaw was heard as foreign in only {silenced} of {len(chainsaws)}"
     siren = model.scores(read_audio(shared / SIREN, 16000).waveform)
     assert siren.vetoed is not None and not siren.vetoed[list(model.bundle.class_names).index("Siren")]
+
+    # the event names what the veto scaled down (empty when it did not act); a bundle without a veto says nothing
+    files = [str(shared / "data/train-audio" / path) for path in chainsaws[:2]] + [str(shared / SIREN)]
+    masks = [model.scores(read_audio(f, 16000).waveform).vetoed for f in files]
+    assert any(m is not None and m.any() for m in masks), "no chainsaw vetoed: the event check below proves nothing"
+    for bundle, expected in ((vetoing, masks), (plain_bundle, [None] * len(files))):
+        done = sensord("classify", "--bundle", str(bundle), "--json", *files)
+        assert done.returncode == 0, done.stderr
+        events = [json.loads(line) for line in done.stdout.splitlines()]
+        assert len(events) == len(files)
+        for event, mask in zip(events, expected, strict=True):
+            jsonschema.validate(event, SCHEMA)
+            names = None if mask is None else [n for n, hit in zip(model.bundle.class_names, mask, strict=True) if hit]
+            assert event.get("vetoed") == names, event["file"]
 
 
 def test_the_written_veto_is_the_setting_the_build_chose(ensemble_bundle: Path) -> None:

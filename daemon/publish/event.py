@@ -44,8 +44,11 @@ class EventContext:
         processing_ms: float,
         extra: Mapping[str, Any] | None = None,
         clock: Mapping[str, Any] | None = None,
+        vetoed: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        """`levels` is `WindowLevels.to_event()`; `clock` is `ClockState.to_event()` at the window start (live only)."""
+        """`levels` is `WindowLevels.to_event()`; `clock` is `ClockState.to_event()` at the window start (live only).
+        `vetoed`: the bundle's veto mask for the window (None: the bundle has no veto). Published as the names it
+        scaled down, so a listener who sees a low score under a loud sound can tell the veto from a deaf model."""
         scores = [round(float(s), SCORE_DECIMALS) for s in scores]
         labels: list[dict[str, Any]] = [
             {"name": name, "score": score}
@@ -66,6 +69,7 @@ class EventContext:
             "labels": labels,
             "top": {"name": top_name, "score": scores[top]},
             "scores": dict(zip(self.class_names, scores, strict=True)),
+            **({} if vetoed is None else {"vetoed": [c for c, v in zip(self.class_names, vetoed, strict=True) if v]}),
             "level": dict(levels),
             "model": {"bundle_id": self.bundle_id, "sha256": self.bundle_sha256},
             "processing_ms": round(processing_ms, 1),
