@@ -106,9 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 BLAS_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    for key, value in BLAS_ENVIRONMENT.items():  # before numpy loads (nothing above imports it); the caller's wins
+def pin_blas_threads() -> None:
+    """Call before numpy loads (nothing above imports it); a value the caller set wins."""
+    for key, value in BLAS_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    pin_blas_threads()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

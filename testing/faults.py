@@ -19,11 +19,12 @@ import os
 import sys
 from typing import Any
 
-from custom.daemon.noise.summary import DEFAULT_PERIOD_S
-
 
 def sensord(argv: list[str]) -> int:
-    from custom.daemon.cli import build_parser
+    from custom.daemon.cli import build_parser, pin_blas_threads
+
+    pin_blas_threads()  # as `custom-sensord` does, before numpy loads, so a test's daemon costs what a sensor's does
+    from custom.daemon.noise.summary import DEFAULT_PERIOD_S
     from custom.daemon.service import RunOptions, run_service
 
     seams = argparse.ArgumentParser(prog="custom.testing.faults sensord", add_help=False)
