@@ -30,6 +30,8 @@ SELECT (p->>'event_id')::uuid AS event_id, (p->'window'->>'start')::timestamptz 
        ARRAY(SELECT l->>'name' FROM jsonb_array_elements(p->'labels') AS l
               WHERE jsonb_typeof(l->'name') = 'string') AS labels,
        p->'scores' AS scores,
+       CASE WHEN jsonb_typeof(p->'vetoed') = 'array'
+            THEN ARRAY(SELECT jsonb_array_elements_text(p->'vetoed')) END AS vetoed,
        ingest_num(p->'level'->'laeq') AS laeq, ingest_num(p->'level'->'lafmax') AS lafmax,
        ingest_num(p->'level'->'lafmin') AS lafmin, ingest_num(p->'level'->'la10') AS la10,
        ingest_num(p->'level'->'la50') AS la50, ingest_num(p->'level'->'la90') AS la90,
@@ -49,10 +51,10 @@ _INSERT_EVENTS = f"""
 WITH src AS MATERIALIZED ({_EXTRACT}
 ), ins AS (
     INSERT INTO events (event_id, window_start, window_end, sensor_id, schema_version, top_class, top_score,
-                        labels, scores, laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced,
+                        labels, scores, vetoed, laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced,
                         clock_max_error_ms, bundle_id, processing_ms)
     SELECT event_id, window_start, window_end, sensor_id, schema_version, top_class, top_score, labels, scores,
-           laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced, clock_max_error_ms, bundle_id,
+           vetoed, laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced, clock_max_error_ms, bundle_id,
            processing_ms
       FROM src
     ON CONFLICT DO NOTHING

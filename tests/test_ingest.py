@@ -75,6 +75,7 @@ def test_bad_input_duplicates_and_schema_versions(scores, broker, ingest_db, mak
     clock = {"synced": False, "max_error_ms": 16000.0}
     v3 = build_event(context, scores.rows[1][0], 1764500010.0, 65.0, clock=clock)
     v3["schema_version"] += 1  # a sensor already on the next schema: accepted during a fleet upgrade
+    v3["vetoed"] = ["Jackhammer", "Traffic noise"]  # what a bundle with a veto adds (v2: a bundle without one)
     too_new = {**v2, "event_id": "00000000-0000-4000-8000-000000000001", "schema_version": v2["schema_version"] + 2}
     no_sensor = {k: v for k, v in v2.items() if k != "sensor_id"}
     client = _publisher(broker.port)
@@ -92,7 +93,7 @@ def test_bad_input_duplicates_and_schema_versions(scores, broker, ingest_db, mak
     with psycopg.connect(ingest_db) as conn:
         rows = conn.execute(
             "SELECT event_id::text, schema_version, laeq, lafmax, lafmin, la10, la50, la90, level_unit, clock_synced,"
-            " clock_max_error_ms, top_class FROM events ORDER BY window_start"
+            " clock_max_error_ms, top_class, vetoed FROM events ORDER BY window_start"
         ).fetchall()
         parts = conn.execute(
             "SELECT period_start, period_end, partial, payload FROM summaries ORDER BY period_end"
@@ -106,6 +107,7 @@ def test_bad_input_duplicates_and_schema_versions(scores, broker, ingest_db, mak
         assert row[1:9] == (sent["schema_version"], level["laeq"], level["lafmax"], level["lafmin"], level["la10"],
                             level["la50"], level["la90"], "dB(A)"), row  # fmt: skip
         assert row[11] == sent["top"]["name"]
+        assert row[12] == sent.get("vetoed"), "vetoed: the classes as sent, NULL when the event has none"
     assert rows[0][9:11] == (None, None), "no clock sent: NULL, not a guess"
     assert rows[1][9:11] == (False, 16000.0)
     ten = datetime(2025, 11, 30, 10, tzinfo=UTC)
