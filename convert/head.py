@@ -66,13 +66,11 @@ from .openset import (
     Setting,
     cap_false_alarms,
     false_alarm_rate,
-    label_recall,
-    least_within,
     nested_choice_rate,
     nested_unseen_rate,
     unseen_kind_scores,
 )
-from .veto import VETO_TIE, VetoChoice, VetoSource, shortfall, veto_choices, veto_source
+from .veto import VetoChoice, VetoSource, shortfall, veto_choices, veto_source
 
 HELP = "train a head on YAMNet and/or EfficientAT embeddings from ../shared and write a headed bundle"
 CACHE_VERSION = 3  # 2: mix offsets drawn as a fraction (rate-independent); 3: EfficientAT STFT in float32 (scipy)
@@ -504,33 +502,30 @@ class _Folds:
     def finish(self, name: str, backbones: tuple[str, ...], cost: float, oof: np.ndarray, unseen: np.ndarray,
                vetoes: tuple[VetoSource, ...], **extra: Any) -> Candidate:  # fmt: skip
         """The candidate at its veto setting (see convert/veto.py): the least `shortfall` from the top-1 and
-        unseen-kind targets (unseen windows labelled before thresholds are raised); within VETO_TIE of it, the
-        setting labelling most real clips. The unseen-kind rate reported chooses the setting nested too
-        (`nested_choice_rate`)."""
+        unseen-kind targets (unseen windows labelled before thresholds are raised). The unseen-kind rate reported
+        chooses the setting nested too (`nested_choice_rate`)."""
         clips = self.on_clips
         tries = []
         for choice in veto_choices(vetoes):
             v_oof, v_unseen = choice.apply(oof, self.real_rows), choice.apply(unseen, self.negative_rows)
             cuts, fig = self._figures(v_oof, v_unseen)
-            base = thresholds_from(v_oof, self.truth)
-            recall = label_recall(v_oof[clips], self.truth[clips], base)
-            tries.append((choice, cuts, fig, Setting(base, v_unseen, v_oof[clips], fig["top1"], recall), v_oof))
+            setting = Setting(thresholds_from(v_oof, self.truth), v_unseen, v_oof[clips], fig["top1"])
+            tries.append((choice, cuts, fig, setting, v_oof))
         plain = tries[0][2]
         ranked = sorted(tries, key=lambda t: (-t[2]["top1"], len(t[0].sources), -t[0].min_score))  # ties: first
-        costs = [veto_shortfall(t[2]["top1"], t[2]["false_alarm_unseen_before_raise"]) for t in ranked]
-        choice, cuts, chosen_fig, setting, v_oof = ranked[least_within(costs, [t[3].label_recall for t in ranked],
-                                                                       VETO_TIE)]  # fmt: skip
+        choice, cuts, chosen_fig, setting, v_oof = min(
+            ranked, key=lambda t: veto_shortfall(t[2]["top1"], t[2]["false_alarm_unseen_before_raise"])
+        )
         nested, per_kind = nested_choice_rate(
             [t[3] for t in ranked], self.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING,
-            self.truth[clips], veto_shortfall, VETO_TIE,
+            self.truth[clips], veto_shortfall,
         )  # fmt: skip
         fig = {
             **chosen_fig, "false_alarm_unseen": nested, "false_alarm_unseen_by_kind": per_kind,
             "false_alarm_unseen_fixed_setting": chosen_fig["false_alarm_unseen"], "veto": choice.label,
             "top1_without_veto": plain["top1"], "false_alarm_unseen_without_veto": plain["false_alarm_unseen"],
         }  # fmt: skip
-        record = [{"veto": t[0].label, **{k: t[2][k] for k in VETO_SCORED}, "label_recall_base": t[3].label_recall}
-                  for t in tries]  # fmt: skip
+        record = [{"veto": t[0].label, **{k: t[2][k] for k in VETO_SCORED}} for t in tries]
         return Candidate(name, backbones, cost, fig, v_oof, cuts, setting.unseen, veto=choice, veto_tries=record,
                          plain_oof=oof, plain_unseen=unseen, **extra)  # fmt: skip
 

@@ -116,22 +116,6 @@ def nested_unseen_rate(
     return (float(fired.mean()) if len(fired) else float("nan")), per_kind
 
 
-def least_within(costs: Sequence[float], preference: Sequence[float], tie: float) -> int:
-    """Index of the least cost, except that among costs within `tie` of it the highest `preference` wins (the
-    first on equal preference). A cost a clip or a window apart is noise on a few hundred clips; a setting that
-    labels more real sounds at that cost is what a listener would take."""
-    least = min(costs)
-    near = [i for i, c in enumerate(costs) if c <= least + tie]
-    return max(near, key=lambda i: preference[i])
-
-
-def label_recall(scores: np.ndarray, truth: np.ndarray, cuts: Sequence[float]) -> float:
-    """Mean over classes of the share of the class's clips at or above its threshold."""
-    fired = scores >= np.asarray(cuts)
-    return float(np.nanmean([fired[truth[:, k], k].mean() if truth[:, k].any() else np.nan
-                             for k in range(truth.shape[1])]))  # fmt: skip
-
-
 @dataclass(frozen=True)
 class Setting:
     """One way of scoring the same windows (e.g. a veto setting), with its thresholds before any raise."""
@@ -140,7 +124,6 @@ class Setting:
     unseen: np.ndarray  # (negatives, classes) unseen-kind scores
     positives: np.ndarray  # (clips, classes) out-of-fold scores of the real clips
     top1: float
-    label_recall: float  # mean over classes of the share of real clips labelled at `base` (the tie-break)
 
 
 def nested_choice_rate(
@@ -150,19 +133,17 @@ def nested_choice_rate(
     ceiling: float,
     truth: np.ndarray,
     cost: Callable[[float, float], float],
-    tie: float = 0.0,
 ) -> tuple[float, dict[str, float]]:
     """The unseen-kind false-alarm rate when the setting is chosen too: each kind is judged by the setting with the
-    least `cost(top1, share of the *other* kinds' windows labelled at its base thresholds)` (within `tie` of it, the
-    one labelling most real clips; the first such, so order `settings` by preference), with thresholds capped on
-    the other kinds only. Nothing about a kind decides how it is judged."""
+    least `cost(top1, share of the *other* kinds' windows labelled at its base thresholds)` (the first such, so
+    order `settings` by preference), with thresholds capped on the other kinds only. Nothing about a kind decides
+    how it is judged."""
     kinds_arr = np.asarray(kinds)
     fired = np.zeros(len(kinds_arr), dtype=bool)
     per_kind = {}
     for kind in sorted(set(kinds)):
         mine = kinds_arr == kind
-        costs = [cost(s.top1, false_alarm_rate(s.unseen[~mine], s.base)) for s in settings]
-        best = settings[least_within(costs, [s.label_recall for s in settings], tie)]
+        best = min(settings, key=lambda s: cost(s.top1, false_alarm_rate(s.unseen[~mine], s.base)))
         capped = cap_false_alarms(best.base, best.unseen[~mine], target, ceiling, best.positives, truth)
         fired[mine] = (best.unseen[mine] >= np.asarray(capped)).any(axis=1)
         per_kind[kind] = float(fired[mine].mean())

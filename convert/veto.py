@@ -9,8 +9,7 @@ score (a label that is not one of our classes, not an ancestor of one and not st
 Which labels are foreign comes from the ontology alone, never from the negatives. Which backbone(s) veto, and at what
 scores, is chosen against the issue's two targets at once: the setting with the least total shortfall of grouped-CV
 top-1 below `TOP1_TARGET` plus unseen-kind windows labelled (before thresholds are raised) above the 5% target,
-so a point of top-1 weighs as much as a point of false alarms on kinds the head never saw; among settings within
-`VETO_TIE` of the least shortfall, the one that labels most real clips (what a listener sees).
+so a point of top-1 weighs as much as a point of false alarms on kinds the head never saw.
 """
 
 from __future__ import annotations
@@ -48,11 +47,6 @@ VETO_SCALE = 0.1
 VETO_MIN_SCORES = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7)
 VETO_MAX_OWN = (0.05, 0.1, 1.0)  # below 1: only where the backbone hears (almost) nothing of the class; 1.0: always
 TOP1_TARGET = 0.92  # issue 18's grouped-CV top-1 target
-# Settings whose shortfall is within this of the least (about one clip of top-1, 1/277, or one unseen-kind window,
-# 1/269) are a tie, and the one labelling most real clips at its thresholds ships: the shortfall alone took a
-# setting labelling 0.67 of real clips over one labelling 0.70 with one clip more top-1 and one window more of
-# false alarms (2026-12-04).
-VETO_TIE = 0.005
 
 
 @dataclass(frozen=True)

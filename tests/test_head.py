@@ -265,16 +265,6 @@ def test_choice_weighs_cost_only_on_a_tie() -> None:
     assert choose_candidate(combined).name == "yamnet"  # a combination is measured, never shipped
 
 
-def test_veto_choice_takes_the_setting_labelling_most_clips_only_within_a_tie() -> None:
-    from custom.convert.openset import least_within
-    from custom.convert.veto import VETO_TIE
-
-    costs, recall = [0.034, 0.034 + VETO_TIE / 2, 0.034 + 2 * VETO_TIE], [0.67, 0.70, 0.90]
-    assert least_within(costs, recall, VETO_TIE) == 1  # a tie: the one that labels more real clips
-    assert least_within(costs, recall, 0.0) == 0  # no tie allowed: the least shortfall, whatever it labels
-    assert least_within([0.1, 0.1], [0.5, 0.5], VETO_TIE) == 0  # equal on both: the first, the preferred order
-
-
 def test_two_backbone_bundle_averages_its_members(ensemble_bundle: Path, shared: Path) -> None:
     """Version 2: each member's head pinned to its backbone file; the score is the weighted mean of the members', each
     fed the same 16 kHz window at its own rate."""
