@@ -168,7 +168,7 @@ class Model:
         if self.veto is not None:
             vetoed = self.veto(outputs[:, : self.veto.width])
             if apply_veto:
-                scores = np.where(vetoed, scores * self.veto.scale, scores)
+                scores = scores * self.veto.factors(vetoed)
         model_ms = backbone_ms + (time.perf_counter() - t0) * 1e3
         return WindowScores(scores, len(outputs), frontend_ms, model_ms, vetoed)
 
@@ -194,6 +194,12 @@ class Veto:
         own = np.where(self.own, pooled[:, None], 0.0).max(axis=0)
         vetoed: np.ndarray = (foreign >= self.min_score) & (foreign > own) & (own < self.max_own)
         return vetoed
+
+    def factors(self, vetoed: np.ndarray) -> np.ndarray:
+        """(classes,) multipliers for a window's scores: `scale` where vetoed, 1 elsewhere. The one place the
+        scaling rule lives in the daemon: a single model and an ensemble's average both apply these."""
+        factors: np.ndarray = np.where(vetoed, self.scale, np.float32(1.0))
+        return factors
 
 
 class EnsembleModel:
@@ -234,7 +240,7 @@ class EnsembleModel:
         for (result, _), weight, member in zip(results, self.weights, self.members, strict=True):
             total += np.float32(weight) * result.scores
             if result.vetoed is not None and member.veto is not None:
-                factor = np.where(result.vetoed, np.minimum(factor, member.veto.scale), factor)
+                factor = np.minimum(factor, member.veto.factors(result.vetoed))
                 vetoed = result.vetoed if vetoed is None else vetoed | result.vetoed
         total *= factor
         return WindowScores(
