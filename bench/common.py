@@ -29,14 +29,28 @@ RESULT_PREFIX = "BENCH_RESULT "  # the worker's one machine-readable stdout line
 BUNDLE_SOURCES = (ROOT / "convert", ROOT / "daemon" / "model")
 
 
+# ...and the ../shared files it reads: the backbones, and the manifests that say which recordings train a head (a
+# new recording in ../shared comes with a new manifest line, so its audio need not be hashed; the backbones' 4 MB
+# each cost ~10 ms).
+BUNDLE_INPUTS = (
+    "models/yamnet_classification.tflite", "models/efficientat_mn04_as.tflite", "data/clips/manifest.csv",
+    "data/train-audio/manifest.csv", "data/holdout-recordings.sha256",
+)  # fmt: skip
+
+
 def bundle_recipe(command: Sequence[str]) -> str:
-    """sha256 over the converter command and the sources that write and read bundles. A bench must time today's
-    model: a bundle cached under the work dir by an older converter (say, before a veto rule changed) would be
-    timed silently if its mere presence were enough, so a cached bundle is reused only when this still matches."""
+    """sha256 over the converter command, the sources that write and read bundles, and the ../shared files they
+    read. A bench must time today's model: a bundle cached under the work dir by an older converter (say, before a
+    veto rule changed) or from older data would be timed silently if its mere presence were enough, so a cached
+    bundle is reused only when this still matches."""
     digest = hashlib.sha256(json.dumps(list(command)).encode())
     for folder in BUNDLE_SOURCES:
         for path in sorted(folder.rglob("*.py")):
             digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    shared = shared_dir()
+    for name in BUNDLE_INPUTS:
+        path = shared / name
+        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"(missing)"))
     return digest.hexdigest()
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from custom.daemon.model.bundle import VetoSpec
+from custom.daemon.model.veto import veto_factors, veto_mask
 
 from .classes import URBAN_CLASSES
 from .ontology import Ontology
@@ -61,9 +62,7 @@ class VetoSource:
 
     def mask(self, rows: np.ndarray, min_score: float, max_own: float = 1.0) -> np.ndarray:
         """(len(rows), classes) True where the veto silences the class; the daemon's `Veto` on these windows."""
-        foreign, own = self.foreign_score[rows][:, None], self.own_scores[rows]
-        vetoed: np.ndarray = (foreign >= min_score) & (foreign > own) & (own < max_own)
-        return vetoed
+        return veto_mask(self.foreign_score[rows][:, None], self.own_scores[rows], min_score, max_own)
 
     def spec(self, min_score: float, max_own: float) -> VetoSpec:
         return VetoSpec(self.foreign, self.class_outputs, float(min_score), float(max_own), VETO_SCALE)
@@ -112,7 +111,7 @@ class VetoChoice:
         vetoed = np.zeros(scores.shape, dtype=bool)
         for source in self.sources:
             vetoed |= source.mask(rows, self.min_score, self.max_own)
-        return np.where(vetoed, scores * VETO_SCALE, scores).astype(scores.dtype)
+        return (scores * veto_factors(vetoed, VETO_SCALE)).astype(scores.dtype)
 
 
 def veto_choices(sources: Sequence[VetoSource]) -> list[VetoChoice]:

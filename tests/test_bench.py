@@ -145,8 +145,11 @@ def test_worker_result_line_is_found_among_chatter() -> None:
         parse_result("no result here")
 
 
-def test_a_cached_bundle_is_reused_only_while_the_converter_is_unchanged(tmp_path: Path, monkeypatch) -> None:
-    """A bundle left under bench/.work by an older converter must be rebuilt, not timed as if it were today's."""
+def test_a_cached_bundle_is_reused_only_while_the_converter_and_its_data_are_unchanged(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A bundle left under bench/.work by an older converter, or built from older ../shared data, must be rebuilt,
+    not timed as if it were today's."""
     from bench import common
 
     sources = tmp_path / "convert"
@@ -154,6 +157,10 @@ def test_a_cached_bundle_is_reused_only_while_the_converter_is_unchanged(tmp_pat
     (sources / "veto.py").write_text("SCALE = 0.0\n")
     monkeypatch.setattr(common, "ROOT", tmp_path)
     monkeypatch.setattr(common, "BUNDLE_SOURCES", (sources,))
+    shared = tmp_path / "shared"
+    (shared / "data/clips").mkdir(parents=True)
+    (shared / "data/clips/manifest.csv").write_text("path,label\n")
+    monkeypatch.setattr(common, "shared_dir", lambda: shared)
     out = tmp_path / "work" / "bundle"
     command = ["head", "--ship", "averaged"]
     assert not common.cached_bundle(out, command)  # nothing built yet
@@ -165,4 +172,7 @@ def test_a_cached_bundle_is_reused_only_while_the_converter_is_unchanged(tmp_pat
     assert not common.cached_bundle(out, ["head", "--ship", "yamnet"])  # another command
     (sources / "veto.py").write_text("SCALE = 0.1\n")
     assert not common.cached_bundle(out, command)  # the converter changed
+    common.mark_bundle(out, command)
+    (shared / "data/clips/manifest.csv").write_text("path,label\ndog/new.flac,dog\n")
+    assert not common.cached_bundle(out, command)  # ../shared gained a recording
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]  # the recipe never sits inside the bundle

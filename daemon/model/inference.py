@@ -16,12 +16,13 @@ import numpy as np
 
 from ..audio.pcm import resample
 from .audioset_params import FRAMES_PER_CLIP
-from .bundle import Bundle, BundleError, ModelSpec, VetoSpec
+from .bundle import Bundle, BundleError, ModelSpec
 from .frontend import Frontend
 from .frontend_efficientat import EfficientATFrontend, EfficientATParams
 from .head import EmbeddingReader, pool_features
 from .postprocess import AudioSetPCA
 from .runtime import RowRunner
+from .veto import Veto
 
 
 @dataclass(frozen=True)
@@ -171,35 +172,6 @@ class Model:
                 scores = scores * self.veto.factors(vetoed)
         model_ms = backbone_ms + (time.perf_counter() - t0) * 1e3
         return WindowScores(scores, len(outputs), frontend_ms, model_ms, vetoed)
-
-
-class Veto:
-    """A head's veto (see `VetoSpec`): which classes a window's backbone scores silence, and by how much."""
-
-    def __init__(self, spec: VetoSpec, width: int) -> None:
-        """`width`: the backbone's score outputs (load_bundle checked that every index the spec names is below it)."""
-        self.width = width
-        self.foreign = np.asarray(spec.foreign_outputs)
-        self.own = np.zeros((width, len(spec.class_outputs)), dtype=bool)
-        for j, outputs in enumerate(spec.class_outputs):
-            self.own[list(outputs), j] = True
-        self.min_score = np.float32(spec.min_score)
-        self.max_own = np.float32(spec.max_own)
-        self.scale = np.float32(spec.scale)
-
-    def __call__(self, patch_scores: np.ndarray) -> np.ndarray:
-        """(patches, outputs) backbone scores of one window -> (classes,) bool, True where the class is vetoed."""
-        pooled = patch_scores.mean(axis=0)
-        foreign = pooled[self.foreign].max()
-        own = np.where(self.own, pooled[:, None], 0.0).max(axis=0)
-        vetoed: np.ndarray = (foreign >= self.min_score) & (foreign > own) & (own < self.max_own)
-        return vetoed
-
-    def factors(self, vetoed: np.ndarray) -> np.ndarray:
-        """(classes,) multipliers for a window's scores: `scale` where vetoed, 1 elsewhere. The one place the
-        scaling rule lives in the daemon: a single model and an ensemble's average both apply these."""
-        factors: np.ndarray = np.where(vetoed, self.scale, np.float32(1.0))
-        return factors
 
 
 class EnsembleModel:
