@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from custom.daemon.publish.event import EventContext
@@ -61,7 +62,8 @@ def fixture_event(sensor: FixtureSensor, start: float, laeq: float, heard: str |
     name = heard or sensor.heard
     scores = [0.9 if c == name else 0.01 for c in CLASSES]
     clock = {"synced": True, "max_error_ms": 4.0}
-    return json.dumps(build_event(context, scores, start, laeq, clock=clock)).encode()
+    vetoed = np.array([c == "Vehicle horn" and name == "Dog" for c in CLASSES])  # a veto acting on the Dog windows
+    return json.dumps(build_event(context, scores, start, laeq, clock=clock, vetoed=vetoed)).encode()
 
 
 def write_fixture_fleet(dsn: str, now: float) -> dict[str, int]:

@@ -45,9 +45,11 @@ def build_event(
     laeq_db: float,
     clock: Mapping[str, Any] | None = None,
     processing_ms: float = 3.0,
+    vetoed: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One window's event as the daemon publishes it: real scores, the LevelMeter's levels of a tone."""
-    return context.build(scores, start, start + WINDOW_S, tone_levels(laeq_db).to_event(), processing_ms, clock=clock)
+    levels = tone_levels(laeq_db).to_event()
+    return context.build(scores, start, start + WINDOW_S, levels, processing_ms, clock=clock, vetoed=vetoed)
 
 
 def hour_in_parts(

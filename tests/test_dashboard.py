@@ -53,6 +53,7 @@ def test_api_and_downloads(fleet, make_dashboard):
     series = _csv(server, "/api/sensors/A/series?format=csv")
     assert len(series) == 180 + 23  # the last 30 minutes of windows + one window per hour in the last 24 h
     assert {r["top_class"] for r in series} == {"Siren", "Dog"}
+    assert {(r["top_class"], r["vetoed"]) for r in series} == {("Siren", ""), ("Dog", "Vehicle horn")}
     assert all(72.0 - 0.1 <= float(r["laeq"]) <= 74.1 for r in series)
 
     lden = _json(server, "/api/sensors/A/lden?since=" + quote(_ago(3 * 86400 - 3600)))
