@@ -243,7 +243,8 @@ def figures(
         recall.append(float((fired[pos, k]).mean()) if pos.any() else float("nan"))
         sel = on_clips & fired[:, k]
         precision.append(float(truth[sel, k].mean()) if sel.any() else float("nan"))
-    top1_recall = [float(hit[true_index == k].mean()) for k in range(truth.shape[1])]
+    of_class = [true_index == k for k in range(truth.shape[1])]
+    top1_recall = [float(hit[sel].mean()) if sel.any() else float("nan") for sel in of_class]  # nan: no such clip
     negatives = ~truth.any(axis=1)
     return {
         "top1": float(hit.mean()),
