@@ -27,8 +27,6 @@ WINDOW_S = 10.0
 RESULT_PREFIX = "BENCH_RESULT "  # the worker's one machine-readable stdout line
 # The code a cached bundle depends on: the converter writes it, daemon/model defines its format and front ends.
 BUNDLE_SOURCES = (ROOT / "convert", ROOT / "daemon" / "model")
-
-
 # ...and the ../shared files it reads: the backbones, and the manifests that say which recordings train a head (a
 # new recording in ../shared comes with a new manifest line, so its audio need not be hashed; the backbones' 4 MB
 # each cost ~10 ms).
