@@ -24,6 +24,7 @@ from custom.daemon.audio.audiofile import AudioFileError, read_audio
 from custom.daemon.audio.pcm import SAMPLE_RATE_HZ
 
 from .classes import URBAN_CLASSES
+from .licences import FAMILIES, describe, licence_family
 
 OTHER_LABEL = "other"
 WINDOW_S = 10.0
@@ -48,6 +49,11 @@ class Recording:
     source: str  # "clips" or "train-audio"
     kind: str  # the dataset's own class (train-audio) or our label (clips)
     proxy: bool = False  # a scene-level label (a metro-station ambience for subway): trains only where CV says so
+    licence: str = ""  # the manifest row's licence text, as given
+
+    @property
+    def licence_family(self) -> str:
+        return licence_family(self.licence)
 
 
 @dataclass
@@ -81,10 +87,14 @@ def is_held_out(recording_id: str, hashes: set[str]) -> bool:
     return hashlib.sha256(recording_id.encode()).hexdigest() in hashes
 
 
-def read_recordings(shared: Path, *, limit_per_label: int | None = None) -> tuple[list[Recording], int]:
-    """Both manifests' rows (minus held-out recordings) and how many rows were held out.
+def read_recordings(
+    shared: Path, *, limit_per_label: int | None = None, licences: frozenset[str] = frozenset(FAMILIES)
+) -> tuple[list[Recording], int]:
+    """Both manifests' rows (minus held-out recordings, and rows whose licence family is not in `licences`) and how
+    many rows were held out.
 
-    Raises DataError naming the manifest for an unknown label or a class with no recording at all.
+    Raises DataError naming the manifest for an unknown label, or the class left with no recording (naming the
+    licence filter when it is the filter that emptied it).
     """
     hashes = holdout_hashes(shared / "data/holdout-recordings.sha256")
     by_label = {c.clip_label: i for i, c in enumerate(URBAN_CLASSES)}
@@ -106,6 +116,9 @@ def read_recordings(shared: Path, *, limit_per_label: int | None = None) -> tupl
             if is_held_out(group, hashes):
                 held_out += 1
                 continue
+            licence = row.get("license") or row.get("licence") or ""
+            if licence_family(licence) not in licences:
+                continue
             if limit_per_label is not None and taken.get(label, 0) >= limit_per_label:
                 continue
             taken[label] = taken.get(label, 0) + 1
@@ -118,14 +131,16 @@ def read_recordings(shared: Path, *, limit_per_label: int | None = None) -> tupl
                     source,
                     row.get("source_class") or label,
                     proxy=row.get("label_quality") == "proxy",
+                    licence=licence,
                 )  # fmt: skip
             )
     present = {i for r in recordings for i in r.labels}
     missing = [c.clip_label for i, c in enumerate(URBAN_CLASSES) if i not in present]
+    where = "" if licences == frozenset(FAMILIES) else f" under --licences {describe(licences)}"
     if missing:
-        raise DataError(f"{shared / 'data'}: no training recordings for class(es) {', '.join(missing)}")
+        raise DataError(f"{shared / 'data'}: no training recordings{where} for class(es) {', '.join(missing)}")
     if not any(not r.labels for r in recordings):
-        raise DataError(f"{shared / 'data/train-audio/manifest.csv'}: no '{OTHER_LABEL}' recordings (negatives)")
+        raise DataError(f"{shared / 'data/train-audio/manifest.csv'}: no '{OTHER_LABEL}' recordings (negatives){where}")
     return recordings, held_out
 
 

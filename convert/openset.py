@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .thresholds import label_recall
+
 UNSEEN_FALSE_ALARM_TARGET = 0.05
 Fit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (x, y) -> (w, b) of sigmoid(x @ w + b)
 
@@ -123,7 +125,6 @@ class Setting:
     base: list[float]
     unseen: np.ndarray  # (negatives, classes) unseen-kind scores
     positives: np.ndarray  # (clips, classes) out-of-fold scores of the real clips
-    top1: float
 
 
 def nested_choice_rate(
@@ -132,19 +133,17 @@ def nested_choice_rate(
     target: float,
     ceiling: float,
     truth: np.ndarray,
-    cost: Callable[[float, float], float],
 ) -> tuple[float, dict[str, float]]:
-    """The unseen-kind false-alarm rate when the setting is chosen too: each kind is judged by the setting with the
-    least `cost(top1, share of the *other* kinds' windows labelled at its base thresholds)` (the first such, so
-    order `settings` by preference), with thresholds capped on the other kinds only. Nothing about a kind decides
-    how it is judged."""
+    """The unseen-kind false-alarm rate when the setting is chosen too: each kind is judged by the setting whose
+    thresholds, capped on the *other* kinds only, keep the most clips' own labels (the first such, so order
+    `settings` by preference). Nothing about a kind decides how it is judged."""
     kinds_arr = np.asarray(kinds)
     fired = np.zeros(len(kinds_arr), dtype=bool)
     per_kind = {}
     for kind in sorted(set(kinds)):
         mine = kinds_arr == kind
-        best = min(settings, key=lambda s: cost(s.top1, false_alarm_rate(s.unseen[~mine], s.base)))
-        capped = cap_false_alarms(best.base, best.unseen[~mine], target, ceiling, best.positives, truth)
+        tries = [(s, cap_false_alarms(s.base, s.unseen[~mine], target, ceiling, s.positives, truth)) for s in settings]
+        best, capped = max(tries, key=lambda t: label_recall(t[0].positives, truth, t[1]))
         fired[mine] = (best.unseen[mine] >= np.asarray(capped)).any(axis=1)
         per_kind[kind] = float(fired[mine].mean())
     return (float(fired.mean()) if len(fired) else float("nan")), per_kind
