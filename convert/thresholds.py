@@ -1,10 +1,10 @@
 """Per-class thresholds judged by what a subscriber sees: the published labels.
 
 A window's class missing from its labels is a miss; a label on a negative window (an air conditioner, rain) is a
-false alarm; a label of another class on a real event is a wrong label. Best-F1 thresholds trade these blindly and
-then have to be raised again for false alarms, which cost the recall a city team needs. Here the thresholds start
-low and are raised, one class at a time, only as far as the false-alarm and wrong-label budgets demand, each step
-chosen to give up as few own labels as it can.
+false alarm; a label of another class on a real event is a wrong label. Best-F1 thresholds trade these class by class,
+blind to the budgets a city sets for the whole sensor, and then have to be raised again for false alarms, which cost
+the recall a city team needs. Here the thresholds start at the ceiling and come down, one class at a time, as long
+as the false-alarm and wrong-label budgets hold, each move the one that buys the most own labels per mistake.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import numpy as np
 SEEN_FALSE_ALARM_TARGET = 0.02  # share of negative windows (kinds seen in training) with any label
 WRONG_LABEL_TARGET = 0.04  # share of single-label positive windows with a label of another class
 FLOOR = 0.05
-STEP = 1e-6  # a threshold is set just past the score it must stop labelling
 
 RULE = (
-    f"per class, from {FLOOR}: raised one class at a time, each step just past the next offending out-of-fold score "
-    f"(grouped CV), until at most {SEEN_FALSE_ALARM_TARGET:.0%} of the 'other' windows get a label and at most "
-    f"{WRONG_LABEL_TARGET:.0%} of the single-label windows get a label of another class; each step the one that "
-    "removes the most excess per own label lost (convert/thresholds.py)"
+    "per class, from the ceiling down to an own window's out-of-fold score (grouped CV), one class at a time: the "
+    "move publishing the most own labels per window newly labelled wrongly, as long as at most "
+    f"{SEEN_FALSE_ALARM_TARGET:.0%} of the 'other' windows get a label and at most {WRONG_LABEL_TARGET:.0%} of the "
+    f"single-label windows get a label of another class; never below {FLOOR} (convert/thresholds.py)"
 )
 
 
@@ -31,58 +30,50 @@ def label_thresholds(
     seen_target: float = SEEN_FALSE_ALARM_TARGET,
     wrong_target: float = WRONG_LABEL_TARGET,
 ) -> list[float]:
-    """Thresholds (one per class) that keep the most own labels within both budgets.
+    """Thresholds (one per class) that publish the most own labels within both budgets.
 
     `scores`: (windows, classes) out-of-fold scores of the real windows; `truth`: their multi-hot labels. Windows with
     no label are the negatives; windows with one label are judged for wrong labels (a mixture of two classes is
-    right to carry both). Each class keeps its offending scores sorted and a count of how many classes label each
-    window, so a step costs a few operations per class, not a pass over every window."""
+    right to carry both). Every class starts at `ceiling` and is lowered, one move at a time, to one of its own
+    positives' scores: the move with the most own labels gained per window newly labelled wrongly (a negative, or a
+    positive of another class, that had no such label yet), among the moves that keep both budgets. A window already
+    labelled wrongly costs nothing more, so the classes share the budget where their mistakes overlap."""
     classes = truth.shape[1]
-    cuts = np.full(classes, FLOOR)
-    negatives = scores[~truth.any(axis=1)]
+    cuts = np.full(classes, float(ceiling))
+    negatives = ~truth.any(axis=1)
     single = truth.sum(axis=1) == 1
-    positives, own = scores[single], truth[single]
-    budgets = (int(np.floor(seen_target * len(negatives))), int(np.floor(wrong_target * len(positives))))
-    # per window (negatives first, then single-label positives): how many classes give it an offending label
-    offending = np.concatenate([negatives >= FLOOR, (positives >= FLOOR) & ~own]).sum(axis=1)
-    is_negative = np.arange(len(offending)) < len(negatives)
-    labelled = [int((offending[is_negative] > 0).sum()), int((offending[~is_negative] > 0).sum())]
-    queues, own_sorted, next_at = [], [], [0] * classes
-    for k in range(classes):
-        candidates = np.concatenate([negatives[:, k], np.where(own[:, k], -np.inf, positives[:, k])])
-        keep = np.flatnonzero(candidates >= FLOOR)
-        order = keep[np.argsort(candidates[keep], kind="stable")]
-        queues.append((candidates[order], order))
-        own_sorted.append(np.sort(positives[own[:, k], k]))
-
-    def excess(false_alarms: int, wrong: int) -> int:
-        return max(0, false_alarms - budgets[0]) + max(0, wrong - budgets[1])
-
-    while excess(*labelled) > 0:
-        best: tuple[float, int, float, int, list[int]] | None = None
+    budgets = (int(np.floor(seen_target * negatives.sum())), int(np.floor(wrong_target * single.sum())))
+    own = truth & single[:, None]
+    wrong_for = ~truth & (single | negatives)[:, None]  # (window, class): this class labelling it is a mistake
+    fired = scores >= cuts
+    mistakes = (fired & wrong_for).sum(axis=1)  # per window: how many classes label it wrongly
+    used = [int((mistakes[negatives] > 0).sum()), int((mistakes[single] > 0).sum())]
+    while True:
+        best: tuple[float, int, float] | None = None
         for k in range(classes):
-            values, windows = queues[k]
-            start = next_at[k]
-            if start >= len(values) or cuts[k] >= ceiling:
+            below = scores[:, k] < cuts[k]
+            targets = np.sort(scores[below & own[:, k], k])[::-1]
+            targets = targets[targets >= FLOOR]
+            if not len(targets):
                 continue
-            new = min(float(values[start]) + STEP, ceiling)
-            stop = int(np.searchsorted(values, new, side="left"))
-            freed = [0, 0]  # windows that lose their last offending label: negatives, wrongly labelled positives
-            for w in windows[start:stop]:
-                if offending[w] == 1:
-                    freed[0 if is_negative[w] else 1] += 1
-            after = excess(labelled[0] - freed[0], labelled[1] - freed[1])
-            lost = int(np.searchsorted(own_sorted[k], new, "left") - np.searchsorted(own_sorted[k], cuts[k], "left"))
-            gain = (excess(*labelled) - after + 1e-3) / (lost + 1.0)  # 1e-3: a step removing nothing yet still counts
-            if best is None or gain > best[0]:
-                best = (gain, k, new, stop, freed)
-        if best is None:  # every class at the ceiling
-            break
-        _, k, new, stop, freed = best
-        offending[queues[k][1][next_at[k] : stop]] -= 1
-        labelled = [labelled[0] - freed[0], labelled[1] - freed[1]]
-        cuts[k], next_at[k] = new, max(stop, next_at[k] + 1)
-    return [float(c) for c in cuts]
+            gain = np.arange(1, len(targets) + 1)
+            fresh = below & wrong_for[:, k] & (mistakes == 0)  # a window this move would newly label wrongly
+            costs = [np.sort(scores[fresh & rows, k]) for rows in (negatives, single)]
+            new = [len(c) - np.searchsorted(c, targets, side="left") for c in costs]  # windows with score >= target
+            ok = (used[0] + new[0] <= budgets[0]) & (used[1] + new[1] <= budgets[1])
+            if not ok.any():
+                continue
+            ratio = np.where(ok, gain / (new[0] + new[1] + 0.1), -1.0)
+            j = int(np.argmax(ratio))
+            if best is None or ratio[j] > best[0]:
+                best = (float(ratio[j]), k, float(targets[j]))
+        if best is None:
+            return [float(c) for c in cuts]
+        _, k, cut = best
+        newly = (scores[:, k] >= cut) & (scores[:, k] < cuts[k]) & wrong_for[:, k]
+        mistakes[newly] += 1
+        used = [int((mistakes[negatives] > 0).sum()), int((mistakes[single] > 0).sum())]
+        cuts[k] = cut
 
 
 def label_recall(scores: np.ndarray, truth: np.ndarray, cuts: list[float] | np.ndarray) -> float:
