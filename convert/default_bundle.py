@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="default-bundle.") as tmp:
         work = Path(tmp)
         args.out = work / "headed"
+        args.mixtures = args.report is not None  # label recall under street background, for the report and card
         try:
             headed, result = build_head(args, work)
         except DataError as exc:

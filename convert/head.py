@@ -155,6 +155,7 @@ class HeadResult:
     figures: dict[str, Any] = field(default_factory=dict)
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every head compared, with figures and cost
     costs: dict[str, float] = field(default_factory=dict)  # ms per window: mapping and each candidate
+    mixtures: dict[str, Any] = field(default_factory=dict)  # label recall under street background (convert/mixtures.py)
     veto_tries: list[dict[str, Any]] = field(default_factory=list)  # the shipped candidate's veto settings tried
 
 
@@ -201,6 +202,17 @@ def window_features(examples: Examples, pooling: str, with_scores: bool, stride:
     )  # fmt: skip
 
 
+def fold_touches(groups: list[tuple[str, ...]], fold_of: dict[str, int]) -> list[np.ndarray]:
+    """Per fold, the windows holding any recording of that fold: none of them may train the fold's head."""
+    window_fold = [{fold_of[g] for g in gs} for gs in groups]
+    return [np.array([fold in f for f in window_fold]) for fold in range(FOLDS)]
+
+
+def fold_heads(x: np.ndarray, y: np.ndarray, trains: np.ndarray, touches: list[np.ndarray]) -> list[Any]:
+    """The head each fold's test windows are scored by, (w, b) per fold."""
+    return [fit_linear(x[trains & ~t], y[trains & ~t]) for t in touches]
+
+
 def cross_validate(
     x: np.ndarray,
     y: np.ndarray,
@@ -213,9 +225,7 @@ def cross_validate(
     none of its recordings is tested in it."""
     oof = np.zeros((int((real >= 0).sum()), y.shape[1]), dtype=np.float32)
     real_rows = np.flatnonzero(real >= 0)
-    window_fold = np.array([[fold_of[g] for g in gs] for gs in groups], dtype=object)
-    for fold in range(FOLDS):
-        touches = np.array([fold in f for f in window_fold])
+    for fold, touches in enumerate(fold_touches(groups, fold_of)):
         train = trains & ~touches
         w, b = fit_linear(x[train], y[train])
         test = np.array([fold_of[groups[r][0]] == fold for r in real_rows])
@@ -494,6 +504,9 @@ class Measured:
     real_rows: np.ndarray  # rows of y that are real recordings (not mixes)
     candidates: list[Candidate]
     result: HeadResult
+    folds: _Folds
+    probes: dict[str, Model]  # each backbone as the daemon runs it, for windows made after measuring (mixtures)
+    ontology: Ontology
 
 
 def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
@@ -506,6 +519,10 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, HeadResult]:
     chosen = _pick(measured.candidates, args.ship)
     bundle = write_and_verify(args, work, measured, chosen)
     result = measured.result
+    if getattr(args, "mixtures", False):
+        from .mixtures import street_mixtures
+
+        result.mixtures = street_mixtures(measured, chosen, args.seed)
     head, mapping = result.figures["head"], result.figures["mapping"]
     print(
         f"chosen: {chosen.name} {json.dumps(result.chosen)}; grouped-CV top-1 {head['top1']:.3f} (mapping "
@@ -681,7 +698,7 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
     result.candidates = [c.record() for c in candidates]
     result.costs = {"mapping": costs["yamnet"], **{c.name: c.cost_ms for c in candidates}}
     result.figures = {"mapping": mapping_figures}
-    return Measured(recordings, backbones, examples, y, real_rows, candidates, result)
+    return Measured(recordings, backbones, examples, y, real_rows, candidates, result, folds, probes, ontology)
 
 
 SCORED = ("top1", "macro_ap", "false_alarm_other", "top1_recall")

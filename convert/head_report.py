@@ -162,6 +162,34 @@ def _unseen_by_kind(result: HeadResult) -> list[str]:
     return lines
 
 
+def _mixture_table(result: HeadResult) -> list[str]:
+    """Label recall per class against the A-weighted SNR of street background (convert/mixtures.py)."""
+    mix = result.mixtures
+    if not mix:
+        return []
+    snrs = mix["snrs_db"]
+    used = ", ".join(f"{kind} {n}" for kind, n in mix["backgrounds"].items())
+    lines = [
+        "",
+        "## Under street background (mixtures, out of fold)",
+        "",
+        f"Each of the {mix['clips']} single-label clips laid over a street background recording of the same test fold",
+        f"(backgrounds used: {used}) at an A-weighted SNR over the event; label recall of the shipped candidate at",
+        "its thresholds (the event's class among the labels; a traffic or chatter background may add its own).",
+        "",
+        "| class | " + " | ".join(f"{s:g} dB" for s in snrs) + " |",
+        "| --- " * (len(snrs) + 1) + "|",
+    ]
+    for k, name in enumerate(CLASS_NAMES):
+        lines.append(f"| {name} | " + " | ".join(_fmt(mix["per_class"][s][k]) for s in snrs) + " |")
+    lines.append("| **all clips** | " + " | ".join(f"**{mix['overall'][s]:.3f}**" for s in snrs) + " |")
+    alone = mix.get("backgrounds_alone", {})
+    if alone:
+        cells = ", ".join(f"{k} {v:.3f} ({mix['backgrounds_alone_windows'][k]})" for k, v in alone.items())
+        lines += ["", f"Backgrounds alone (out of fold), share of windows with a label not their own: {cells}."]
+    return lines
+
+
 def _licence_table(result: HeadResult, comparisons: list[dict[str, Any]]) -> list[str]:
     """The shipped build beside the builds a licence filter would make (`--compare-licences`)."""
     if not comparisons:
@@ -342,6 +370,7 @@ def write_report(
         *_proxy_table(result),
         *_veto_table(result),
         *_unseen_by_kind(result),
+        *_mixture_table(result),
         *_licence_table(result, comparisons or []),
         "",
         "## Training set (recordings per label and source; held-out recordings excluded)",

@@ -90,6 +90,10 @@ def write_model_card(
             "- sounds of kinds it never trained on that still get a label most often: "
             + ", ".join(f"{kind} {rate:.0%}" for rate, kind in loud)
         )
+    if result.mixtures:
+        mix = result.mixtures
+        cells = ", ".join(f"{snr:g} dB {mix['overall'][snr]:.2f}" for snr in mix["snrs_db"])
+        lines += ["", f"Under street background (A-weighted SNR over the event), label recall: {cells}."]
     lines += [
         "",
         "## Trained on, and licence terms",

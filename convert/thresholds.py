@@ -60,7 +60,8 @@ def label_thresholds(
             fresh = below & wrong_for[:, k] & (mistakes == 0)  # a window this move would newly label wrongly
             costs = [np.sort(scores[fresh & rows, k]) for rows in (negatives, single)]
             new = [len(c) - np.searchsorted(c, targets, side="left") for c in costs]  # windows with score >= target
-            ok = (used[0] + new[0] <= budgets[0]) & (used[1] + new[1] <= budgets[1])
+            # a move adding no mistake is always taken, even where confident mistakes at the ceiling spent a budget
+            ok = ((new[0] == 0) | (used[0] + new[0] <= budgets[0])) & ((new[1] == 0) | (used[1] + new[1] <= budgets[1]))
             if not ok.any():
                 continue
             ratio = np.where(ok, gain / (new[0] + new[1] + 0.1), -1.0)

@@ -102,3 +102,13 @@ def test_a_licence_filter_that_empties_a_class_names_it(shared: Path, tmp_path: 
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "under --licences permissive" in last and "horn, children" in last
     assert not (tmp_path / "b").exists()
+
+
+def test_a_confident_mistake_at_the_ceiling_does_not_freeze_the_other_classes() -> None:
+    """A negative scoring above the ceiling spends the false-alarm budget before anything moves; classes whose own
+    windows can be labelled without a new mistake still come down."""
+    scores, truth = _scores(3)
+    negative = int(np.flatnonzero(~truth.any(axis=1))[0])
+    scores[negative] = 0.999
+    cuts = label_thresholds(scores, truth, ceiling=0.99, seen_target=0.0, wrong_target=0.04)
+    assert min(cuts) < 0.99
