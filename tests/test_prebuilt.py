@@ -129,3 +129,17 @@ def test_committed_head_is_what_default_bundle_builds(shared: Path, tmp_path: Pa
     assert fresh["provenance"]["assembly"] == committed["provenance"]["assembly"]
     del fresh["provenance"], committed["provenance"]
     assert fresh == committed
+
+
+def test_model_card_speaks_for_the_committed_model() -> None:
+    """models/default/MODEL_CARD.md is the build's own: its label recall is the manifest's, and it names what
+    trained the model and on what licence terms."""
+    card = (PREBUILT / "MODEL_CARD.md").read_text()
+    provenance = _manifest(PREBUILT)["provenance"]
+    head = provenance["cross_validated"]["head"]
+    assert f"| {head['label_recall']:.3f} | >= 0.90 |" in card
+    licences = provenance["training"]["licences"]
+    assert f"`--licences {licences['filter']}`" in card
+    assert sum(licences["recordings_by_family"].values()) == provenance["training"]["recordings"]
+    for family, count in licences["recordings_by_family"].items():
+        assert f"| {family} | {count} |" in card
