@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -137,7 +138,11 @@ def _run(config: IngestConfig) -> int:
         print(f"custom-ingest: database schema is behind ({', '.join(missing)}): run `custom-ingest migrate`",
               file=sys.stderr)  # fmt: skip
         return exitcodes.CONFIG
-    ingest = Ingest(config, Judge())
+    try:
+        ingest = Ingest(config, Judge(prefix=config.mqtt.topic_prefix))
+    except (OSError, ssl.SSLError) as exc:  # the password file or the CA certificate
+        print(f"custom-ingest: mqtt.password_file / mqtt.tls_ca: cannot use it ({_first_line(exc)})", file=sys.stderr)
+        return exitcodes.CONFIG
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: ingest.stop())
     logging.getLogger("custom.ingest").info(

@@ -38,6 +38,8 @@ class MqttSettings:
                                "Maximum).", lo=1, hi=65535)  # fmt: skip
     username: str | None = opt(None, "User name; null connects anonymously.")
     password_file: str | None = opt(None, "File holding the password (first line).")
+    tls_ca: str | None = opt(None, "CA certificate file to check the broker's certificate with; set: connect over TLS "
+                             "(the example broker, deploy/mosquitto, listens only on TLS).")  # fmt: skip
     keepalive_s: int = opt(30, "Keepalive, seconds.", lo=5, hi=3600)
 
 

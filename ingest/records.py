@@ -22,6 +22,8 @@ from typing import Any
 
 import jsonschema_rs
 
+from .topic import TopicError, parse_sensor_topic
+
 PAYLOAD_KEEP_CHARS = 4096
 REASON_KEEP_CHARS = 500
 
@@ -56,6 +58,7 @@ class Rejection:
     topic: str
     payload: str
     reason: str
+    identity: bool = False  # refused for whose it is (topic or sensor_id), not for what it says
 
 
 def _package_schema(name: str) -> dict[str, Any] | None:
@@ -68,9 +71,16 @@ def _package_schema(name: str) -> dict[str, Any] | None:
 
 
 class Judge:
-    """Validators built once; `judge(topic, payload)` returns an EventRow, a SummaryRow or a Rejection."""
+    """Validators built once; `judge(topic, payload)` returns an EventRow, a SummaryRow or a Rejection, never raises.
+    `prefix`: the sensors' topic prefix (mqtt.topic_prefix)."""
 
-    def __init__(self, event_schema: dict[str, Any] | None = None, summary_schema: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        event_schema: dict[str, Any] | None = None,
+        summary_schema: dict[str, Any] | None = None,
+        prefix: str = "custom",
+    ):
+        self.prefix = prefix
         shipped = event_schema if event_schema is not None else _package_schema("event.schema.json")
         if shipped is None:
             raise RuntimeError("custom.daemon ships no event.schema.json: is custom-sensor installed?")
@@ -84,16 +94,22 @@ class Judge:
         self._summary = jsonschema_rs.validator_for(_widened(summary, self.summary_versions))
 
     def judge(self, topic: str, payload: bytes) -> EventRow | SummaryRow | Rejection:
-        kind = topic.rsplit("/", 1)[-1]
+        try:
+            where = parse_sensor_topic(topic, self.prefix)
+        except TopicError as exc:
+            return rejection(topic, payload, str(exc), identity=True)
         try:
             data = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             return rejection(topic, payload, f"not JSON: {exc}")
-        if kind == "summary":
-            return self._judge_summary(topic, payload, data)
+        if where.kind == "summary":
+            judged = self._judge_summary(topic, payload, data)
+            return judged if isinstance(judged, Rejection) else _same_sensor(judged, where.sensor_id, topic, payload)
         error = _first_error(self._event, data)
         if error:
             return rejection(topic, payload, f"fails event schema: {error}")
+        if data["sensor_id"] != where.sensor_id:
+            return _impersonation(data["sensor_id"], where.sensor_id, topic, payload)
         try:
             text = payload.decode()
         except UnicodeDecodeError:  # valid UTF-16/32 JSON: json.loads takes it, we store UTF-8 only
@@ -103,7 +119,7 @@ class Judge:
             date.fromisoformat(day)
         except ValueError:
             return rejection(topic, payload, f"window/start: {day} is not a calendar date")
-        return EventRow(topic, text, data["sensor_id"], day, tuple(label["name"] for label in data["labels"]))
+        return EventRow(topic, text, where.sensor_id, day, tuple(label["name"] for label in data["labels"]))
 
     def _judge_summary(self, topic: str, payload: bytes, data: Any) -> SummaryRow | Rejection:
         error = _first_error(self._summary, data)
@@ -117,6 +133,16 @@ class Judge:
                 return rejection(topic, payload, f"period/{key}: {period[key]} is not a calendar date and time")
         text = json.dumps(data, separators=(",", ":"))
         return SummaryRow(data["sensor_id"], period["start"], period["end"], period["partial"], text)
+
+
+def _same_sensor(row: SummaryRow, sensor_id: str, topic: str, payload: bytes) -> SummaryRow | Rejection:
+    return row if row.sensor_id == sensor_id else _impersonation(row.sensor_id, sensor_id, topic, payload)
+
+
+def _impersonation(claimed: str, sensor_id: str, topic: str, payload: bytes) -> Rejection:
+    """A payload in another sensor's name: kept only in `rejected`, never stored, rolled up or alerted on as either."""
+    reason = f"sensor_id: payload names {claimed[:64]!r} but its topic is sensor {sensor_id!r}'s"
+    return rejection(topic, payload, reason, identity=True)
 
 
 def _pinned_version(schema: dict[str, Any]) -> int:
@@ -143,7 +169,12 @@ def _first_error(validator: Any, data: Any) -> str | None:
     return f"{where}: {error.message}"[:REASON_KEEP_CHARS]
 
 
-def rejection(topic: str, payload: bytes, reason: str) -> Rejection:
-    digest = hashlib.md5(topic.encode() + b"\0" + payload, usedforsecurity=False).hexdigest()
+def rejection(topic: str, payload: bytes, reason: str, identity: bool = False) -> Rejection:
+    """What `rejected` keeps: text PostgreSQL takes whatever arrived (no NUL, no lone surrogate), the reason on one
+    line."""
+    raw_topic = topic.encode("utf-8", errors="surrogatepass")
+    digest = hashlib.md5(raw_topic + b"\0" + payload, usedforsecurity=False).hexdigest()
     text = payload[:PAYLOAD_KEEP_CHARS].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    return Rejection(digest, topic, text, reason.splitlines()[0][:REASON_KEEP_CHARS] if reason else "rejected")
+    shown = raw_topic.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    lines = reason.replace("\x00", "\ufffd").splitlines()
+    return Rejection(digest, shown, text, lines[0][:REASON_KEEP_CHARS] if lines else "rejected", identity)

@@ -82,7 +82,8 @@ def write_fixture_fleet(dsn: str, now: float) -> dict[str, int]:
         starts += [end - 3600.0 * (h + 1) for h in range(72)]
         for k, start in enumerate(starts):
             heard = sensor.heard if k % 2 == 0 else "Dog"
-            row = judge.judge("custom/x/events", fixture_event(sensor, start, sensor.laeq + (k % 3), heard))
+            event = fixture_event(sensor, start, sensor.laeq + (k % 3), heard)
+            row = judge.judge(f"custom/{sensor.sensor_id}/events", event)
             assert isinstance(row, EventRow), row
             rows.append(row)
         counts[sensor.sensor_id] = len(starts)
