@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from importlib import resources
@@ -99,9 +100,15 @@ class Judge:
         except TopicError as exc:
             return rejection(topic, payload, str(exc), identity=True)
         try:
-            data = json.loads(payload)
+            data = json.loads(payload, parse_float=_finite, parse_constant=_not_json)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             return rejection(topic, payload, f"not JSON: {exc}")
+        try:
+            unstorable = _unstorable_text(data)
+        except RecursionError:
+            return rejection(topic, payload, "nested too deeply")
+        if unstorable:
+            return rejection(topic, payload, "a string holds \\u0000 or a lone surrogate: not storable text")
         if where.kind == "summary":
             judged = self._judge_summary(topic, payload, data)
             return judged if isinstance(judged, Rejection) else _same_sensor(judged, where.sensor_id, topic, payload)
@@ -110,13 +117,17 @@ class Judge:
             return rejection(topic, payload, f"fails event schema: {error}")
         if data["sensor_id"] != where.sensor_id:
             return _impersonation(data["sensor_id"], where.sensor_id, topic, payload)
+        error = _outside_real(data)
+        if error:
+            return rejection(topic, payload, error)
         try:
             text = payload.decode()
         except UnicodeDecodeError:  # valid UTF-16/32 JSON: json.loads takes it, we store UTF-8 only
             return rejection(topic, payload, "not UTF-8")
         day = data["window"]["start"][:10]
         try:
-            date.fromisoformat(day)
+            if date.fromisoformat(day) == date.max:  # its day partition would end in year 10000
+                return rejection(topic, payload, f"window/start: {day} is past the last day stored")
         except ValueError:
             return rejection(topic, payload, f"window/start: {day} is not a calendar date")
         return EventRow(topic, text, where.sensor_id, day, tuple(label["name"] for label in data["labels"]))
@@ -133,6 +144,48 @@ class Judge:
                 return rejection(topic, payload, f"period/{key}: {period[key]} is not a calendar date and time")
         text = json.dumps(data, separators=(",", ":"))
         return SummaryRow(data["sensor_id"], period["start"], period["end"], period["partial"], text)
+
+
+REAL_FIELDS = (("top", "score"), ("level", "laeq"), ("level", "lafmax"), ("level", "lafmin"), ("level", "la10"),
+               ("level", "la50"), ("level", "la90"), ("clock", "max_error_ms"), ("processing_ms",))  # fmt: skip
+REAL_MAX = 3.4e38  # PostgreSQL `real` (float4), the columns above: beyond it, or nonzero below REAL_TINY, it refuses
+REAL_TINY = 1.2e-38
+
+
+def _finite(text: str) -> float:
+    """JSON numbers as json.loads reads them, except those that overflow a double (1e400 would become inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _outside_real(data: dict[str, Any]) -> str | None:
+    """Where a number stored as `real` would be refused by PostgreSQL (found by fuzzing: a top score of 1e-167)."""
+    for path in REAL_FIELDS:
+        node: Any = data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, int | float) and not isinstance(node, bool):
+            size = abs(node)  # an int of any size compares with a float without converting
+            if size > REAL_MAX or 0 < size < REAL_TINY:
+                return f"{'/'.join(path)}: {node!r:.40} is outside the stored range (1.2e-38 to 3.4e38, or 0)"
+    return None
+
+
+def _unstorable_text(node: Any) -> bool:
+    """A NUL or a lone surrogate in any key or string: PostgreSQL's text and jsonb refuse both (found by fuzzing)."""
+    if isinstance(node, str):
+        return "\x00" in node or any("\ud800" <= c <= "\udfff" for c in node)
+    if isinstance(node, dict):
+        return any(_unstorable_text(k) or _unstorable_text(v) for k, v in node.items())
+    if isinstance(node, list):
+        return any(_unstorable_text(v) for v in node)
+    return False
 
 
 def _same_sensor(row: SummaryRow, sensor_id: str, topic: str, payload: bytes) -> SummaryRow | Rejection:

@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from . import dashboard as d
 from .config import IngestConfig
 from .door import Door, Sessions, Throttle, door_routes
+from .topic import SENSOR_ID
 from .users import UsersFile
 
 log = logging.getLogger("custom.ingest.serve")
@@ -81,7 +82,7 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
             d.parse_format(request.query_params)
             sensor_id = request.path_params["sensor_id"]
             with pool.connection() as conn:
-                if not d.sensor_exists(conn, sensor_id):
+                if not SENSOR_ID.fullmatch(sensor_id) or not d.sensor_exists(conn, sensor_id):  # NUL: not to SQL
                     return Response(
                         d.to_json({"error": f"no sensor {sensor_id!r}"}), 404, media_type="application/json"
                     )
@@ -113,8 +114,11 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
         d.check_params(request.query_params, ("sensor_id", *SPAN_KEYS, "limit"))
         span = d.parse_span(request.query_params, d.SPAN_MAX)
         limit = d.parse_limit(request.query_params)
+        sensor_id = request.query_params.get("sensor_id")
+        if sensor_id is not None and not SENSOR_ID.fullmatch(sensor_id):
+            raise d.BadRequest(f"sensor_id: {sensor_id[:40]!r} is not a sensor id (1-64 of A-Z a-z 0-9 _ . -)")
         with pool.connection() as conn:
-            rows = d.fetch(conn, "dashboard_alerts", sensor_id=request.query_params.get("sensor_id"),
+            rows = d.fetch(conn, "dashboard_alerts", sensor_id=sensor_id,
                            since=span.since, until=span.until, limit=limit)  # fmt: skip
         return _reply(request, rows, "alerts")
 
@@ -133,6 +137,9 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
     def bad_request(request: Request, exc: Exception) -> Response:
         return _error(str(exc), 400)
 
+    def not_found(request: Request, exc: Exception) -> Response:
+        return _error(f"no such page: {request.url.path[:80]}", 404)  # JSON like every other refusal of the API
+
     prefix = "/api/sensors/{sensor_id:str}"
     sessions = Sessions(settings.session_hours * 3600.0)
     users = UsersFile(Path(settings.users_file))
@@ -150,7 +157,7 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
     ]
     return Starlette(
         routes=routes,
-        exception_handlers={d.BadRequest: bad_request},
+        exception_handlers={d.BadRequest: bad_request, 404: not_found},
         middleware=[Middleware(Door, sessions=sessions, users=users)],  # around every route, present and future
     )
 

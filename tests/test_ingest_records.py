@@ -103,3 +103,23 @@ def test_identity_is_the_topic_not_the_payload():
 def test_a_topic_that_is_not_a_sensors_is_rejected(topic, says):
     judged = Judge().judge(topic, json.dumps(_event()).encode())
     assert isinstance(judged, Rejection) and judged.identity and says in judged.reason, judged
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [  # each found by tests/test_fuzz.py: accepted by the judge, then refused by PostgreSQL (or by the partitioner)
+        (lambda e: e["top"].update(score=1.2e-167), "top/score: 1.2e-167 is outside the stored range"),
+        (lambda e: e["level"].update(laeq=10**400), "level/laeq: 1000000000000000000000000000000000000000 is"),
+        (lambda e: e.update(extra={"\x00": None}), "a string holds \\u0000"),
+        (lambda e: e["window"].update(start="9999-12-31T23:59:59.999Z"), "9999-12-31 is past the last day"),
+    ],
+)
+def test_what_the_database_would_refuse_is_rejected_by_the_judge(change, says):
+    event = _event()
+    change(event)
+    judged = Judge().judge("custom/s1/events", json.dumps(event).encode())
+    assert isinstance(judged, Rejection) and says in judged.reason, judged
+    for number in (b"1e400", b"NaN", b"-Infinity"):  # json.loads would read them as floats PostgreSQL cannot take
+        text = json.dumps(_event()).replace('"laeq": 60.0', '"laeq": ' + number.decode()).encode()
+        refused = Judge().judge("custom/s1/events", text)
+        assert isinstance(refused, Rejection) and refused.reason.startswith("not JSON"), refused.reason
