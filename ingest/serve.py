@@ -138,7 +138,7 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
         return _error(str(exc), 400)
 
     def not_found(request: Request, exc: Exception) -> Response:
-        return _error(f"no such page: {request.url.path[:80]}", 404)  # JSON like every other refusal of the API
+        return _error(f"no such page: {request.url.path[:80]!r}", 404)  # JSON like every other refusal of the API
 
     prefix = "/api/sensors/{sensor_id:str}"
     sessions = Sessions(settings.session_hours * 3600.0)

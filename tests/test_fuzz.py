@@ -261,9 +261,12 @@ def _yaml_texts(base: dict[str, Any]) -> st.SearchStrategy[str]:
     )
 
 
-def _config_property(load: Any, error: type, tmp_path: Path, tried: dict[str, int]) -> Any:
-    path = tmp_path / "config.yaml"
+def _search_loader(name: str, texts: st.SearchStrategy[str], path: Path, load: Any, error: type, budget: int) -> None:
+    """Write each searched text to `path` and load it: loaded, or `error` on one line; never anything else."""
+    tried = {"examples": 0, "loaded": 0, "refused": 0}
 
+    @settings(max_examples=budget, **FAST)
+    @given(texts)
     def check(text: str) -> None:
         tried["examples"] += 1
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -274,19 +277,16 @@ def _config_property(load: Any, error: type, tmp_path: Path, tried: dict[str, in
             assert _one_line(str(exc)), repr(str(exc))
             tried["refused"] += 1
 
-    return check
+    check()
+    print(f"\nfuzz {name}: {tried}")
+    assert tried["loaded"] and tried["refused"], "the search never reached both outcomes"
 
 
 def test_sensor_config_loads_or_says_one_line(tmp_path):
     from custom.daemon.config import ConfigError, load_config
 
     base = yaml.safe_load(_sensor_config_text())
-    tried = {"examples": 0, "loaded": 0, "refused": 0}
-    check = settings(max_examples=400, **FAST)(given(_yaml_texts(base))(_config_property(load_config, ConfigError,
-                                                                                        tmp_path, tried)))  # fmt: skip
-    check()
-    print(f"\nfuzz sensor config: {tried}")
-    assert tried["loaded"] and tried["refused"]
+    _search_loader("sensor config", _yaml_texts(base), tmp_path / "config.yaml", load_config, ConfigError, 400)
 
 
 def test_ingest_config_loads_or_says_one_line(tmp_path):
@@ -294,18 +294,14 @@ def test_ingest_config_loads_or_says_one_line(tmp_path):
     from custom.testing.shared import ROOT
 
     base = yaml.safe_load((ROOT / "ingest" / "ingest.example.yaml").read_text())
-    tried = {"examples": 0, "loaded": 0, "refused": 0}
-    check = settings(max_examples=400, **FAST)(given(_yaml_texts(base))(_config_property(load_config, ConfigError,
-                                                                                        tmp_path, tried)))  # fmt: skip
-    check()
-    print(f"\nfuzz ingest config: {tried}")
-    assert tried["loaded"] and tried["refused"]
+    _search_loader("ingest config", _yaml_texts(base), tmp_path / "ingest.yaml", load_config, ConfigError, 400)
 
 
 # ---------------------------------------------------------------------------------------------- bundle manifests
 
 
 def test_bundle_manifest_loads_or_says_one_line(yamnet_bundle, tmp_path):
+    """The bundle's files stay (linked); only its manifest.json is searched."""
     from custom.daemon.model.bundle import BundleError, load_bundle
 
     folder = tmp_path / "bundle"
@@ -314,23 +310,10 @@ def test_bundle_manifest_loads_or_says_one_line(yamnet_bundle, tmp_path):
         if item.name != "manifest.json":
             (folder / item.name).symlink_to(item)
     manifest = json.loads((yamnet_bundle / "manifest.json").read_text())
-    tried = {"examples": 0, "loaded": 0, "refused": 0}
-
-    @settings(max_examples=300, **FAST)
-    @given(st.one_of(mutations(manifest).map(json.dumps), st.text(max_size=60), st.just(json.dumps(manifest))))
-    def check(text: str) -> None:
-        tried["examples"] += 1
-        (folder / "manifest.json").write_text(text, encoding="utf-8", errors="surrogatepass")
-        try:
-            load_bundle(folder)
-            tried["loaded"] += 1
-        except BundleError as exc:
-            assert _one_line(str(exc)), repr(str(exc))
-            tried["refused"] += 1
-
-    check()
-    print(f"\nfuzz bundle manifest: {tried}")
-    assert tried["loaded"] and tried["refused"]
+    texts = st.one_of(mutations(manifest).map(json.dumps), st.text(max_size=60), st.just(json.dumps(manifest)))
+    _search_loader(
+        "bundle manifest", texts, folder / "manifest.json", lambda p: load_bundle(p.parent), BundleError, 300
+    )
 
 
 # ------------------------------------------------------------------------------------- classify on broken audio
