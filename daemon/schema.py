@@ -276,8 +276,9 @@ def join(prefix: str, name: str) -> str:
 
 
 def key_of(key: Any) -> str:
-    """A key as it appears in a key path: plain if it reads cleanly, repr() if empty, odd or not a string."""
-    if isinstance(key, str) and key and key.isprintable() and key == key.strip():
+    """A key as it appears in a key path: plain if it reads cleanly, repr() if empty, odd, holding the `:` that ends
+    the path in a message, or not a string."""
+    if isinstance(key, str) and key and key.isprintable() and key == key.strip() and ":" not in key:
         return key
     return show(key)
 
