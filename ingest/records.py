@@ -100,15 +100,20 @@ class Judge:
         except TopicError as exc:
             return rejection(topic, payload, str(exc), identity=True)
         try:
-            data = json.loads(payload, parse_float=_finite, parse_constant=_not_json)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            return rejection(topic, payload, f"not JSON: {exc}")
+            text = payload.decode()
+        except UnicodeDecodeError as exc:  # json.loads would take UTF-16/32 JSON: we store UTF-8 only
+            return rejection(topic, payload, f"not JSON: not UTF-8 ({exc})")
         try:
-            unstorable = _unstorable_text(data)
-        except RecursionError:
-            return rejection(topic, payload, "nested too deeply")
-        if unstorable:
-            return rejection(topic, payload, "a string holds \\u0000 or a lone surrogate: not storable text")
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            return rejection(topic, payload, f"not JSON: {exc}")
+        if where.kind == "summary" or b"NaN" in payload or b"Infinity" in payload or b"\\u" in payload:  # rarely
+            try:
+                unstorable = _unstorable(data)
+            except RecursionError:
+                unstorable = "nested too deeply"
+            if unstorable:
+                return rejection(topic, payload, unstorable)
         if where.kind == "summary":
             judged = self._judge_summary(topic, payload, data)
             return judged if isinstance(judged, Rejection) else _same_sensor(judged, where.sensor_id, topic, payload)
@@ -120,10 +125,6 @@ class Judge:
         error = _outside_real(data)
         if error:
             return rejection(topic, payload, error)
-        try:
-            text = payload.decode()
-        except UnicodeDecodeError:  # valid UTF-16/32 JSON: json.loads takes it, we store UTF-8 only
-            return rejection(topic, payload, "not UTF-8")
         day = data["window"]["start"][:10]
         try:
             if date.fromisoformat(day) == date.max:  # its day partition would end in year 10000
@@ -146,46 +147,38 @@ class Judge:
         return SummaryRow(data["sensor_id"], period["start"], period["end"], period["partial"], text)
 
 
-REAL_FIELDS = (("top", "score"), ("level", "laeq"), ("level", "lafmax"), ("level", "lafmin"), ("level", "la10"),
-               ("level", "la50"), ("level", "la90"), ("clock", "max_error_ms"), ("processing_ms",))  # fmt: skip
-REAL_MAX = 3.4e38  # PostgreSQL `real` (float4), the columns above: beyond it, or nonzero below REAL_TINY, it refuses
+REAL_MAX = 3.4e38  # PostgreSQL `real` (float4), _outside_real's columns: it refuses more, or nonzero below REAL_TINY
 REAL_TINY = 1.2e-38
-
-
-def _finite(text: str) -> float:
-    """JSON numbers as json.loads reads them, except those that overflow a double (1e400 would become inf)."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _outside_real(data: dict[str, Any]) -> str | None:
     """Where a number stored as `real` would be refused by PostgreSQL (found by fuzzing: a top score of 1e-167)."""
-    for path in REAL_FIELDS:
-        node: Any = data
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
+    top, level, clock = data.get("top") or {}, data.get("level") or {}, data.get("clock") or {}
+    for where, node in (
+        ("top/score", top.get("score")), ("level/laeq", level.get("laeq")), ("level/lafmax", level.get("lafmax")),
+        ("level/lafmin", level.get("lafmin")), ("level/la10", level.get("la10")), ("level/la50", level.get("la50")),
+        ("level/la90", level.get("la90")), ("clock/max_error_ms", clock.get("max_error_ms")),
+        ("processing_ms", data.get("processing_ms")),
+    ):  # fmt: skip
         if isinstance(node, int | float) and not isinstance(node, bool):
             size = abs(node)  # an int of any size compares with a float without converting
-            if size > REAL_MAX or 0 < size < REAL_TINY:
-                return f"{'/'.join(path)}: {node!r:.40} is outside the stored range (1.2e-38 to 3.4e38, or 0)"
+            if not size <= REAL_MAX or 0 < size < REAL_TINY:  # `not <=`: NaN too
+                return f"{where}: {node!r:.40} is outside the stored range (1.2e-38 to 3.4e38, or 0)"
     return None
 
 
-def _unstorable_text(node: Any) -> bool:
-    """A NUL or a lone surrogate in any key or string: PostgreSQL's text and jsonb refuse both (found by fuzzing)."""
-    if isinstance(node, str):
-        return "\x00" in node or any("\ud800" <= c <= "\udfff" for c in node)
-    if isinstance(node, dict):
-        return any(_unstorable_text(k) or _unstorable_text(v) for k, v in node.items())
-    if isinstance(node, list):
-        return any(_unstorable_text(v) for v in node)
-    return False
+def _unstorable(node: Any) -> str | None:
+    """Why PostgreSQL's jsonb would refuse `node` though json.loads took it (found by fuzzing): a NUL or lone
+    surrogate in a key or string, NaN or an infinity; or None. judge() walks an event only when its text spells one
+    (`NaN`, `Infinity`, an escape `\\u`): walking every event cost more than the rest of the judgement. An event's
+    text is stored as sent, so a 1e400 stays a number jsonb takes (the `real` columns are checked apart); a summary
+    is stored re-encoded, so it is always walked."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return f"number {node} is not storable (NaN, infinite, or beyond a double)"
+    if isinstance(node, str) and ("\x00" in node or any("\ud800" <= c <= "\udfff" for c in node)):
+        return "a string holds \\u0000 or a lone surrogate: not storable text"
+    children = [*node.keys(), *node.values()] if isinstance(node, dict) else node if isinstance(node, list) else []
+    return next((why for why in map(_unstorable, children) if why), None)
 
 
 def _same_sensor(row: SummaryRow, sensor_id: str, topic: str, payload: bytes) -> SummaryRow | Rejection:

@@ -119,7 +119,7 @@ def test_what_the_database_would_refuse_is_rejected_by_the_judge(change, says):
     change(event)
     judged = Judge().judge("custom/s1/events", json.dumps(event).encode())
     assert isinstance(judged, Rejection) and says in judged.reason, judged
-    for number in (b"1e400", b"NaN", b"-Infinity"):  # json.loads would read them as floats PostgreSQL cannot take
+    for number in (b"1e400", b"NaN", b"-Infinity", b"1" + b"0" * 400 + b".0"):  # json.loads makes them inf or nan
         text = json.dumps(_event()).replace('"laeq": 60.0', '"laeq": ' + number.decode()).encode()
         refused = Judge().judge("custom/s1/events", text)
-        assert isinstance(refused, Rejection) and refused.reason.startswith("not JSON"), refused.reason
+        assert isinstance(refused, Rejection), refused  # by the schema (inf is no number to it) or as not storable
