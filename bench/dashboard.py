@@ -120,16 +120,17 @@ def load(dsn: str, sensors: int, days: int, full_days: int, sparse_step_s: int, 
     return {"load_s": loaded_s, "events": rows, "bytes": size}
 
 
-def _get(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=60) as reply:
+def _get(url: str, cookie: str) -> int:
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie}), timeout=60) as reply:
         reply.read()
         return int(reply.status)
 
 
-def _timed(urls: list[str]) -> float:
+def _timed(urls: list[str], cookie: str) -> float:
+    """Milliseconds for `urls` in turn, logged in with the session `cookie` (the door lets nothing through without)."""
     t = time.perf_counter()
     for url in urls:
-        status = _get(url)
+        status = _get(url, cookie)
         if status != 200:
             raise RuntimeError(f"{url}: HTTP {status}")
     return (time.perf_counter() - t) * 1000.0
@@ -140,7 +141,7 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(base: str, sensors: int, rounds: int, now: datetime) -> list[dict[str, Any]]:
+def measure(base: str, cookie: str, sensors: int, rounds: int, now: datetime) -> list[dict[str, Any]]:
     from bench.fleet import sensor_id
 
     rng = random.Random(1)
@@ -155,10 +156,10 @@ def measure(base: str, sensors: int, rounds: int, now: datetime) -> list[dict[st
             f"{base}/api/sensors/{sensor_id(rng.randrange(sensors))}/{panel}?{span}"
         ]
     for urls in cases.values():  # warm-up: the first request of each kind opens pool connections, plans
-        _timed(urls())
+        _timed(urls(), cookie)
     results = []
     for name, urls in cases.items():
-        times = [_timed(urls()) for _ in range(rounds)]
+        times = [_timed(urls(), cookie) for _ in range(rounds)]
         results.append({
             "what": name, "n": rounds, "p50": statistics.median(times), "p95": _p(times, 0.95), "max": max(times),
         })  # fmt: skip
@@ -196,7 +197,7 @@ def measure_alerts(dsn: str, sensors: int, rounds: int) -> dict[str, Any]:
 
 def measure_browser(base: str, rounds: int) -> dict[str, Any] | None:
     """Chromium (Debian's, headless) from navigation to the map drawn with every sensor (body[data-ready])."""
-    from custom.testing.dashboard import CHROMIUM, CHROMIUM_ARGS
+    from custom.testing.dashboard import CHROMIUM, CHROMIUM_ARGS, log_in
 
     if not CHROMIUM.exists():
         return None
@@ -205,8 +206,12 @@ def measure_browser(base: str, rounds: int) -> dict[str, Any] | None:
     times = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        login = context.new_page()
+        log_in(login, base)  # the session cookie is the context's: every page below opens logged in
+        login.close()
         for _ in range(rounds + 1):
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
             t = time.perf_counter()
             page.goto(base + "/")
             page.wait_for_selector("body[data-ready='1']", timeout=60000)
@@ -282,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load(dsn, args.sensors, args.days, args.full_days, args.sparse_step_s, now)
         info: dict[str, Any] = {**loaded, "load_before": load_before}
         server = DashboardProcess(top, reader_dsn(pg, dsn)).start()
-        results = measure(server.url, args.sensors, args.rounds, now)
+        assert server.cookie is not None  # start() logged in as the test user
+        results = measure(server.url, server.cookie, args.sensors, args.rounds, now)
         in_browser = measure_browser(server.url, max(5, args.rounds // 5))
         results += [in_browser] if in_browser else []
         results.append(measure_alerts(dsn, args.sensors, max(5, args.rounds // 5)))

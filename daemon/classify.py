@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_audio(audio: AudioFile) -> None:
     if audio.duration_s < MIN_DURATION_S:
         raise AudioFileError(f"{audio.path}: only {audio.duration_s:.2f} s of audio; need at least {MIN_DURATION_S} s")
+    if not np.all(np.isfinite(audio.waveform)):  # a float file with NaN or inf (one NaN channel is enough)
+        bad = int(np.size(audio.waveform) - np.count_nonzero(np.isfinite(audio.waveform)))
+        raise AudioFileError(f"{audio.path}: {bad} sample(s) are NaN or infinite: not a recording")
     peak = float(np.max(np.abs(audio.waveform)))
     if peak < SILENCE_PEAK:
         raise AudioFileError(f"{audio.path}: silent recording (peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS)")

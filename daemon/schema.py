@@ -186,6 +186,7 @@ def _convert(value: Any, tp: Any, rules: Mapping[str, Any], path: str, base_dir:
 
 
 _NO_MATCH = object()
+INT_MOST = 2**53  # the largest whole number a setting may hold (doubles are exact up to it)
 
 
 def _as_type(value: Any, tp: Any, rules: Mapping[str, Any], path: str, base_dir: Path | None) -> Any:
@@ -193,12 +194,20 @@ def _as_type(value: Any, tp: Any, rules: Mapping[str, Any], path: str, base_dir:
     if tp is bool:
         return value if isinstance(value, bool) else _NO_MATCH
     if tp is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+        if not isinstance(value, int) or isinstance(value, bool):
+            return _NO_MATCH
+        if abs(value) > INT_MOST:  # no setting means that much; past it, time arithmetic overflows (found by fuzzing)
+            raise ConfigError(path, f"must be at most {INT_MOST} in size, got {num(value)}")
+        return value
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(path, f"must be a finite number, got {value}")
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer of 400 digits (found by fuzzing the configs)
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(path, f"must be a finite number, got {str(value)[:40]}")
+            return number
         return _NO_MATCH
     if tp is str:
         if not isinstance(value, str):
@@ -267,14 +276,18 @@ def join(prefix: str, name: str) -> str:
 
 
 def key_of(key: Any) -> str:
-    """A key as it appears in a key path: plain if it reads cleanly, repr() if empty, odd or not a string."""
-    if isinstance(key, str) and key and key.isprintable() and key == key.strip():
+    """A key as it appears in a key path: plain if it reads cleanly, repr() if empty, odd, holding the `:` that ends
+    the path in a message, or not a string."""
+    if isinstance(key, str) and key and key.isprintable() and key == key.strip() and ":" not in key:
         return key
     return show(key)
 
 
 def num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+    if isinstance(x, int):  # of any size: float() of a 400-digit integer raises
+        text = str(x)
+        return text if len(text) <= 24 else f"{text[:20]}...({len(text)} digits)"
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
 
 
 def one_line(text: object) -> str:

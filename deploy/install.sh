@@ -28,6 +28,7 @@ readonly APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libsystem
 ROOT=""
 BUNDLE=""
 CONFIG=""
+MQTT_PASSWORD=""
 FROM="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 START=1
 WITH_VENV=""
@@ -44,6 +45,8 @@ usage: $0 [options]
   --default-bundle assemble the default bundle (the committed models/default head + manifest and the backbone(s)
                    in \$CUSTOM_SHARED/models, default ../shared, each checked by sha256; no TensorFlow) and install it
   --config PATH    config file to install (default: the project's config.yaml)
+  --mqtt-password FILE  the broker password (make-sensor-credentials.sh's SENSOR_ID.password) to install as
+                   $ETC_DIR/mqtt-password, root:$NAME mode 0640 (other local users cannot read it)
   --from PATH      package source (default: $FROM)
   --no-start       install and enable, but do not (re)start the service
   --with-venv      with --root: also build the venv inside DIR (slow; always done without --root)
@@ -73,6 +76,8 @@ parse_args() {
         --bundle=*) BUNDLE=${1#*=} ;;
         --config) CONFIG=${2:?--config needs a path}; shift ;;
         --config=*) CONFIG=${1#*=} ;;
+        --mqtt-password) MQTT_PASSWORD=${2:?--mqtt-password needs a file}; shift ;;
+        --mqtt-password=*) MQTT_PASSWORD=${1#*=} ;;
         --from) FROM=${2:?--from needs a path}; shift ;;
         --from=*) FROM=${1#*=} ;;
         --arch) ARCH=${2:?--arch needs a value}; shift ;;
@@ -252,6 +257,14 @@ install_config() {
     fi
 }
 
+# The broker password: written 0640 from the start (never briefly world-readable); owner and group from tmpfiles.
+install_password() {
+    [[ -n $MQTT_PASSWORD ]] || return 0
+    [[ -f $MQTT_PASSWORD ]] || die $EX_CONFIG "mqtt password file not found: $MQTT_PASSWORD"
+    (umask 077 && install -m 0640 "$MQTT_PASSWORD" "$(r "$ETC_DIR/mqtt-password")")
+    say "mqtt password: $ETC_DIR/mqtt-password"
+}
+
 # Refuse a corrupt or foreign bundle here, not at the first start: the same checks the daemon makes on the
 # manifest format and every file's sha256.
 check_bundle() {
@@ -401,6 +414,7 @@ main() {
     install_venv
     install_files
     install_config
+    install_password
     install_bundle
     apply_tmpfiles
     enable_service

@@ -13,6 +13,7 @@ kind follows from the keys it has, so a rule reads like the sentence a noise tea
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import time
@@ -63,8 +64,8 @@ def parse_alerts(data: Any, where: str) -> AlertSettings:
     unknown = set(data) - {"rules", "check_s"}
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown key (known: check_s, rules)")
-    check_s = data.get("check_s", 30.0)
-    if isinstance(check_s, bool) or not isinstance(check_s, int | float) or check_s <= 0:
+    check_s = _number(data.get("check_s", 30.0), f"{where}.check_s")
+    if check_s <= 0:
         raise ConfigError(f"{where}.check_s", f"expected a number of seconds > 0, got {check_s!r}")
     raw = data.get("rules") or []
     if not isinstance(raw, list):
@@ -76,7 +77,7 @@ def parse_alerts(data: Any, where: str) -> AlertSettings:
             raise ConfigError(
                 f"{where}.rules", f"the name {name!r} is used twice (a name identifies a rule's episodes)"
             )
-    return AlertSettings(rules, float(check_s))
+    return AlertSettings(rules, check_s)
 
 
 def _rule(item: Any, where: str) -> AlertRule:
@@ -110,15 +111,27 @@ def _rule(item: Any, where: str) -> AlertRule:
     return AlertRule(name, kind, float(more_than), minutes, label, start, end)
 
 
+MOST = 10**6  # minutes and counts: about two years, far past any rule, and safe for time arithmetic
+
+
 def _number(value: Any, where: str) -> float:
+    """A finite number (found by fuzzing: NaN, .inf and a 400-digit integer used to pass or crash)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(where, f"expected a number, got {value!r}")
-    return float(value)
+        raise ConfigError(where, f"expected a number, got {repr(value)[:40]}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(where, f"expected a finite number, got {repr(value)[:40]}")
+    return number
 
 
 def _positive_int(value: Any, where: str, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise ConfigError(where, f"expected a whole number {'>= 0' if allow_zero else '>= 1'}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not (0 if allow_zero else 1) <= value <= MOST:
+        raise ConfigError(
+            where, f"expected a whole number from {0 if allow_zero else 1} to {MOST}, got {repr(value)[:40]}"
+        )
     return value
 
 

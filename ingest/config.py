@@ -38,6 +38,8 @@ class MqttSettings:
                                "Maximum).", lo=1, hi=65535)  # fmt: skip
     username: str | None = opt(None, "User name; null connects anonymously.")
     password_file: str | None = opt(None, "File holding the password (first line).")
+    tls_ca: str | None = opt(None, "CA certificate file to check the broker's certificate with; set: connect over TLS "
+                             "(the example broker, deploy/mosquitto, listens only on TLS).")  # fmt: skip
     keepalive_s: int = opt(30, "Keepalive, seconds.", lo=5, hi=3600)
 
 
@@ -58,6 +60,12 @@ class DashboardSettings:
     tile_url: str = opt("", "e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png; empty: points, scale and labels "
                         "only.", may_be_empty=True)  # fmt: skip
     tile_attribution: str = opt("", "Attribution shown with the tiles.", may_be_empty=True)
+    users_file: str = opt("/etc/custom-ingest/dashboard-users", "Who may log in: `custom-ingest user add NAME` "
+                          "writes it (argon2id hashes, mode 0600).")  # fmt: skip
+    session_hours: float = opt(12.0, "A login lasts this long (then log in again).", gt=0.0, hi=24.0 * 30)
+    tls_cert: str | None = opt(None, "Certificate file (PEM) to serve HTTPS directly; a reverse proxy is the "
+                               "recommended way (ingest/README.md).")  # fmt: skip
+    tls_key: str | None = opt(None, "Its private key file (PEM).")
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,10 @@ def _check_cross_fields(config: IngestConfig) -> None:
         raise ConfigError(
             f"{SECTION}.database.reconnect_min_s", f"must be <= database.reconnect_max_s ({num(d.reconnect_max_s)})"
         )
+    web = config.dashboard
+    if (web.tls_cert is None) != (web.tls_key is None):
+        missing = "tls_key" if web.tls_key is None else "tls_cert"
+        raise ConfigError(f"{SECTION}.dashboard.{missing}", "give both tls_cert and tls_key, or neither")
     try:
         ZoneInfo(config.timezone)
     except (ZoneInfoNotFoundError, ValueError):

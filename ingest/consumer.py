@@ -59,6 +59,7 @@ class Counters:
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
+    wrong_sensor: int = 0  # of `rejected`: not a sensor's topic, or a payload in another sensor's name
     summaries: int = 0
     batches: int = 0
     db_errors: int = 0
@@ -92,6 +93,8 @@ class Ingest:
         if m.username:
             password = open(m.password_file).read().strip() if m.password_file else None  # noqa: SIM115
             client.username_pw_set(m.username, password)
+        if m.tls_ca:
+            client.tls_set(ca_certs=m.tls_ca)  # checks the certificate and the host name against mqtt.host
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -261,6 +264,7 @@ class Ingest:
             c.stored += inserted
             c.duplicates += len(events) - inserted
             c.rejected += len(rejections)
+            c.wrong_sensor += sum(r.identity for r in rejections)
             c.summaries += len(summaries)
             c.batches += 1
             c.last_commit = iso_utc(time.time())

@@ -63,7 +63,7 @@ def parse_span(params: Mapping[str, str], longest: timedelta, now: datetime | No
 def check_params(params: Mapping[str, str], known: Sequence[str]) -> None:
     for key in params:
         if key not in known:
-            raise BadRequest(f"{key}: unknown parameter (known: {', '.join(known)})")
+            raise BadRequest(f"{key[:40]!r}: unknown parameter (known: {', '.join(known)})")  # repr: one line
 
 
 def parse_format(params: Mapping[str, str], allowed: Sequence[str] = FORMATS) -> str:

@@ -1,4 +1,5 @@
-"""`custom-ingest serve`: the fleet dashboard, one page and a small read-only JSON/CSV/GeoJSON API (Starlette).
+"""`custom-ingest serve`: the fleet dashboard, one page and a small read-only JSON/CSV/GeoJSON API (Starlette), all
+behind a login (door.py; users in users.py).
 
 The database is only read: connections run every transaction READ ONLY, and the DSN should name a login role in
 `custom_reader` (created by migration 002; ingest/README.md). The page and its libraries (Leaflet, uPlot: vendored from
@@ -18,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
@@ -25,6 +27,9 @@ from starlette.staticfiles import StaticFiles
 
 from . import dashboard as d
 from .config import IngestConfig
+from .door import Door, Sessions, Throttle, door_routes
+from .topic import SENSOR_ID
+from .users import UsersFile
 
 log = logging.getLogger("custom.ingest.serve")
 
@@ -77,7 +82,7 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
             d.parse_format(request.query_params)
             sensor_id = request.path_params["sensor_id"]
             with pool.connection() as conn:
-                if not d.sensor_exists(conn, sensor_id):
+                if not SENSOR_ID.fullmatch(sensor_id) or not d.sensor_exists(conn, sensor_id):  # NUL: not to SQL
                     return Response(
                         d.to_json({"error": f"no sensor {sensor_id!r}"}), 404, media_type="application/json"
                     )
@@ -109,8 +114,11 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
         d.check_params(request.query_params, ("sensor_id", *SPAN_KEYS, "limit"))
         span = d.parse_span(request.query_params, d.SPAN_MAX)
         limit = d.parse_limit(request.query_params)
+        sensor_id = request.query_params.get("sensor_id")
+        if sensor_id is not None and not SENSOR_ID.fullmatch(sensor_id):
+            raise d.BadRequest(f"sensor_id: {sensor_id[:40]!r} is not a sensor id (1-64 of A-Z a-z 0-9 _ . -)")
         with pool.connection() as conn:
-            rows = d.fetch(conn, "dashboard_alerts", sensor_id=request.query_params.get("sensor_id"),
+            rows = d.fetch(conn, "dashboard_alerts", sensor_id=sensor_id,
                            since=span.since, until=span.until, limit=limit)  # fmt: skip
         return _reply(request, rows, "alerts")
 
@@ -129,8 +137,14 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
     def bad_request(request: Request, exc: Exception) -> Response:
         return _error(str(exc), 400)
 
+    def not_found(request: Request, exc: Exception) -> Response:
+        return _error(f"no such page: {request.url.path[:80]!r}", 404)  # JSON like every other refusal of the API
+
     prefix = "/api/sensors/{sensor_id:str}"
+    sessions = Sessions(settings.session_hours * 3600.0)
+    users = UsersFile(Path(settings.users_file))
     routes = [
+        *door_routes(sessions, users, Throttle()),
         Route("/", index),
         Route("/api/settings", settings_json),
         Route("/api/sensors", sensors),
@@ -141,7 +155,11 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
         Route(f"{prefix}/health", sensor_route("health", SPAN_KEYS, d.SPAN_MAX, health)),
         Mount("/static", StaticFiles(directory=_static_dir()), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={d.BadRequest: bad_request})
+    return Starlette(
+        routes=routes,
+        exception_handlers={d.BadRequest: bad_request, 404: not_found},
+        middleware=[Middleware(Door, sessions=sessions, users=users)],  # around every route, present and future
+    )
 
 
 def serve(config: IngestConfig) -> int:
@@ -151,8 +169,12 @@ def serve(config: IngestConfig) -> int:
     settings = config.dashboard
     pool = open_pool(settings.dsn or config.database.dsn)
     try:
-        log.info("dashboard on http://%s:%d/", settings.host, settings.port)
-        uvicorn.run(create_app(config, pool), host=settings.host, port=settings.port, log_level="warning")
+        scheme = "https" if settings.tls_cert else "http"
+        log.info("dashboard on %s://%s:%d/", scheme, settings.host, settings.port)
+        uvicorn.run(
+            create_app(config, pool), host=settings.host, port=settings.port, log_level="warning",
+            ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
+        )  # fmt: skip
     finally:
         pool.close()
     return 0

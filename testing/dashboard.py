@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +85,8 @@ def write_fixture_fleet(dsn: str, now: float) -> dict[str, int]:
         starts += [end - 3600.0 * (h + 1) for h in range(72)]
         for k, start in enumerate(starts):
             heard = sensor.heard if k % 2 == 0 else "Dog"
-            row = judge.judge("custom/x/events", fixture_event(sensor, start, sensor.laeq + (k % 3), heard))
+            event = fixture_event(sensor, start, sensor.laeq + (k % 3), heard)
+            row = judge.judge(f"custom/{sensor.sensor_id}/events", event)
             assert isinstance(row, EventRow), row
             rows.append(row)
         counts[sensor.sensor_id] = len(starts)
@@ -102,19 +106,51 @@ def reader_dsn(cluster: PgCluster, dsn: str) -> str:
     return dsn.replace(f"user={cluster.user}", f"user={READER}")
 
 
+USER, PASSWORD = "operator", "correct horse battery staple"  # the test user every dashboard here is started with
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect is an answer to look at (the door's 303 to /login), not to follow
+
+
+def _opener(ca: Path | None) -> urllib.request.OpenerDirector:
+    """No redirects followed; HTTPS checked against `ca` (certificate and host name) when given."""
+    handlers: list[Any] = [_NoRedirect]
+    if ca is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(ca))))
+    return urllib.request.build_opener(*handlers)
+
+
 class DashboardProcess(LoggedProcess):
+    """`custom-ingest serve` on a free loopback port with a users file holding USER; `get` is logged in as USER
+    (`anonymous=True`: without a session)."""
+
     name = "dashboard"
 
-    def __init__(self, workdir: Path, dsn: str, config: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, dsn: str, config: Path | None = None, extra: Sequence[str] = (), ca: Path | None = None
+    ) -> None:
+        """`extra`: more `serve` options; `ca`: with `--cert/--key` in them, the CA that signed the certificate."""
         super().__init__(workdir / "serve.log")
         self.dsn, self.config, self.port = dsn, config, free_port()
+        self.extra, self.ca = tuple(extra), ca
+        self.scheme = "https" if ca else "http"
+        self.users_file = workdir / "dashboard-users"
+        self.cookie: str | None = None
+        self.base = self.url  # where requests go: the server itself, or a proxy in front of it
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> DashboardProcess:
-        command = [sys.executable, "-m", "custom.ingest.cli", "serve", "--dsn", self.dsn, "--port", str(self.port)]
+        from custom.ingest.users import add_user
+
+        if not self.users_file.exists():
+            add_user(self.users_file, USER, PASSWORD)
+        command = [sys.executable, "-m", "custom.ingest.cli", "serve", "--dsn", self.dsn, "--port", str(self.port),
+                   "--users-file", str(self.users_file), *self.extra]  # fmt: skip
         if self.config is not None:
             command += ["--config", str(self.config)]
         self._launch(command, dict(os.environ))
@@ -123,23 +159,60 @@ class DashboardProcess(LoggedProcess):
             assert self.proc is not None and self.proc.poll() is None, self.log()
             assert time.monotonic() < deadline, f"dashboard did not listen:\n{self.log()}"
             time.sleep(0.1)
+        self.cookie = self.log_in(USER, PASSWORD)
+        assert self.cookie, f"the test user could not log in:\n{self.log()}"
         return self
 
-    def get(self, path: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) of GET path; errors are answers too."""
+    def request(
+        self,
+        method: str,
+        path: str,
+        cookie: str | None = None,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers with lower-case names, body) of one request, redirects not followed; errors are answers
+        too."""
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        headers = {**(headers or {}), **({"Cookie": cookie} if cookie else {})}
+        if data is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(self.url + path, timeout=30) as reply:
-                return reply.status, reply.headers.get("Content-Type", ""), reply.read()
+            with _opener(self.ca).open(request, timeout=30) as reply:
+                return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read()
         except urllib.error.HTTPError as err:
-            return err.code, err.headers.get("Content-Type", ""), err.read()
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+    def log_in(self, user: str, password: str) -> str | None:
+        """The session cookie (`name=value`) a successful login sets, or None."""
+        status, headers, _ = self.request("POST", "/login", form={"user": user, "password": password})
+        cookie = headers.get("set-cookie", "")
+        return cookie.split(";", 1)[0] if status == 303 and cookie else None
+
+    def get(self, path: str, anonymous: bool = False) -> tuple[int, str, bytes]:
+        """(status, content type, body) of GET path, logged in unless `anonymous`."""
+        status, headers, body = self.request("GET", path, None if anonymous else self.cookie)
+        return status, headers.get("content-type", ""), body
+
+
+def log_in(page: Any, base: str, user: str = USER, password: str = PASSWORD) -> None:
+    """Through the login form, as a person would; returns once the page after it has loaded."""
+    page.goto(base + "/login")
+    page.fill("#user", user)
+    page.fill("#password", password)
+    with page.expect_navigation():
+        page.click("#login")
 
 
 @pytest.fixture
 def make_dashboard(tmp_path: Path) -> Iterator[Callable[..., DashboardProcess]]:
     made: list[DashboardProcess] = []
 
-    def make(dsn: str, config: Path | None = None) -> DashboardProcess:
-        server = DashboardProcess(tmp_path, dsn, config)
+    def make(
+        dsn: str, config: Path | None = None, extra: Sequence[str] = (), ca: Path | None = None
+    ) -> DashboardProcess:
+        server = DashboardProcess(tmp_path, dsn, config, extra, ca)
         made.append(server)
         return server.start()
 

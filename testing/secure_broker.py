@@ -127,9 +127,8 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
     _, wrong_ca_cert = make_ca(folder, "rogue-ca")
     server_key, server_cert = make_server_cert(folder, ca_key, ca_cert)
     passwd = folder / "passwd"
-    passwords = {
-        u: make_credentials(u, passwd, folder / "creds") for u in ("sensor-a", "sensor-b", "reader", "homeassistant")
-    }
+    users = ("sensor-a", "sensor-b", "reader", "homeassistant", "ingest")
+    passwords = {u: make_credentials(u, passwd, folder / "creds") for u in users}
     acl = folder / "acl"
     shutil.copyfile(EXAMPLE / "acl", acl)
     port = free_port()

@@ -38,7 +38,8 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
   openssl sox shellcheck \
   systemd-container debootstrap qemu-user-static binfmt-support \
   postgresql postgresql-15-postgis-3 \
-  chromium >/dev/null  # ingest: a throwaway PostgreSQL per session (testing/postgres.py); the dashboard in Chromium
+  chromium nginx >/dev/null  # ingest: a throwaway PostgreSQL per session (testing/postgres.py); the dashboard in
+# Chromium; nginx: the dashboard's reverse-proxy recipe (ingest/README.md), run by tests/test_dashboard_door.py
 # systemd-container + debootstrap: the systemd tier (tests/test_systemd.py) boots a Debian 12 root with systemd-nspawn
 
 echo "== python environment ($VENV)"

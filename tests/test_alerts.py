@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from custom.ingest.config import ConfigError, load_config
-from custom.testing.dashboard import FixtureSensor, fixture_event, reader_dsn
+from custom.testing.dashboard import FixtureSensor, fixture_event, log_in, reader_dsn
 from custom.testing.ingest import WINDOW_S, wait_rows
 from tests.conftest import ROOT
 
@@ -59,7 +59,7 @@ def test_rules_fire_once_per_episode_across_a_crash_and_show_on_the_page(
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     page = browser.page
-    page.goto(make_dashboard(reader_dsn(pg_cluster, ingest_db)).url + "/")
+    log_in(page, make_dashboard(reader_dsn(pg_cluster, ingest_db)).url)
     page.wait_for_selector("body[data-ready='1']", timeout=20000)
     assert page.locator("#alerts").get_attribute("data-count") == "0"
 

@@ -15,7 +15,7 @@ import pytest
 
 from custom.ingest.cli import main as ingest_cli
 from custom.testing.broker import free_port
-from custom.testing.dashboard import FLEET, reader_dsn, write_fixture_fleet
+from custom.testing.dashboard import FLEET, log_in, reader_dsn, write_fixture_fleet
 from custom.testing.postgres import create_database
 
 
@@ -114,7 +114,7 @@ def test_unknown_sensor_is_404_and_the_role_cannot_write(fleet, make_dashboard):
 def test_page_in_chromium(fleet, make_dashboard, browser, tmp_path):
     server = make_dashboard(fleet[0])
     page = browser.page
-    page.goto(server.url + "/")
+    log_in(page, server.url)
     page.wait_for_selector("body[data-ready='1']", timeout=20000)
     assert page.locator("path.sensor-marker").count() == len(FLEET)
     labels = page.locator(".sensor-label").all_inner_texts()
@@ -162,7 +162,7 @@ def test_page_draws_without_reachable_tiles(fleet, make_dashboard, browser, tmp_
         f"dashboard: {{tile_url: 'http://127.0.0.1:{closed}/{{z}}/{{x}}/{{y}}.png', tile_attribution: x}}\n"
     )
     page = browser.page
-    page.goto(make_dashboard(fleet[0], config).url + "/")
+    log_in(page, make_dashboard(fleet[0], config).url)
     page.wait_for_selector("body[data-ready='1']", timeout=20000)
     assert page.locator("img.leaflet-tile").count() > 0, "the tile layer was not configured"
     assert page.locator("path.sensor-marker").count() == len(FLEET)

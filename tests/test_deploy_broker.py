@@ -119,7 +119,7 @@ def test_credentials_script_makes_a_client_certificate_signed_by_the_ca(tmp_path
 
 
 def test_credentials_script_rejects_a_sensor_id_that_would_widen_the_acl(tmp_path: Path) -> None:
-    for bad in ("a/b", "a+", "#", ""):
+    for bad in ("a/b", "a+", "#", "", "_alerts"):
         result = subprocess.run(
             [str(EXAMPLE / "make-sensor-credentials.sh"), bad, "--passwd", str(tmp_path / "passwd")],
             capture_output=True, text=True, timeout=30,

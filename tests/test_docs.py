@@ -50,3 +50,18 @@ def test_config_keys_named_in_docs_exist(docs: tuple[str, ...], cls: type, strip
     assert sum(len(keys) for keys in named.values()) >= 3, "the docs name config keys: the pattern must find them"
     unknown = [f"{doc}:{line}: `{key}`" for doc, keys in named.items() for line, key in keys if key not in known]
     assert not unknown, "docs name config keys that do not exist:\n" + "\n".join(unknown)
+
+
+@pytest.mark.parametrize("doc", ["SECURITY.md", "FAULTS.md"])
+def test_the_tests_a_doc_names_exist(doc: str) -> None:
+    """`test_x.py::test_y` (and `::test_z` after it, the same file) in the threat and fault tables name real tests:
+    a renamed test cannot leave a defence claimed but uncovered."""
+    text = (ROOT / doc).read_text()
+    named: list[tuple[str, str]] = []
+    current = ""
+    for match in re.finditer(r"`(test_\w+\.py)?::(test_\w+)", text):
+        current = match.group(1) or current
+        named.append((current, match.group(2)))
+    assert len(named) >= (10 if doc == "SECURITY.md" else 5), named
+    missing = [f"{f}::{t}" for f, t in named if f"def {t}(" not in (ROOT / "tests" / f).read_text()]
+    assert not missing, f"{doc} names tests that do not exist: {missing}"

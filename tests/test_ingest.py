@@ -253,6 +253,10 @@ def test_migrate_retention_and_bad_config(ingest_db, capsys, tmp_path):
     bad.write_text("batch_rowz: 5\n")
     assert ingest_cli(["run", "--config", str(bad)]) == 78
     assert "ingest.batch_rowz: unknown key" in capsys.readouterr().err
+    bad.write_text(f"mqtt: {{username: ingest, password_file: {tmp_path / 'absent'}}}\n")
+    assert ingest_cli(["run", "--dsn", ingest_db, "--config", str(bad)]) == 78
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "mqtt.password_file" in err and "No such file or directory" in err, err
     assert ingest_cli(["migrate", "--dsn", "host=127.0.0.1 port=1 dbname=x connect_timeout=1"]) == 69
 
 

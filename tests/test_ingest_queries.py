@@ -45,12 +45,14 @@ def fleet_db(ingest_db: str) -> str:
         _event("C", 40.4100, -3.6900, "Vehicle horn", T13 + 300, 55.0),
     ]
     judge = Judge()
-    rows = [judge.judge("custom/x/events", m) for m in messages]
+    rows = [judge.judge(f"custom/{json.loads(m)['sensor_id']}/events", m) for m in messages]
     a, b = _context("A", 40.4169, -3.7035), _context("B", 40.4200, -3.7050)
     a_partial, _ = hour_in_parts(a, T13 + 1200, T13 + 3600, 60.0, ["Siren"])
     _, a_rest = hour_in_parts(a, T13 + 1200, T13 + 3600, 70.0, ["Siren"])
     _, b_hour = hour_in_parts(b, T13, T13 + 3600, 55.0)
-    summaries = [judge.judge("custom/x/summary", json.dumps(s).encode()) for s in (a_partial, a_rest, b_hour)]
+    summaries = [
+        judge.judge(f"custom/{s['sensor_id']}/summary", json.dumps(s).encode()) for s in (a_partial, a_rest, b_hour)
+    ]
     with connect(ingest_db) as conn:
         Store(conn).write(rows, summaries, [])
         Store(conn).write([], summaries[:1], [])  # the partial redelivered

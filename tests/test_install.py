@@ -128,7 +128,10 @@ def test_the_service_user_that_would_result(tmp_path: Path, config: Path) -> Non
     (tree / "etc").mkdir(parents=True)
     (tree / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (tree / "etc/group").write_text("root:x:0:\naudio:x:29:\n")
-    run_install(tree, "--config", str(config))
+    password = tmp_path / "test-01.password"
+    password.write_text("s3cret\n")
+    password.chmod(0o644)  # as a careless copy leaves it
+    run_install(tree, "--config", str(config), "--mqtt-password", str(password))
     user = passwd_entry(tree, "custom-sensor")
     assert user is not None
     uid, gid, home, shell = int(user[2]), int(user[3]), user[5], user[6]
@@ -140,6 +143,9 @@ def test_the_service_user_that_would_result(tmp_path: Path, config: Path) -> Non
     assert (tree / "var/lib/custom-sensor").stat().st_uid == uid
     assert (tree / "etc/custom-sensor/config.yaml").stat().st_gid == gid
     assert (tree / "etc/custom-sensor/config.yaml").stat().st_uid == 0
+    installed = tree / "etc/custom-sensor/mqtt-password"
+    assert installed.read_text() == "s3cret\n" and mode(installed) == 0o640, "the broker password: group-only"
+    assert (installed.stat().st_uid, installed.stat().st_gid) == (0, gid)
 
 
 def test_installed_unit_verifies_and_is_hardened(tmp_path: Path, config: Path) -> None:

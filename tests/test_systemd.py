@@ -33,6 +33,8 @@ INGEST_UNIT = "custom-ingest.service"
 DROPINS = Path("etc/systemd/system/custom-sensor.service.d")
 CONFIG = "/etc/custom-sensor/config.yaml"
 SPOOL = "/var/lib/custom-sensor/spool.sqlite"
+PASSWORD = "/etc/custom-sensor/mqtt-password"
+BUNDLE = "/var/lib/custom-sensor/bundle"
 CLIP = "data/clips/siren/us8k_102871-8-0-8.flac"
 SENSOR = "nspawn-sensor"
 STATUS = f"custom/{SENSOR}/status"
@@ -158,6 +160,8 @@ def installed(
     try:
         shutil.copytree(yamnet_bundle, box.root / "root/bundle")
         (box.root / "root/config.yaml").write_text(yaml.safe_dump(sensor_config(broker.port)))
+        (box.root / "root/mqtt-password").write_text("not-the-real-one\n")  # what make-sensor-credentials.sh writes
+        (box.root / "root/mqtt-password").chmod(0o644)  # copied with a loose umask: the installer must close it
         clip_dropin = box.root / "etc/systemd/system/vmic-player.service.d/clip.conf"
         clip_dropin.parent.mkdir(parents=True)
         clip_dropin.write_text(f"[Service]\nEnvironment=CLIP=/shared/{CLIP}\n")
@@ -170,7 +174,8 @@ def installed(
         pip_env = {"PIP_CERT": str(nspawn.HOST_CA), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
         install = box.run(
             "bash", "/src/deploy/install.sh", "--from", "/src", "--bundle", "/root/bundle",
-            "--config", "/root/config.yaml", env=pip_env, check=False, timeout=1200,
+            "--config", "/root/config.yaml", "--mqtt-password", "/root/mqtt-password", env=pip_env, check=False,
+            timeout=1200,
         )  # fmt: skip
         assert install.returncode == 0, f"install.sh failed:\n{install.stdout}\n{install.stderr}"
         yield sensor
@@ -238,6 +243,30 @@ def test_hardening_as_installed_leaves_the_mic_and_spool_reachable(sensor: Senso
     assert owner[0] == "custom-sensor", owner
     journal = sensor.journal()
     assert "Permission denied" not in journal and "Read-only file system" not in journal, journal
+
+
+def test_another_local_user_cannot_read_the_password_config_spool_or_bundle(sensor: Sensor) -> None:
+    """A second, unprivileged login on the Pi (not the service): the broker password, the config naming the broker
+    user, the spool of unsent events and the bundle are closed to it, while the service reads and writes them."""
+    box = sensor.box
+    watch = sensor.subscribe([EVENTS])
+    assert watch.wait_for(lambda ms: len(ms) >= 1, timeout=90), sensor.journal()  # the spool exists and is in use
+    watch.stop()
+    if box.run("id", "-u", "neighbour", check=False).returncode != 0:
+        box.run("useradd", "--create-home", "--shell", "/bin/bash", "neighbour")
+    paths = [PASSWORD, CONFIG, SPOOL, f"{BUNDLE}/manifest.json"]
+    for path in paths:
+        denied = box.run("runuser", "-u", "neighbour", "--", "cat", path, check=False)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, (path, denied.stdout[:200])
+        listed = box.run("runuser", "-u", "neighbour", "--", "ls", str(Path(path).parent), check=False)
+        assert listed.returncode != 0, f"{path}'s folder can be listed by another user"
+    modes = box.run("stat", "-c", "%n %U:%G %a", PASSWORD, CONFIG, SPOOL, BUNDLE).stdout.splitlines()
+    assert modes == [
+        f"{PASSWORD} root:custom-sensor 640", f"{CONFIG} root:custom-sensor 640",
+        f"{SPOOL} custom-sensor:custom-sensor 600", f"{BUNDLE} custom-sensor:custom-sensor 750",
+    ], modes  # fmt: skip
+    readable = box.run("runuser", "-u", "custom-sensor", "--", "cat", PASSWORD, check=False)
+    assert readable.stdout == "not-the-real-one\n", "the service user must still read its password"
 
 
 def test_a_hung_pipeline_is_killed_by_the_watchdog_and_restarted_with_its_spool(sensor: Sensor) -> None:

@@ -51,6 +51,8 @@ done
 
 # The same rule as the daemon's sensor_id; it also keeps the name a single topic level for the ACL's %u.
 [[ $SENSOR_ID =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || die "sensor id must be 1-64 of letters, digits, '_', '-', '.'"
+# A leading '_' is the fleet's (custom/_ingest/, custom/_alerts/): a sensor named so could write there.
+[[ $SENSOR_ID != _* ]] || die "sensor id must not start with '_' (reserved for the fleet's own topics)"
 [[ -z $CA_KEY || -n $CA_CERT ]] || die "--ca-key needs --ca-cert"
 command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd not found (apt install mosquitto)"
 

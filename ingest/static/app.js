@@ -14,6 +14,7 @@ const when = (text) => (text ? text.replace("T", " ").replace(/\.\d+Z$/, "Z") : 
 
 async function getJSON(url) {
   const reply = await fetch(url);
+  if (reply.status === 401) window.location.assign("/login"); // the session ended (expired, logged out elsewhere)
   if (!reply.ok) throw new Error(`${url}: ${reply.status} ${(await reply.text()).slice(0, 200)}`);
   return reply.json();
 }
