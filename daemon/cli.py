@@ -3,6 +3,7 @@
   run           capture, classify and publish until stopped (what systemd starts)
   classify      classify recordings with a bundle, through the daemon's own code path
   check-config  validate a config file and exit (78 if it is bad)
+  status        what the running service last reported; exit 0 only when it is healthy
   devices       list audio input devices
   calibrate     measure a 1 kHz acoustic calibrator and set audio.calibration_db
 
@@ -82,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file (exit 78 if bad)")
     _add_config(p)
     p.set_defaults(func=_check_config)
+
+    from . import status
+
+    p = sub.add_parser(
+        "status",
+        help="what the running service last reported (exit 69 unless healthy)",
+        description=status.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config(p)
+    status.add_arguments(p)
+    p.set_defaults(func=status.run)
 
     p = sub.add_parser("devices", help="list audio input devices")
     p.add_argument("--json", action="store_true", help="machine-readable output")

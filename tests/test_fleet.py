@@ -1,0 +1,259 @@
+"""The fleet tier: deploy/ansible's playbooks run with the real ansible-playbook over SSH against three booted
+Debian 12 containers (testing/fleet.py), each a sensor with a virtual microphone, all publishing to one mosquitto on
+host loopback with per-sensor passwords.
+
+The scenarios share the street and run in file order, as an operator would go: install, re-run, change config,
+ship a good bundle, try a broken one, rotate the passwords. Opt-in (about 7 minutes here, more on a cold pip cache):
+`pytest -m fleet`. Each play's recap and time is printed at the end of the module (-s) and kept in its log file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from custom.testing import nspawn
+from custom.testing.broker import Broker, Subscriber, free_port
+from custom.testing.bundles import edit_manifest
+from custom.testing.fleet import MIC_DROPIN, Fleet, Host, boot_host, make_ssh_key
+from custom.testing.shared import ROOT
+
+pytestmark = pytest.mark.fleet
+
+SENSORS = ("fleet-1", "fleet-2", "fleet-3")
+CLIP = "data/clips/siren/us8k_102871-8-0-8.flac"
+EVENTS = "custom/+/events"
+
+
+def require_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the fleet tier needs root (systemd-nspawn, nsenter): run it via tests/run.sh")
+    for tool in ("systemd-nspawn", "debootstrap", "nsenter", "ssh", "ssh-keygen", "mosquitto_passwd"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} not found: tests/run.sh installs it")
+
+
+def set_password(passwd: Path, user: str, password: str) -> None:
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True, timeout=10)
+
+
+def manifest_sha(bundle: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+
+
+def events_by(subscriber: Subscriber, sensor: str) -> list[dict[str, Any]]:
+    return [m.json() for m in subscriber.on(f"custom/{sensor}/events")]
+
+
+def can_publish(port: int, user: str, password: str) -> bool:
+    done = subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password, "-t", f"custom/{user}/x",
+         "-m", "x", "-q", "1"], capture_output=True, timeout=20,
+    )  # fmt: skip
+    return done.returncode == 0
+
+
+class Street:
+    """The fleet plus the broker and a reader watching every sensor's events."""
+
+    def __init__(self, fleet: Fleet, broker: Broker, passwd: Path, reader: Subscriber, bundles: Path) -> None:
+        self.fleet = fleet
+        self.broker = broker
+        self.passwd = passwd
+        self.reader = reader
+        self.bundles = bundles
+
+    def play(self, playbook: str, *args: str) -> Any:
+        return self.fleet.play(playbook, "-e", f"custom_sensor_build_dir={self.fleet.workdir / 'wheel'}", *args)
+
+    def wait_events(self, predicate: Any, timeout: float = 120.0) -> bool:
+        """Wait until every sensor has an event (received after now) for which predicate(event) holds."""
+        seen = {s: len(events_by(self.reader, s)) for s in SENSORS}
+
+        def ready(_: Any) -> bool:
+            return all(any(predicate(e) for e in events_by(self.reader, s)[seen[s] :]) for s in SENSORS)
+
+        return self.reader.wait_for(ready, timeout)
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Iterator[Street]:
+    require_tools()
+    workdir = tmp_path_factory.mktemp("fleet")
+    bundle = workdir / "bundles" / "default"
+    assembled = subprocess.run(
+        [sys_python(), "-m", "custom.daemon.model.assemble", "--prebuilt", str(ROOT / "models/default"),
+         "--shared", str(shared), "--out", str(bundle)], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert assembled.returncode == 0, assembled.stderr
+    passwd = workdir / "mosquitto.passwd"
+    passwords = {s: f"first-{s}-password" for s in SENSORS}
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "reader", "reader-password"], check=True)
+    for sensor, password in passwords.items():
+        set_password(passwd, sensor, password)
+    broker = Broker(workdir / "broker", free_port(), extra_config=f"password_file {passwd}")
+    broker.workdir.mkdir()
+    broker.start()
+    key, public_key = make_ssh_key(workdir)
+    hosts: list[Host] = []
+    reader: Subscriber | None = None
+    try:
+        for index, sensor in enumerate(SENSORS):
+            hosts.append(
+                boot_host(workdir / sensor, shared, f"custom-fleet-{broker.port}-{index}", sensor, free_port(),
+                          public_key, CLIP)
+            )  # fmt: skip
+        group_vars = {
+            "custom_sensor_mqtt_host": "127.0.0.1",
+            "custom_sensor_mqtt_port": broker.port,
+            "custom_sensor_bundle": str(bundle),
+            "custom_sensor_unit_dropin": MIC_DROPIN,
+            "custom_sensor_pip_environment": {"PIP_CERT": str(nspawn.HOST_CA), "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+            "custom_sensor_apt_cache_valid_time": 10 * 365 * 86400,  # the layer's apt lists: no mirror at test time
+            "custom_sensor_config_extra": {
+                "window": {"length_s": 2.0, "hop_s": 2.0},
+                "model": {"threads": 1},
+                "mqtt": {"reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+                "health_interval_s": 2.0,
+            },
+        }
+        source = workdir / "source"
+        nspawn.copy_source(ROOT, source)
+        fleet = Fleet(workdir, source, hosts, key, group_vars)
+        for index, host in enumerate(hosts):
+            fleet.hostvars[host.name] = {
+                "custom_sensor_location": {"lat": 40.4169 + index / 1000, "lon": -3.7035, "name": f"lamp {index}"},
+                "custom_sensor_mqtt_password": passwords[host.sensor_id],
+            }
+        reader = Subscriber("127.0.0.1", broker.port, [EVENTS])
+        reader.client.username_pw_set("reader", "reader-password")
+        reader.start()
+        yield Street(fleet, broker, passwd, reader, workdir / "bundles")
+        for playbook, result in fleet.plays:
+            print(f"\n--- {playbook}: exit {result.returncode}, {result.seconds:.0f} s\n{result.recap_text()}")
+    finally:
+        if reader is not None:
+            reader.stop()
+        for host in hosts:
+            host.box.stop()
+            nspawn.release(host.workdir)
+        broker.stop()
+
+
+def sys_python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def sensor_hosts(recap: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {name: counts for name, counts in recap.items() if name != "localhost"}
+
+
+def test_first_install_of_three_sensors_publishes_from_all(street: Street) -> None:
+    result = street.play("site.yml")
+    assert result.returncode == 0, result.output[-6000:]
+    recap = sensor_hosts(result.recap())
+    assert len(recap) == 3 and all(c["failed"] == 0 and c["changed"] > 0 for c in recap.values()), recap
+    assert street.wait_events(lambda e: True), {s: len(events_by(street.reader, s)) for s in SENSORS}
+    for host in street.fleet.hosts:
+        assert host.status().returncode == 0, host.status()
+
+
+def test_second_run_changes_nothing(street: Street) -> None:
+    result = street.play("site.yml")
+    assert result.returncode == 0, result.output[-6000:]
+    recap = sensor_hosts(result.recap())
+    assert {name: c["changed"] for name, c in recap.items()} == {h.name: 0 for h in street.fleet.hosts}, recap
+
+
+def test_config_change_reloads_in_place_and_shows_in_the_next_event(street: Street) -> None:
+    pids = {h.name: h.systemctl_show("MainPID")["MainPID"] for h in street.fleet.hosts}
+    for host in street.fleet.hosts:
+        street.fleet.hostvars[host.name]["custom_sensor_location"]["name"] = f"moved {host.sensor_id}"
+    result = street.play("site.yml")
+    assert result.returncode == 0, result.output[-6000:]
+    assert "RUNNING HANDLER [custom_sensor : Reload custom-sensor]" in result.output
+    assert {h.name: h.systemctl_show("MainPID")["MainPID"] for h in street.fleet.hosts} == pids
+    assert street.wait_events(lambda e: e["location"]["name"].startswith("moved ")), result.output[-3000:]
+
+
+def test_good_bundle_reaches_all_three_one_at_a_time(street: Street) -> None:
+    good = street.bundles / "good"
+    shutil.copytree(street.fleet.group_vars["custom_sensor_bundle"], good)
+    edit_manifest(good, lambda m: m.update(version="2.0.1"))
+    sha = manifest_sha(good)
+    street.fleet.group_vars["custom_sensor_bundle"] = str(good)
+    result = street.play("update.yml", "-e", "batch=1")
+    assert result.returncode == 0, result.output[-6000:]
+    for host in street.fleet.hosts:
+        verdict = json.loads(host.status("--json").stdout)
+        assert verdict["healthy"] and verdict["report"]["bundle"]["sha256"] == sha, verdict
+    assert street.wait_events(lambda e: e["model"]["sha256"] == sha)
+    # one at a time: each sensor's first window on the new bundle starts after the one before had two of them
+    new = [[e["window"]["start"] for e in events_by(street.reader, s) if e["model"]["sha256"] == sha] for s in SENSORS]
+    for before, after in zip(new, new[1:], strict=False):
+        assert len([t for t in before if t < after[0]]) >= 2, new
+
+
+def test_broken_bundle_stops_at_the_canary_which_is_rolled_back(street: Street) -> None:
+    running = street.fleet.group_vars["custom_sensor_bundle"]
+    broken = street.bundles / "broken"
+    shutil.copytree(running, broken)
+    edit_manifest(broken, lambda m: m["files"]["yamnet.tflite"].update(sha256="0" * 64))
+    canary, *others = street.fleet.hosts
+    before = {h.name: (h.systemctl_show("MainPID")["MainPID"], h.link("/var/lib/custom-sensor/bundle")) for h in others}
+    street.fleet.group_vars["custom_sensor_bundle"] = str(broken)
+    try:
+        result = street.play("update.yml")
+    finally:
+        street.fleet.group_vars["custom_sensor_bundle"] = running
+    assert result.returncode != 0
+    assert f"update stopped at {canary.name} ({canary.sensor_id})" in result.output, result.output[-6000:]
+    assert "checksum mismatch" in result.output or "failed" in result.output
+    recap = sensor_hosts(result.recap())
+    assert recap[canary.name]["rescued"] == 1 and recap[canary.name]["failed"] == 1, recap
+    assert all(recap[h.name]["changed"] == 0 for h in others), recap  # only the preflight's ping reached them
+    verdict = json.loads(canary.status("--json").stdout)
+    assert verdict["healthy"] and verdict["report"]["bundle"]["sha256"] == manifest_sha(Path(running)), verdict
+    assert street.wait_events(lambda e: e["model"]["sha256"] == manifest_sha(Path(running)))
+    after = {h.name: (h.systemctl_show("MainPID")["MainPID"], h.link("/var/lib/custom-sensor/bundle")) for h in others}
+    assert after == before
+    broken_id = manifest_sha(broken)[:12]
+    for host in others:
+        assert not (host.box.root / f"var/lib/custom-sensor/bundles/{broken_id}").exists()
+
+
+def test_credential_rotation_leaves_all_three_publishing(street: Street) -> None:
+    old = {h.name: street.fleet.hostvars[h.name]["custom_sensor_mqtt_password"] for h in street.fleet.hosts}
+    for host in street.fleet.hosts:
+        street.fleet.hostvars[host.name]["custom_sensor_mqtt_password"] = f"second-{host.sensor_id}-password"
+    assert street.broker.process is not None
+    street.fleet.brokers = {
+        "test-broker": {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys_python(),
+            "mqtt_broker_passwd_file": str(street.passwd),
+            "mqtt_broker_reload_command": f"kill -HUP {street.broker.process.pid}",
+        }
+    }
+    result = street.play("rotate-credentials.yml")
+    assert result.returncode == 0, result.output[-6000:]
+    start = time.time()
+    assert street.wait_events(lambda e: True), result.output[-3000:]
+    for host in street.fleet.hosts:
+        assert not can_publish(street.broker.port, host.sensor_id, old[host.name])
+        files = sorted(p.name for p in (host.box.root / "etc/custom-sensor").glob("mqtt-password-*"))
+        assert len(files) == 1, files
+        assert host.status().returncode == 0, host.status()
+    assert time.time() - start < 120
