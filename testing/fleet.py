@@ -152,6 +152,7 @@ class Fleet:
         self.group_vars = group_vars
         self.hostvars: dict[str, dict[str, Any]] = {h.name: {} for h in hosts}
         self.brokers: dict[str, dict[str, Any]] = {}
+        self.extra_hosts: dict[str, dict[str, Any]] = {}  # inventory entries with no container behind them
         self.inventory = workdir / "inventory" / "inventory.yml"
         self.inventory.parent.mkdir(parents=True, exist_ok=True)
         self.plays: list[tuple[str, PlayResult]] = []
@@ -169,7 +170,7 @@ class Fleet:
                 **self.hostvars[h.name],
             }
             for h in self.hosts
-        }
+        } | self.extra_hosts
         children: dict[str, Any] = {"sensors": {"vars": self.group_vars, "hosts": hosts}}
         if self.brokers:
             children["mqtt_brokers"] = {"hosts": self.brokers}

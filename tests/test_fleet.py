@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -219,8 +220,8 @@ def test_broken_bundle_stops_at_the_canary_which_is_rolled_back(street: Street) 
     finally:
         street.fleet.group_vars["custom_sensor_bundle"] = running
     assert result.returncode != 0
-    assert f"update stopped at {canary.name} ({canary.sensor_id})" in result.output, result.output[-6000:]
-    assert "checksum mismatch" in result.output or "failed" in result.output
+    stopped = re.search(rf"update stopped at {canary.name} \({canary.sensor_id}\): (.*)", result.output)
+    assert stopped and "checksum mismatch" in stopped.group(1) and "Rolled back" in stopped.group(1), result.output
     recap = sensor_hosts(result.recap())
     assert recap[canary.name]["rescued"] == 1 and recap[canary.name]["failed"] == 1, recap
     assert all(recap[h.name]["changed"] == 0 for h in others), recap  # only the preflight's ping reached them
@@ -257,3 +258,43 @@ def test_credential_rotation_leaves_all_three_publishing(street: Street) -> None
         assert len(files) == 1, files
         assert host.status().returncode == 0, host.status()
     assert time.time() - start < 120
+
+
+def test_config_the_sensors_refuse_is_never_installed(street: Street) -> None:
+    extra = street.fleet.group_vars["custom_sensor_config_extra"]
+    before = {h.name: (h.systemctl_show("MainPID")["MainPID"], config_text(h)) for h in street.fleet.hosts}
+    street.fleet.group_vars["custom_sensor_config_extra"] = {**extra, "window": {"length_s": 2.0, "hop_s": -1}}
+    try:
+        result = street.play("site.yml")
+    finally:
+        street.fleet.group_vars["custom_sensor_config_extra"] = extra
+    assert result.returncode != 0
+    assert "window.hop_s" in result.output, result.output[-4000:]
+    assert {h.name: (h.systemctl_show("MainPID")["MainPID"], config_text(h)) for h in street.fleet.hosts} == before
+    assert street.wait_events(lambda e: True)
+
+
+def test_unreachable_sensor_stops_the_play_before_any_change(street: Street) -> None:
+    street.fleet.extra_hosts = {
+        "lamp-offline": {
+            "ansible_host": "127.0.0.1", "ansible_port": free_port(), "ansible_user": "root",
+            "custom_sensor_id": "offline", "custom_sensor_location": {"lat": 40.0, "lon": -3.0},
+            "custom_sensor_mqtt_password": "x",
+        }
+    }  # fmt: skip
+    for host in street.fleet.hosts:
+        street.fleet.hostvars[host.name]["custom_sensor_location"]["name"] = f"never {host.sensor_id}"
+    try:
+        result = street.play("site.yml")
+    finally:
+        street.fleet.extra_hosts = {}
+        for host in street.fleet.hosts:
+            street.fleet.hostvars[host.name]["custom_sensor_location"]["name"] = f"moved {host.sensor_id}"
+    assert result.returncode != 0
+    assert "lamp-offline" in result.output and "UNREACHABLE" in result.output, result.output[-4000:]
+    assert all("never" not in config_text(h) for h in street.fleet.hosts)
+    assert all(c["changed"] == 0 for c in sensor_hosts(result.recap()).values()), result.recap()
+
+
+def config_text(host: Host) -> str:
+    return (host.box.root / "etc/custom-sensor/config.yaml").read_text()
