@@ -45,6 +45,10 @@ class Health:
         self.bundle_windows += 1
         self.last_progress_mono = time.monotonic()
 
+    def bundle_swapped(self) -> None:
+        """A reload brought another bundle: its window count starts again."""
+        self.bundle_windows = 0
+
     def report(
         self,
         sensor_id: str,

@@ -339,7 +339,7 @@ class Service:
             return
         setup_logging(config.log_level)
         if pipeline.bundle.sha256 != self.pipeline.bundle.sha256:
-            self.health.bundle_windows = 0
+            self.health.bundle_swapped()
         self._use_config(config, pipeline)
         if (config.mqtt, config.spool, config.topics, config.home_assistant) != (
             old.mqtt, old.spool, old.topics, old.home_assistant,
