@@ -21,9 +21,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import exitcodes
+
+if TYPE_CHECKING:
+    from .config import Config
 
 REPORT_NAME = "health.json"
 DEFAULT_REPORT = Path("/run/custom-sensor") / REPORT_NAME
@@ -86,14 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report and the verdict as one JSON object")
 
 
-def run(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"custom-sensord: {args.config}: {exc}", file=sys.stderr)
-        return exitcodes.CONFIG
+def run(args: argparse.Namespace, config: Config) -> int:
     installed = installed_bundle_sha256(config.model.bundle)
     try:
         report = json.loads(args.report.read_text(encoding="utf-8"))
