@@ -4,6 +4,7 @@ playbook parses, a bad inventory stops before any host is touched, and the role 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,17 @@ def test_rendered_config_passes_check_config(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "custom.daemon.cli", "check-config", "--config", str(out)]
     check = subprocess.run(command, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("canary", [None, "lamp-03.puerta-del-sol.example"])
+def test_update_takes_the_canary_alone_then_the_others(canary: str | None, tmp_path: Path) -> None:
+    args = ["--list-hosts", "playbooks/update.yml", *(["-e", f"canary={canary}"] if canary else [])]
+    result = ansible_playbook(tmp_path, ANSIBLE_DIR / "inventory.example.yml", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    plays = {block.splitlines()[0].split("): ")[-1].split("\t")[0]: block for block in result.stdout.split("play #")}
+    hosts = {name: re.findall(r"^\s+(lamp-\S+)$", text, re.M) for name, text in plays.items()}
+    first = canary or "lamp-01.calle-mayor.example"
+    assert hosts["Update the canary"] == [first], result.stdout
+    assert sorted(hosts["Update the others in batches"]) == sorted(
+        {"lamp-01.calle-mayor.example", "lamp-02.calle-mayor.example", "lamp-03.puerta-del-sol.example"} - {first}
+    ), result.stdout
