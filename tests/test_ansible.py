@@ -124,3 +124,19 @@ def test_update_takes_the_canary_alone_then_the_others(canary: str | None, tmp_p
     assert sorted(hosts["Update the others in batches"]) == sorted(
         {"lamp-01.calle-mayor.example", "lamp-02.calle-mayor.example", "lamp-03.puerta-del-sol.example"} - {first}
     ), result.stdout
+
+
+def test_only_ansible_core_modules_are_used() -> None:
+    """No Galaxy collection at run time: every module is named ansible.builtin.* (a collection's would not be)."""
+
+    def modules(node: object) -> list[str]:
+        if isinstance(node, list):
+            return [m for item in node for m in modules(item)]
+        if not isinstance(node, dict):
+            return []
+        own = [key for key in node if "." in key and "name" in node]
+        return own + [m for value in node.values() for m in modules(value)]
+
+    files = [*ANSIBLE_DIR.glob("playbooks/*.yml"), *ANSIBLE_DIR.glob("roles/*/*/*.yml")]
+    used = {m for path in files for m in modules(yaml.safe_load(path.read_text()))}
+    assert used and all(m.startswith("ansible.builtin.") for m in used), sorted(used)
