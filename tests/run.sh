@@ -3,7 +3,7 @@
 #   bash tests/run.sh            # the default suite (what CI runs)
 #   bash tests/run.sh -m slow    # the long checks kept out of CI (full-size VGGish conversion, ...)
 #   bash tests/run.sh -m "not slow and not systemd"   # without the systemd tier (booted Debian 12 container)
-#   bash tests/run.sh -m fleet   # deploy/ansible over SSH against three Debian 12 containers (about 7 min)
+#   bash tests/run.sh -m fleet   # deploy/ansible over SSH against three Debian 12 containers (about 9 min)
 #   bash tests/run.sh -m arm64   # the Pi userland tier, kept out of CI: an arm64 Debian 12 chroot under qemu-user
 #                                # (first build ~10 min, emulated; both runtimes), classify vs x86 on 20 clips
 # Extra arguments go to pytest. Real parts only: mosquitto and a PulseAudio virtual microphone are started by the
