@@ -3,7 +3,8 @@ Debian 12 containers (testing/fleet.py), each a sensor with a virtual microphone
 host loopback with per-sensor passwords.
 
 The scenarios share the street and run in file order, as an operator would go: install, re-run, change config,
-ship a good bundle, try a broken one, rotate the passwords. Opt-in (about 9 minutes on a shared 2-core machine, more on a cold pip cache):
+move one, ship a good bundle, try a broken one, rotate the passwords, calibrate, then a config the sensors refuse
+and an unreachable host. Opt-in (about 9 minutes on a shared 2-core machine, more on a cold pip cache):
 `pytest -m fleet`. Each play's recap and time is printed at the end of the module (-s) and kept in its log file.
 """
 
