@@ -3,6 +3,7 @@
   run           capture, classify and publish until stopped (what systemd starts)
   classify      classify recordings with a bundle, through the daemon's own code path
   check-config  validate a config file and exit (78 if it is bad)
+  status        what the running service last reported; exit 0 only when it is healthy
   devices       list audio input devices
   calibrate     measure a 1 kHz acoustic calibrator and set audio.calibration_db
 
@@ -15,8 +16,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from . import exitcodes
+
+if TYPE_CHECKING:
+    from .config import Config
 
 DEFAULT_CONFIG = Path("/etc/custom-sensor/config.yaml")
 
@@ -25,16 +31,38 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _load(path: Path) -> Config | None:
+    """The config, or None once its one-line error is printed (the caller exits 78)."""
     from .config import ConfigError, load_config
 
     try:
-        config = load_config(args.config)
+        return load_config(path)
     except ConfigError as exc:
-        print(f"custom-sensord: {args.config}: {exc}", file=sys.stderr)
+        print(f"custom-sensord: {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
         return exitcodes.CONFIG
     print(f"{args.config}: ok (sensor {config.sensor_id}, bundle {config.model.bundle})")
     return exitcodes.OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from . import status
+
+    config = _load(args.config)
+    return exitcodes.CONFIG if config is None else status.run(args, config)
+
+
+def _documented(sub: Any, name: str, help_text: str, module: ModuleType) -> argparse.ArgumentParser:
+    """A subcommand whose --help is its module's docstring."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    return parser
 
 
 def _devices(args: argparse.Namespace) -> int:
@@ -70,12 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="with --input: replay the recording over and over (demos)")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser(
-        "classify",
-        help="classify recordings with a model bundle",
-        description=classify.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = _documented(sub, "classify", "classify recordings with a model bundle", classify)
     classify.add_arguments(p)
     p.set_defaults(func=classify.run)
 
@@ -83,18 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=_check_config)
 
+    from . import status
+
+    p = _documented(sub, "status", "what the running service last reported (exit 69 unless healthy)", status)
+    _add_config(p)
+    status.add_arguments(p)
+    p.set_defaults(func=_status)
+
     p = sub.add_parser("devices", help="list audio input devices")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_devices)
 
     from .noise import calibrate
 
-    p = sub.add_parser(
-        "calibrate",
-        help="measure a 1 kHz calibrator on the mic and write audio.calibration_db",
-        description=calibrate.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = _documented(sub, "calibrate", "measure a 1 kHz calibrator on the mic and write audio.calibration_db", calibrate)
     _add_config(p)
     calibrate.add_arguments(p)
     p.set_defaults(func=calibrate.run)

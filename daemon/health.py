@@ -35,13 +35,19 @@ class Health:
     def __init__(self) -> None:
         self.started_mono = time.monotonic()
         self.windows_done = 0
+        self.bundle_windows = 0  # since the running bundle was loaded: a canary check counts these, not older ones
         self.last_progress_mono = self.started_mono
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
 
     def window_done(self, processing_ms: float) -> None:
         self.latencies_ms.append(processing_ms)
         self.windows_done += 1
+        self.bundle_windows += 1
         self.last_progress_mono = time.monotonic()
+
+    def bundle_swapped(self) -> None:
+        """A reload brought another bundle: its window count starts again."""
+        self.bundle_windows = 0
 
     def report(
         self,
@@ -58,7 +64,7 @@ class Health:
             "sensor_id": sensor_id,
             "version": package_version(),
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
-            "bundle": bundle,
+            "bundle": {**bundle, "windows": self.bundle_windows},
             "windows": {**windows, "done": self.windows_done},
             "inference_ms": {
                 "p50": round(float(np.percentile(latencies, 50)), 1),

@@ -34,6 +34,7 @@ from .pipeline import Pipeline, build_pipeline
 from .publish.discovery import Discovery
 from .publish.publisher import Publisher, encode, read_credentials
 from .publish.spool import Spool
+from .status import report_path_from_environment, write_report
 
 log = logging.getLogger("custom.daemon.service")
 
@@ -174,6 +175,7 @@ class Service:
         self._next_health = 0.0
         self._next_watchdog = 0.0
         self._mic_status: str | None = None
+        self._report_path = report_path_from_environment()
         self._use_config(config, pipeline)
 
     @classmethod
@@ -257,6 +259,7 @@ class Service:
         self._deliver_summaries(self.summary.add(window.start_time, window.end_time, scored.levels, labels,
                                                  clock.synced))  # fmt: skip
         self.health.window_done(event["processing_ms"])
+        self._write_report(self.health_report())
         log.debug("window %s: top %s %.2f, %.1f ms", event["window"]["start"], event["top"]["name"],
                   event["top"]["score"], event["processing_ms"])  # fmt: skip
 
@@ -278,6 +281,16 @@ class Service:
             health = self.health_report()
             self.transport.publisher.send_if_connected(self.config.topics.health, encode(health))
             self.notifier.status(status_line(health))
+            self._write_report(health)
+
+    def _write_report(self, health: dict[str, Any]) -> None:
+        """For `custom-sensord status` on the sensor itself; a full /run is logged, never fatal."""
+        if self._report_path is None:
+            return
+        try:
+            write_report(self._report_path, health)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self._report_path, exc)
 
     def _pipeline_healthy(self, now: float) -> bool:
         """Windows are completing on time, or the mic is down and being reopened (a restart would not help)."""
@@ -325,6 +338,8 @@ class Service:
             self.notifier.ready("reload refused; running the previous config")
             return
         setup_logging(config.log_level)
+        if pipeline.bundle.sha256 != self.pipeline.bundle.sha256:
+            self.health.bundle_swapped()
         self._use_config(config, pipeline)
         if (config.mqtt, config.spool, config.topics, config.home_assistant) != (
             old.mqtt, old.spool, old.topics, old.home_assistant,

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -87,18 +88,20 @@ PATH_INSIDE = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BOOT_TIMEOUT_S = 60.0
 
 
-def session_root(cached: Path, workdir: Path) -> Path:
+def session_root(cached: Path, workdir: Path, layers: Sequence[Path] = ()) -> Path:
     """A private, writable view of the cached root for one session: tests write into it, never into the cache.
 
-    An overlay mount (the cache as the read-only lower layer) costs nothing to make or drop; where overlayfs is not
-    allowed, a full copy (1.3 GB) instead. `release` undoes either."""
+    An overlay mount (the cache as the read-only lower layer, under any cached `layers`, topmost first) costs nothing
+    to make or drop; where overlayfs is not allowed, a full copy (1.3 GB) instead. `release` undoes either."""
     merged, upper, work = workdir / "root", workdir / "upper", workdir / "work"
     for folder in (merged, upper, work):
         folder.mkdir(parents=True, exist_ok=True)
-    options = f"lowerdir={cached},upperdir={upper},workdir={work}"
+    lower = ":".join(str(folder) for folder in (*layers, cached))
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
     mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)], capture_output=True)
     if mounted.returncode != 0:
-        subprocess.run(["cp", "-a", "--reflink=auto", f"{cached}/.", str(merged)], check=True)
+        for folder in (cached, *reversed(layers)):
+            subprocess.run(["cp", "-a", "--reflink=auto", f"{folder}/.", str(merged)], check=True)
     return merged
 
 
@@ -223,12 +226,21 @@ def copy_source(checkout: Path, dest: Path) -> None:
     shutil.copytree(checkout, dest, ignore=skip, symlinks=True)
 
 
-def sensor_container(workdir: Path, checkout: Path, shared: Path, name: str) -> Container:
-    """A booted container prepared for deploy/install.sh: source at /src, ../shared at /shared (read-only), the
-    host's CA bundle (pip goes through the same TLS as the host), a pip cache shared between runs, and a running
-    virtual microphone (vmic.service)."""
-    root = session_root(ensure_root(), workdir)
-    copy_source(checkout, root / "src")
+def sensor_container(
+    workdir: Path,
+    checkout: Path | None,
+    shared: Path,
+    name: str,
+    layers: Sequence[Path] = (),
+    prepare: Callable[[Path], None] | None = None,
+) -> Container:
+    """A booted container prepared for deploy/install.sh: source at /src (unless `checkout` is None), ../shared at
+    /shared (read-only), the host's CA bundle (pip goes through the same TLS as the host), a pip cache shared
+    between runs, and a running virtual microphone (vmic.service). `layers` go over the cached root (see
+    `session_root`); `prepare` gets the root before it boots."""
+    root = session_root(ensure_root(), workdir, layers)
+    if checkout is not None:
+        copy_source(checkout, root / "src")
     if HOST_CA.exists():
         shutil.copyfile(HOST_CA, root / str(HOST_CA).lstrip("/"))
     units = root / "etc/systemd/system"
@@ -236,6 +248,8 @@ def sensor_container(workdir: Path, checkout: Path, shared: Path, name: str) -> 
     (units / "vmic-player.service").write_text(PLAYER_UNIT)
     PIP_CACHE.mkdir(parents=True, exist_ok=True)
     binds = [f"-ro={shared}:/shared", f"={PIP_CACHE}:/root/.cache/pip"]
+    if prepare is not None:
+        prepare(root)
     container = Container(root, name, binds, log=workdir / "console.log")
     try:
         container.boot()

@@ -3,6 +3,7 @@
 #   bash tests/run.sh            # the default suite (what CI runs)
 #   bash tests/run.sh -m slow    # the long checks kept out of CI (full-size VGGish conversion, ...)
 #   bash tests/run.sh -m "not slow and not systemd"   # without the systemd tier (booted Debian 12 container)
+#   bash tests/run.sh -m fleet   # deploy/ansible over SSH against three Debian 12 containers (about 9 min)
 #   bash tests/run.sh -m arm64   # the Pi userland tier, kept out of CI: an arm64 Debian 12 chroot under qemu-user
 #                                # (first build ~10 min, emulated; both runtimes), classify vs x86 on 20 clips
 # Extra arguments go to pytest. Real parts only: mosquitto and a PulseAudio virtual microphone are started by the
@@ -35,7 +36,7 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
   python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
   mosquitto mosquitto-clients \
   pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 \
-  openssl sox shellcheck \
+  openssl sox shellcheck openssh-client \
   systemd-container debootstrap qemu-user-static binfmt-support \
   postgresql postgresql-15-postgis-3 \
   chromium nginx >/dev/null  # ingest: a throwaway PostgreSQL per session (testing/postgres.py); the dashboard in
@@ -45,7 +46,7 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
 echo "== python environment ($VENV)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q -e ".[convert,systemd,test,bench,ingest]"
+"$VENV/bin/pip" install -q -e ".[convert,systemd,test,bench,ingest,ansible]"
 
 echo "== tflite-runtime 2.14 environment ($TFLITE214_VENV; needs numpy<2)"
 [ -x "$TFLITE214_VENV/bin/python" ] || python3 -m venv "$TFLITE214_VENV"
