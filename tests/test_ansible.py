@@ -21,7 +21,7 @@ PLAYBOOKS = sorted(p.name for p in (ANSIBLE_DIR / "playbooks").glob("*.yml"))
 def ansible_playbook(tmp_path: Path, inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = Path(sys.executable).with_name("ansible-playbook")
     if not command.is_file():
-        pytest.fail("ansible-playbook not found: tests/run.sh installs the fleet extra (ansible-core)")
+        pytest.fail("ansible-playbook not found: tests/run.sh installs the ansible extra (ansible-core)")
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
