@@ -249,20 +249,25 @@ def test_a_class_missing_is_a_data_error(shared: Path, tmp_path: Path, capsys) -
     assert "no training recordings for class(es) bird" in last
 
 
-def test_choice_weighs_cost_only_on_a_tie() -> None:
-    from custom.convert.head import TIE_TOP1, Candidate, Variant, choose_candidate
+def test_choice_weighs_cost_only_on_a_tie_and_never_ships_past_the_false_alarm_targets() -> None:
+    from custom.convert.head import TIE_LABEL_RECALL, Candidate, Variant, choose_candidate
 
-    def head(name: str, top1: float, cost: float, shippable: bool = True) -> Candidate:
+    def head(name: str, recall: float, cost: float, shippable: bool = True, unseen: float = 0.04) -> Candidate:
         none = np.zeros((0, 10))
         variant, features = (Variant("mean", False, False), none) if shippable else (None, None)
-        return Candidate(name, (name,), cost, {"top1": top1}, none, [0.5] * 10, variant=variant, features=features)
+        fig = {"label_recall": recall, "false_alarm_other": 0.01, "false_alarm_unseen": unseen}
+        return Candidate(name, (name,), cost, fig, none, [0.5] * 10, variant=variant, features=features)
 
-    tied = [head("yamnet", 0.850, 123.0), head("efficientat", 0.850 - TIE_TOP1 / 2, 33.0)]
+    tied = [head("yamnet", 0.850, 123.0), head("efficientat", 0.850 - TIE_LABEL_RECALL / 2, 33.0)]
     assert choose_candidate(tied).name == "efficientat"  # a tie: the cheaper ships
-    clear = [head("yamnet", 0.850 + 2 * TIE_TOP1, 123.0), head("efficientat", 0.850, 33.0)]
+    clear = [head("yamnet", 0.850 + 2 * TIE_LABEL_RECALL, 123.0), head("efficientat", 0.850, 33.0)]
     assert choose_candidate(clear).name == "yamnet"  # a clear win ships, whatever it costs
     combined = [*clear, head("averaged", 0.95, 156.0, shippable=False)]
     assert choose_candidate(combined).name == "yamnet"  # a combination is measured, never shipped
+    noisy = [head("yamnet", 0.95, 123.0, unseen=0.08), head("efficientat", 0.80, 33.0)]
+    assert choose_candidate(noisy).name == "efficientat"  # more labels, but past the unseen-kind target
+    all_noisy = [head("yamnet", 0.95, 123.0, unseen=0.08), head("efficientat", 0.80, 33.0, unseen=0.09)]
+    assert choose_candidate(all_noisy).name == "yamnet"  # none within: the best labels still ship
 
 
 def test_two_backbone_bundle_averages_its_members(ensemble_bundle: Path, shared: Path) -> None:
