@@ -58,7 +58,7 @@ def _a_weight(rate_hz: int) -> np.ndarray:
 
 
 def _frame_energy(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    frames = np.resize(x, (max(1, -(-len(x) // FRAME)), FRAME)) if len(x) >= FRAME else np.resize(x, (1, FRAME))
+    frames = np.resize(x, (max(1, -(-len(x) // FRAME)), FRAME))  # the last frame wraps to the start, never zeros
     return np.asarray((np.abs(np.fft.rfft(frames * np.hanning(FRAME), axis=1)) ** 2 * weight).sum(axis=1))
 
 

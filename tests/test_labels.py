@@ -112,3 +112,23 @@ def test_a_confident_mistake_at_the_ceiling_does_not_freeze_the_other_classes() 
     scores[negative] = 0.999
     cuts = label_thresholds(scores, truth, ceiling=0.99, seen_target=0.0, wrong_target=0.04)
     assert min(cuts) < 0.99
+
+
+@pytest.mark.parametrize("snr_db", [20.0, 10.0, 0.0])
+def test_street_mixtures_put_the_event_at_the_asked_a_weighted_snr(snr_db: float) -> None:
+    """A 1 kHz beep over low rumble plus hiss: over the beep's frames the A-weighted energy of the event is `snr_db`
+    above the background's (A-weighting all but ignores the rumble), and the event is not moved or rescaled."""
+    from custom.convert.mixtures import _a_weight, _frame_energy, mix_at_snr
+
+    rate, rng = 16000, np.random.default_rng(0)
+    t = np.arange(rate * 4) / rate
+    event = np.where((t > 1) & (t < 2), 0.1 * np.sin(2 * np.pi * 1000 * t), 0.0)
+    background = 0.1 * np.sin(2 * np.pi * 30 * t) + 0.02 * rng.standard_normal(len(t))
+    mixed = mix_at_snr(event, background, snr_db, rate)
+    assert np.abs(mixed).max() < 0.99  # not scaled for clipping, so mixed - event is the background as laid
+    weight = _a_weight(rate)
+    e_event, e_bed = _frame_energy(event, weight), _frame_energy(mixed - event, weight)
+    loud = e_event >= e_event.max() * 0.01
+    assert 10 * np.log10(e_event[loud].mean() / e_bed[loud].mean()) == pytest.approx(snr_db, abs=0.01)
+    flat = _frame_energy(mixed - event, np.ones_like(weight))
+    assert flat[loud].mean() > e_bed[loud].mean() * 10  # the rumble is there, A-weighting does not count it
