@@ -17,10 +17,10 @@ import sys
 
 import numpy as np
 
+from custom.convert.backbones.efficientat_embed import EfficientATEmbedder
 from custom.convert.classes import URBAN_CLASSES
-from custom.convert.clips import read_manifest
-from custom.convert.efficientat_embed import EfficientATEmbedder
-from custom.convert.tflite_outputs import expose_outputs
+from custom.convert.evaluate.labelled_clips import read_manifest
+from custom.convert.tflite.outputs import expose_outputs
 from custom.daemon.audio.audiofile import read_audio
 from custom.daemon.model.frontend import YAMNET, Frontend
 from custom.daemon.model.runtime import interpreter_class

@@ -22,7 +22,7 @@ import numpy as np
 from .common import INPUT_RATE_HZ, ROOT, WINDOW_S, cached_bundle, mark_bundle, shared_dir
 
 if TYPE_CHECKING:
-    from custom.convert.vggish_model import Architecture
+    from custom.convert.backbones.vggish_model import Architecture
 
 ARCH_NAMES = ("official", "small")  # small: the tests' narrow VGGish (same names and layer stack), for the smoke test
 VGGISH_MODES = ("float32", "float16", "dynamic", "int8")
@@ -30,7 +30,7 @@ VGGISH_MODES = ("float32", "float16", "dynamic", "int8")
 
 def architecture(name: str) -> Architecture:
     """VGGish layer widths by name; imported lazily so TensorFlow-free callers stay light."""
-    from custom.convert.vggish_model import OFFICIAL
+    from custom.convert.backbones.vggish_model import OFFICIAL
 
     if name == "official":
         return OFFICIAL
@@ -178,7 +178,7 @@ def _write_inputs(arch_name: str, out: Path) -> None:
 
 
 def _convert_vggish(args: argparse.Namespace) -> int:
-    from custom.convert import vggish
+    from custom.convert.backbones import vggish
 
     options = vggish.BuildOptions(
         checkpoint=args.checkpoint,
@@ -199,7 +199,7 @@ def _convert_yamnet(out: Path, patch: bool = False) -> int:
 
     if not patch:  # the documented default-bundle command; --backbone yamnet: this entry is YAMNet in every table
         return convert(["default-bundle", "--shared", str(shared_dir()), "--backbone", "yamnet", "--out", str(out)])
-    from custom.convert.yamnet import shared_layout_args
+    from custom.convert.backbones.yamnet import shared_layout_args
 
     args = shared_layout_args(shared_dir())  # the mapping recipe on Coral's patch model (same 521 outputs)
     args[args.index("--tflite") + 1] = str(shared_dir() / "models/yamnet_spectra_in.tflite")

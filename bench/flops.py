@@ -43,8 +43,9 @@ def tflite_flops(path: Path | str) -> float:
 
 
 def vggish_flops_from_shapes() -> float:
-    """FLOPs of one VGGish patch from the layer table (convert/vggish_model.py), independent of any model file."""
-    from custom.convert.vggish_model import NUM_BANDS, NUM_FRAMES, OFFICIAL, POOL_SIZE
+    """FLOPs of one VGGish patch from the layer table (convert/backbones/vggish_model.py), independent of any model
+    file."""
+    from custom.convert.backbones.vggish_model import NUM_BANDS, NUM_FRAMES, OFFICIAL, POOL_SIZE
 
     height, width, total = NUM_FRAMES, NUM_BANDS, 0.0
     for layer in OFFICIAL.layers():

@@ -24,10 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from custom.convert.audioset import load_clips
-    from custom.convert.evaluate import score_metrics, tflite_scores
-    from custom.convert.tflite_export import export_tflite
-    from custom.convert.train import Hyper, _configure_tf, fit_family, inference_model
+    from custom.convert.evaluate.classifier import score_metrics, tflite_scores
+    from custom.convert.tflite.export import export_tflite
+    from custom.convert.vggish_classifier.audioset import load_clips
+    from custom.convert.vggish_classifier.train import Hyper, _configure_tf, fit_family, inference_model
     from custom.daemon.model.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
 
     _configure_tf(args.threads)

@@ -362,7 +362,8 @@ def render(results: dict[str, Any]) -> str:
         "- (c) seed-style baseline (bench/worker.py only, never in the daemon): resampy `kaiser_best` (its default, as "
         f"the seed called it) when the input is not 16 kHz (here {_rate(results) / 1e3:g} kHz), our numpy log-mel "
         "(same maths and cost as the reference mel_features), "
-        "VGGish rebuilt as a float32 Keras model in full TensorFlow with the same weights (convert/vggish_model.py) "
+        "VGGish rebuilt as a float32 Keras model in full TensorFlow with the same weights "
+        "(convert/backbones/vggish_model.py) "
         "called once on the window's 10 patches, AudioSet PCA, and a Keras MLP head (Flatten -> Dense 128 -> Dense "
         "10). Calling the models directly is faster than the `predict()` the seed used, so (c) is if anything "
         "flattered. TensorFlow intra/inter-op threads are set to the row's thread count.",

@@ -38,8 +38,8 @@ CLIP = "data/clips/siren/us8k_102871-8-0-8.flac"
 
 def build_bundle(out: Path) -> Path:
     """The shipped-default YAMNet bundle, made by the real converter (same as the tests' session fixture)."""
+    from custom.convert.backbones.yamnet import shared_layout_args
     from custom.convert.cli import main as convert
-    from custom.convert.yamnet import shared_layout_args
 
     status = convert(["yamnet", *shared_layout_args(shared_dir()), "--out", str(out)])
     if status != 0:

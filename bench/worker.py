@@ -55,7 +55,7 @@ def _baseline_pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     import resampy
     import tensorflow as tf
 
-    from custom.convert.vggish_model import build_keras, read_checkpoint
+    from custom.convert.backbones.vggish_model import build_keras, read_checkpoint
     from custom.daemon.audio.pcm import to_mono_float32
     from custom.daemon.model.frontend import VGGISH, Frontend
     from custom.daemon.model.postprocess import AudioSetPCA

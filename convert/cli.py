@@ -15,13 +15,13 @@ from custom.daemon import exitcodes
 
 # subcommand -> module under custom.convert
 SUBCOMMANDS = {
-    "yamnet": "yamnet",
-    "vggish": "vggish",
-    "efficientat": "efficientat",
-    "train": "train",
-    "evaluate": "evaluate",
-    "evaluate-clips": "evaluate_clips",
-    "head": "head",
+    "yamnet": "backbones.yamnet",
+    "vggish": "backbones.vggish",
+    "efficientat": "backbones.efficientat",
+    "train": "vggish_classifier.train",
+    "evaluate": "evaluate.classifier",
+    "evaluate-clips": "evaluate.clips",
+    "head": "head.build",
     "default-bundle": "default_bundle",
 }
 

@@ -26,9 +26,9 @@ import numpy as np
 from custom.daemon import exitcodes
 from custom.daemon.model.bundle import MANIFEST_NAME, load_bundle
 
-from .head import add_arguments as add_head_arguments
-from .head import build as build_head
-from .headdata import DataError
+from .head.build import add_arguments as add_head_arguments
+from .head.build import build as build_head
+from .head.data import DataError
 
 HELP = "build the default bundle from ../shared (headed iff the head beats the mapping on grouped CV)"
 FALSE_ALARM_CAP = 0.05  # share of "other" windows that may get a label, unless the mapping already has more
@@ -109,8 +109,9 @@ def decide(
 def compare_licences(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Each --compare-licences build measured (never written): its shipped candidate's figures, or why it cannot be
     built (a class left with no recording under that filter)."""
-    from .head import choose_candidate, measure
-    from .licences import describe, parse_families
+    from .head.choose import choose_candidate
+    from .head.licences import describe, parse_families
+    from .head.measure import measure
 
     rows = []
     for spec in args.compare_licences:
@@ -149,8 +150,8 @@ def _record_choice(bundle_dir: Path, choice: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .backbones.yamnet import shared_layout_args
     from .cli import main as convert
-    from .yamnet import shared_layout_args
 
     if args.quick:
         args.augment = min(args.augment, 1)
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         choice = decide(result.figures, result.candidates, result.costs)
         comparisons = compare_licences(args, work) if args.report is not None else []
         if args.report is not None:
-            from .head_report import write_report
+            from .head.report import write_report
 
             write_report(args.report, result, headed, args.shared, comparisons)
         print(
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, AssemblyError) as exc:
             print(f"custom-convert default-bundle: --commit-dir: {exc}")
             return getattr(exc, "code", exitcodes.DATA_ERROR)
-        from .model_card import write_model_card
+        from .head.model_card import write_model_card
 
         card = write_model_card(
             args.commit_dir / "MODEL_CARD.md", json.loads((out / MANIFEST_NAME).read_text()), result, comparisons

@@ -14,8 +14,15 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from custom.convert.backbones.vggish_model import (
+    NUM_BANDS,
+    NUM_FRAMES,
+    OFFICIAL,
+    SCOPE,
+    Architecture,
+    expected_variables,
+)
 from custom.convert.classes import URBAN_CLASSES
-from custom.convert.vggish_model import NUM_BANDS, NUM_FRAMES, OFFICIAL, SCOPE, Architecture, expected_variables
 from custom.daemon.audio.pcm import to_model_rate
 from custom.daemon.model.frontend import VGGISH, Frontend
 
@@ -128,8 +135,8 @@ def write_classifier(folder: Path, input_dtype: str = "uint8", seed: int = 0, br
     """
     import tensorflow as tf
 
-    from custom.convert.classifier_artifact import write_classifier as write_classifier_files
-    from custom.convert.tflite_export import export_tflite
+    from custom.convert.tflite.export import export_tflite
+    from custom.convert.vggish_classifier.artifact import write_classifier as write_classifier_files
 
     folder.mkdir(parents=True, exist_ok=True)
     tf.keras.utils.set_random_seed(seed)

@@ -77,7 +77,7 @@ def test_short_clip_is_padded_to_one_model_input(shared: Path) -> None:
 
 @pytest.fixture(scope="module")
 def embedder(shared: Path):
-    from custom.convert.efficientat_embed import EfficientATEmbedder
+    from custom.convert.backbones.efficientat_embed import EfficientATEmbedder
 
     return EfficientATEmbedder(shared / MODEL)
 
@@ -85,7 +85,7 @@ def embedder(shared: Path):
 def test_exposed_embeddings_reproduce_the_models_own_logits(embedder, shared: Path) -> None:
     """The 384-d and 512-d outputs are the tensors that feed the last layers: the model's own weights applied to
     them in numpy give its 527 logits, and exposing them leaves the logits bit-identical."""
-    from custom.convert.efficientat_embed import logits_from_embeddings
+    from custom.convert.backbones.efficientat_embed import logits_from_embeddings
     from custom.daemon.model.runtime import load_interpreter
 
     weights = embedder.weights()
@@ -106,7 +106,7 @@ def test_exposed_embeddings_reproduce_the_models_own_logits(embedder, shared: Pa
 
 
 def test_expose_outputs_refuses_tensors_that_are_not_computed(shared: Path, embedder) -> None:
-    from custom.convert.tflite_outputs import expose_outputs
+    from custom.convert.tflite.outputs import expose_outputs
 
     model_bytes = (shared / MODEL).read_bytes()
     with pytest.raises(ValueError, match="not computed"):
@@ -149,8 +149,8 @@ def test_edited_model_runs_in_tflite_runtime_214(embedder, shared: Path, tmp_pat
 @pytest.fixture(scope="module")
 def efficientat_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A mapping bundle built by the real converter command (no --clips: default thresholds, to keep CI quick)."""
+    from custom.convert.backbones.efficientat import shared_layout_args
     from custom.convert.cli import main as convert
-    from custom.convert.efficientat import shared_layout_args
 
     args = shared_layout_args(shared)
     args = args[: args.index("--clips")]
@@ -202,7 +202,7 @@ def test_frontend_matches_efficientat_torch_reference(shared: Path) -> None:
     [("models/missing.tflite", 66, "no such file"), ("models/yamnet_classification.tflite", 78, "not a 10 s")],
 )
 def test_converter_bad_model_is_one_line(shared: Path, tmp_path: Path, model: str, code: int, needle: str) -> None:
-    from custom.convert.efficientat import shared_layout_args
+    from custom.convert.backbones.efficientat import shared_layout_args
 
     args = shared_layout_args(shared)
     args[args.index("--tflite") + 1] = str(shared / model)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from custom.convert import evaluate
-from custom.convert.audioset import ClipSet
 from custom.convert.classes import URBAN_CLASSES
+from custom.convert.evaluate import classifier as evaluate
+from custom.convert.vggish_classifier.audioset import ClipSet
 
 NAMES = [c.name for c in URBAN_CLASSES]
 DOG, SIREN, BIRD = NAMES.index("Dog"), NAMES.index("Siren"), NAMES.index("Bird")

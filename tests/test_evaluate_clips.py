@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from custom.convert.cli import main as convert
-from custom.convert.metrics import average_precision, best_f1_threshold, confusion_matrix
+from custom.convert.evaluate.metrics import average_precision, best_f1_threshold, confusion_matrix
 from custom.daemon.audio.audiofile import read_audio
 from custom.daemon.model.bundle import load_bundle
 from custom.daemon.model.inference import Model

@@ -115,7 +115,7 @@ def test_head_classes_must_match_the_manifest(headed_bundle: Path, shared: Path,
 
 
 def test_efficientat_head_runs_end_to_end_through_classify(efficientat_headed_bundle: Path, shared: Path) -> None:
-    from custom.convert.efficientat_embed import EfficientATEmbedder
+    from custom.convert.backbones.efficientat_embed import EfficientATEmbedder
     from custom.daemon.audio.audiofile import read_audio
     from custom.daemon.model.head import pool_features
 
@@ -221,7 +221,7 @@ def test_unreadable_audio_names_the_file(shared: Path, tmp_path: Path, capsys) -
 
 
 def test_held_out_recordings_are_never_read(shared: Path, tmp_path: Path) -> None:
-    from custom.convert.headdata import read_recordings
+    from custom.convert.head.data import read_recordings
 
     rows = _rows(shared, "other", 3)
     rows[0] = {**rows[0], "path": str(tmp_path / "missing.ogg"), "source_recording": "test:held-out"}
@@ -250,7 +250,7 @@ def test_a_class_missing_is_a_data_error(shared: Path, tmp_path: Path, capsys) -
 
 
 def test_choice_weighs_cost_only_on_a_tie_and_never_ships_past_the_false_alarm_targets() -> None:
-    from custom.convert.head import TIE_LABEL_RECALL, Candidate, Variant, choose_candidate
+    from custom.convert.head.choose import TIE_LABEL_RECALL, Candidate, Variant, choose_candidate
 
     def head(name: str, recall: float, cost: float, shippable: bool = True, unseen: float = 0.04) -> Candidate:
         none = np.zeros((0, 10))
@@ -342,9 +342,9 @@ def test_bad_two_backbone_bundles_are_refused_in_one_line(ensemble_bundle, share
 def test_foreign_labels_come_from_the_ontology(shared: Path) -> None:
     """Foreign = neither a class, an ancestor of one, nor street background: a chainsaw, music, a hen are foreign;
     a siren, a bark (a Dog descendant), a car (traffic's sibling, under Vehicle) and speech are not."""
+    from custom.convert.backbones.yamnet import read_class_map
+    from custom.convert.head.veto import veto_source
     from custom.convert.ontology import Ontology
-    from custom.convert.veto import veto_source
-    from custom.convert.yamnet import read_class_map
 
     ontology = Ontology.load(shared / "data/audioset/ontology.json")
     class_map = read_class_map(shared / "data/audioset/class_labels_indices.csv")
@@ -365,9 +365,9 @@ def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(
     """The EfficientAT member given the converter's veto: on real chainsaw recordings (a kind no class covers) the
     classes its scores say are drowned by a foreign sound keep `scale` of their score in the average (a manifest
     without `scale`, as written before it existed: 0); a siren keeps its Siren score."""
+    from custom.convert.backbones.yamnet import read_class_map
+    from custom.convert.head.veto import veto_source
     from custom.convert.ontology import Ontology
-    from custom.convert.veto import veto_source
-    from custom.convert.yamnet import read_class_map
     from custom.daemon.audio.audiofile import read_audio
     from custom.daemon.model.bundle import veto_spec_dict
     from custom.daemon.model.inference import open_model

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from custom.convert.cli import main as convert
-from custom.convert.head import label_figures
-from custom.convert.licences import NONCOMMERCIAL, PERMISSIVE, UNSTATED, licence_family, parse_families
-from custom.convert.thresholds import label_recall, label_thresholds
+from custom.convert.head.figures import label_figures
+from custom.convert.head.licences import NONCOMMERCIAL, PERMISSIVE, UNSTATED, licence_family, parse_families
+from custom.convert.head.thresholds import label_recall, label_thresholds
 
 
 def test_label_figures_count_hits_wrong_labels_and_silence() -> None:
@@ -118,7 +118,7 @@ def test_a_confident_mistake_at_the_ceiling_does_not_freeze_the_other_classes() 
 def test_street_mixtures_put_the_event_at_the_asked_a_weighted_snr(snr_db: float) -> None:
     """A 1 kHz beep over low rumble plus hiss: over the beep's frames the A-weighted energy of the event is `snr_db`
     above the background's (A-weighting all but ignores the rumble), and the event is not moved or rescaled."""
-    from custom.convert.mixtures import _a_weight, _frame_energy, mix_at_snr
+    from custom.convert.head.mixtures import _a_weight, _frame_energy, mix_at_snr
 
     rate, rng = 16000, np.random.default_rng(0)
     t = np.arange(rate * 4) / rate

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from custom.convert.tflite_outputs import expose_outputs, final_layer
+from custom.convert.tflite.outputs import expose_outputs, final_layer
 from custom.daemon.audio.audiofile import read_audio
 from custom.daemon.model.frontend import YAMNET, Frontend
 

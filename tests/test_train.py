@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from custom.convert import audioset
 from custom.convert.classes import URBAN_CLASSES
 from custom.convert.cli import main as convert
-from custom.convert.train import TFLITE_TOLERANCE
+from custom.convert.vggish_classifier import audioset
+from custom.convert.vggish_classifier.train import TFLITE_TOLERANCE
 from custom.daemon.model.runtime import load_interpreter
 
 pytestmark = pytest.mark.tf
@@ -53,7 +53,7 @@ def test_output_folder_is_the_documented_contract(quick_classifier: Path, audios
     assert meta["quantize"] == "dynamic"
     assert meta["tflite_check"]["max_abs_diff"] < TFLITE_TOLERANCE["dynamic"]
     # the VGGish converter reads this folder as it is
-    from custom.convert.classifier_artifact import read_classifier
+    from custom.convert.vggish_classifier.artifact import read_classifier
 
     classifier = read_classifier(quick_classifier)
     assert classifier.thresholds == tuple(meta["thresholds"])
@@ -103,7 +103,7 @@ def test_scores_do_not_depend_on_padding_content(quick_classifier: Path, audiose
 
 
 def test_training_is_deterministic(audioset_dir: Path, tmp_path: Path) -> None:
-    from custom.convert.train import Hyper, train
+    from custom.convert.vggish_classifier.train import Hyper, train
 
     clips = audioset.load_clips(audioset_dir / "bal_train.npz")
     clips = clips.subset(np.arange(0, len(clips), 4))

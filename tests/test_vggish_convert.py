@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from custom.convert.tflite_export import QUANTIZE_MODES
+from custom.convert.tflite.export import QUANTIZE_MODES
 from custom.daemon import exitcodes
 from custom.daemon.model.bundle import BundleError, load_bundle
 from custom.daemon.model.inference import Model
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")
 
 from custom.convert import vggish  # noqa: E402  (imports TensorFlow lazily, but its tests need it anyway)
-from custom.convert.vggish_model import (  # noqa: E402
+from custom.convert.backbones.vggish_model import (  # noqa: E402
     OFFICIAL,
     CheckpointError,
     build_keras,
@@ -217,7 +217,7 @@ def test_bundle_from_before_the_batch_export_still_loads(
 ) -> None:
     """A bundle whose backbone has a fixed [1, 96, 64] input (as written before) loads and runs one patch per
     invoke, with the same scores as the new export of the same weights."""
-    from custom.convert.tflite_export import export_tflite
+    from custom.convert.tflite.export import export_tflite
     from custom.daemon.model.bundle import BundleDraft, ModelSpec, TensorSpec, write_bundle
 
     new = load_bundle(small_bundles["float32"])

@@ -1,7 +1,7 @@
 """A head's AudioSet-score veto: the backbone's own scores silence a class when a sound that is none of ours dominates.
 
 The rule lives here once, for the daemon and for the converter that chooses its setting on thousands of windows at a
-time (`convert/veto.py`): both call `veto_mask` and `veto_factors`, so the figures in the build report are the
+time (`convert/head/veto.py`): both call `veto_mask` and `veto_factors`, so the figures in the build report are the
 scores a sensor publishes.
 """
 

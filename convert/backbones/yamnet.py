@@ -42,15 +42,15 @@ from custom.daemon.model.frontend_efficientat import EfficientATParams
 from custom.daemon.model.inference import Model, aggregate_patches
 from custom.daemon.model.runtime import load_interpreter
 
-from .classes import URBAN_CLASSES
-from .clips import clip_outputs, read_manifest, recording_folds
-from .metrics import best_f1_threshold, per_class_ap
-from .ontology import Ontology
+from ..classes import URBAN_CLASSES
+from ..evaluate.labelled_clips import clip_outputs, read_manifest, recording_folds
+from ..evaluate.metrics import best_f1_threshold, per_class_ap
+from ..ontology import Ontology
 
 HELP = "build a bundle from the TF-Hub YAMNet TFLite (waveform or log-mel input)"
 MODEL_FILE = "yamnet.tflite"
 DEFAULT_THRESHOLD = 0.3  # used only when no --clips are given to calibrate on
-log = logging.getLogger("custom.convert.yamnet")
+log = logging.getLogger("custom.convert.backbones.yamnet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

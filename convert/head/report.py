@@ -17,8 +17,10 @@ from custom.daemon.audio.audiofile import read_audio
 from custom.daemon.model.bundle import load_bundle
 from custom.daemon.model.inference import open_model
 
-from .classes import CLASS_NAMES, URBAN_CLASSES
-from .head import CHOICE_RULE, FOLDS, THRESHOLD_RULE, HeadResult
+from ..classes import CLASS_NAMES, URBAN_CLASSES
+from .choose import CHOICE_RULE
+from .folds import FOLDS, THRESHOLD_RULE
+from .measure import HeadResult
 from .openset import UNSEEN_FALSE_ALARM_TARGET
 from .thresholds import SEEN_FALSE_ALARM_TARGET
 from .veto import VETO_SCALE
@@ -33,7 +35,7 @@ def _fmt(value: float) -> str:
 def per_window_ms(headed: Path, shared: Path) -> tuple[float, float]:
     """Median ms per 10 s window (front end + models, 1 thread) of today's mapping bundle and the headed one,
     interleaved on the same real audio (read at each bundle's rate) so machine load hits both alike."""
-    from .cli import main as convert
+    from ..cli import main as convert
 
     with tempfile.TemporaryDirectory() as tmp:
         mapping_dir = Path(tmp) / "mapping"
@@ -163,7 +165,7 @@ def _unseen_by_kind(result: HeadResult) -> list[str]:
 
 
 def _mixture_table(result: HeadResult) -> list[str]:
-    """Label recall per class against the A-weighted SNR of street background (convert/mixtures.py)."""
+    """Label recall per class against the A-weighted SNR of street background (convert/head/mixtures.py)."""
     mix = result.mixtures
     if not mix:
         return []
@@ -200,7 +202,8 @@ def _licence_table(result: HeadResult, comparisons: list[dict[str, Any]]) -> lis
         "",
         "## Builds under a licence filter (`--licences`, each its own grouped CV, same rules)",
         "",
-        "Families (convert/licences.py): permissive (commercial use allowed), noncommercial (CC BY-NC, academic use),",
+        "Families (convert/head/licences.py): permissive (commercial use allowed), noncommercial (CC BY-NC, academic "
+        "use),",
         "unstated (no licence from the source). A filter that leaves a class without recordings cannot be built.",
         "",
         "| filter | recordings | shipped candidate | label recall | min class | wrong label | 'other' seen | "
@@ -301,7 +304,7 @@ def write_report(
             "same, before thresholds were raised for unseen kinds",
             [f"{f.get('false_alarm_unseen_before_raise', float('nan')):.3f}" for f in figs],
         ),
-        row("AudioSet-score veto (convert/veto.py)", [str(f.get("veto", "none")) for f in figs]),
+        row("AudioSet-score veto (convert/head/veto.py)", [str(f.get("veto", "none")) for f in figs]),
         row(
             "top-1 / unseen-kind (nested) without the veto",
             [

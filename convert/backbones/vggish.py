@@ -38,9 +38,9 @@ from custom.daemon.model.inference import Model
 from custom.daemon.model.postprocess import AudioSetPCA
 from custom.daemon.model.runtime import RowRunner
 
-from .classes import URBAN_CLASSES
-from .classifier_artifact import CLASSIFIER_FILE, Classifier, InputError, read_classifier
-from .tflite_export import QUANTIZE_MODES
+from ..classes import URBAN_CLASSES
+from ..tflite.export import QUANTIZE_MODES
+from ..vggish_classifier.artifact import CLASSIFIER_FILE, Classifier, InputError, read_classifier
 from .vggish_model import OFFICIAL, Architecture, CheckpointError
 
 HELP = "build a bundle from the official VGGish checkpoint + AudioSet PCA file + a trained classifier"
@@ -57,7 +57,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
 # weights once per window instead of ten times.
 BACKBONE_INPUT = TensorSpec((-1, NUM_FRAMES, NUM_BANDS), "float32")
 BACKBONE_OUTPUT = TensorSpec((-1, EMBEDDING_SIZE), "float32")
-log = logging.getLogger("custom.convert.vggish")
+log = logging.getLogger("custom.convert.backbones.vggish")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +186,7 @@ def convert(
     progress: Any = None,
 ) -> Conversion:
     """Checkpoint -> work_dir/vggish.tflite, compared with the float network; CheckpointError for a bad checkpoint."""
-    from .tflite_export import export_tflite
+    from ..tflite.export import export_tflite
     from .vggish_model import build_keras, read_checkpoint
 
     def step(what: str) -> None:

@@ -32,8 +32,8 @@ import numpy as np
 from custom.daemon.model.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
 from custom.daemon.model.bundle import sha256_file
 
-from .classes import URBAN_CLASSES, UrbanClass
-from .ontology import Ontology
+from ..classes import URBAN_CLASSES, UrbanClass
+from ..ontology import Ontology
 
 log = logging.getLogger(__name__)
 

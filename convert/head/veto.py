@@ -7,8 +7,9 @@ score (a label that is not one of our classes, not an ancestor of one and not st
 `min_score` and beats the class's own AudioSet score, while that own score is below `max_own`, keeps only
 `VETO_SCALE` of that class's score.
 Which labels are foreign comes from the ontology alone, never from the negatives. Which backbone(s) veto, and at what
-scores, is chosen by what a subscriber sees (convert/head.py): the setting whose thresholds, raised until both
-false-alarm budgets hold (kinds seen in training, kinds never seen), publish the most clips' own class.
+scores, is chosen by what a subscriber sees (convert/head/folds.py, `Folds.finish`): the setting whose thresholds,
+raised until both false-alarm budgets hold (kinds seen in training, kinds never seen), publish the most clips' own
+class.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import numpy as np
 from custom.daemon.model.bundle import VetoSpec
 from custom.daemon.model.veto import veto_factors, veto_mask
 
-from .classes import URBAN_CLASSES
-from .ontology import Ontology
+from ..classes import URBAN_CLASSES
+from ..ontology import Ontology
 
 # Sound a street sensor hears under every class (people, vehicles, alarms, room/channel character, generic impacts):
 # never evidence against a class. Everything else outside our classes' subtrees and ancestors is foreign: music,

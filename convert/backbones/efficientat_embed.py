@@ -4,7 +4,7 @@ The published TFLite only outputs 527 AudioSet logits. Its last layers are
     pooled = mean over time and frequency of the last feature map   (1, 1, 1, 384)
     hidden = hard_swish(W1 pooled + b1)                             (1, 512)
     logits = W2 hidden + b2                                         (1, 527)
-so both embeddings are tensors the model already computes: `tflite_outputs.expose_outputs` lists them as extra
+so both embeddings are tensors the model already computes: `tflite/outputs.expose_outputs` lists them as extra
 outputs, and `check_embeddings` proves they are those tensors by applying the model's own W1/b1/W2/b2 (read from the
 flatbuffer) to the exposed vectors and comparing with its logits. The tensors are found by walking the graph back
 from the logits (FULLY_CONNECTED <- activation <- FULLY_CONNECTED <- MEAN), never by a hard-coded index.
@@ -23,7 +23,7 @@ from custom.daemon.model.bundle import BundleError, ModelSpec, TensorSpec
 from custom.daemon.model.frontend_efficientat import EFFICIENTAT, EfficientATFrontend
 from custom.daemon.model.runtime import interpreter_class, load_interpreter
 
-from .tflite_outputs import expose_outputs
+from ..tflite.outputs import expose_outputs
 
 EMBEDDINGS = ("pooled", "hidden")  # 384-d mean-pooled feature map; 512-d hidden layer after its activation
 

@@ -23,7 +23,7 @@ from custom.daemon import exitcodes
 from custom.daemon.audio.audiofile import AudioFileError, read_audio
 from custom.daemon.audio.pcm import SAMPLE_RATE_HZ
 
-from .classes import URBAN_CLASSES
+from ..classes import URBAN_CLASSES
 from .licences import FAMILIES, describe, licence_family
 
 OTHER_LABEL = "other"

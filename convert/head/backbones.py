@@ -22,9 +22,9 @@ from custom.daemon.model.frontend import YAMNET, FrontendParams
 from custom.daemon.model.frontend_efficientat import EFFICIENTAT, EfficientATParams
 from custom.daemon.model.runtime import load_interpreter
 
-from .headdata import DataError
-from .tflite_outputs import expose_outputs, final_layer
-from .yamnet import class_outputs, read_class_map
+from ..backbones.yamnet import class_outputs, read_class_map
+from ..tflite.outputs import expose_outputs, final_layer
+from .data import DataError
 
 BACKBONES = ("yamnet", "efficientat")
 # (pooling, backbone scores appended, augmented mixes used)
@@ -41,7 +41,7 @@ class HeadBackbone:
     spec: ModelSpec
     embedding: TensorSpec
     mapping: list[tuple[int, ...]]  # class -> backbone outputs, by mid
-    class_map: dict[str, int]  # AudioSet mid -> backbone output (for the veto, convert/veto.py)
+    class_map: dict[str, int]  # AudioSet mid -> backbone output (for the veto, convert/head/veto.py)
     variants: tuple[tuple[str, bool, bool], ...]
     strides: tuple[int, ...]  # patch hops tried, as multiples of the front end's (features: every n-th patch)
     provenance: dict[str, Any]
@@ -69,7 +69,7 @@ def _embedding_spec(path: Path) -> TensorSpec:
 def prepare(name: str, shared: Path, work: Path) -> HeadBackbone:
     """The backbone `name` from ../shared, its embedding exposed as output 1, written under `work`."""
     if name == "yamnet":
-        from .yamnet import inspect_model
+        from ..backbones.yamnet import inspect_model
 
         source = shared / "models/yamnet_classification.tflite"
         class_map = shared / "models/yamnet_class_map.csv"
@@ -89,7 +89,7 @@ def prepare(name: str, shared: Path, work: Path) -> HeadBackbone:
             },
         )  # fmt: skip
     if name == "efficientat":
-        from .efficientat_embed import find_head_tensors, inspect_model
+        from ..backbones.efficientat_embed import find_head_tensors, inspect_model
 
         source = shared / "models/efficientat_mn04_as.tflite"
         labels = shared / "data/audioset/class_labels_indices.csv"

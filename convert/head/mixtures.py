@@ -22,13 +22,14 @@ import soxr
 from custom.daemon.audio.pcm import SAMPLE_RATE_HZ
 from custom.daemon.model.head import pool_features
 
-from .classes import URBAN_CLASSES
-from .head import fold_heads, fold_touches
-from .headdata import BackboneFeatures, Recording, load_waveform
+from ..classes import URBAN_CLASSES
+from .data import BackboneFeatures, Recording, load_waveform
+from .folds import fold_heads, fold_touches
 from .veto import VetoChoice, veto_source
 
 if TYPE_CHECKING:
-    from .head import Candidate, Measured
+    from .choose import Candidate
+    from .measure import Measured
 
 SNRS_DB = (20.0, 10.0, 5.0, 0.0)
 FRAME = 1024  # 64 ms at 16 kHz

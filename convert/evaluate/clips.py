@@ -18,8 +18,8 @@ from custom.daemon import exitcodes
 from custom.daemon.model.bundle import BundleError, load_bundle
 from custom.daemon.model.inference import Model
 
-from .classes import URBAN_CLASSES
-from .clips import clip_outputs, read_manifest
+from ..classes import URBAN_CLASSES
+from .labelled_clips import clip_outputs, read_manifest
 from .metrics import confusion_matrix
 
 HELP = "classify the labelled clips of a manifest with a bundle: top-1, per-class recall/precision, confusion"

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .classes import CLASS_NAMES
-from .head import HeadResult
+from ..classes import CLASS_NAMES
 from .licences import NONCOMMERCIAL, PERMISSIVE, UNSTATED
+from .measure import HeadResult
 
 BACKBONE_TERMS = {
     "yamnet": "YAMNet (TF-Hub / tensorflow/models), Apache-2.0",

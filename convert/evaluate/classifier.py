@@ -32,8 +32,8 @@ import numpy as np
 from custom.daemon import exitcodes
 from custom.daemon.model.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE
 
-from .audioset import ClipSet, load_clips, sha256_of
-from .classes import URBAN_CLASSES
+from ..classes import URBAN_CLASSES
+from ..vggish_classifier.audioset import ClipSet, load_clips, sha256_of
 from .metrics import confusion_matrix, per_class_ap, precision_recall_at
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def _classifier(bundle_dir: Path | None, classifier_path: Path | None) -> tuple[
         meta = bundle.provenance.get("classifier", {})
         thresholds = np.asarray(bundle.thresholds, dtype=np.float64)
     else:
-        from .classifier_artifact import read_classifier
+        from ..vggish_classifier.artifact import read_classifier
 
         assert classifier_path is not None
         classifier = read_classifier(classifier_path)
@@ -260,7 +260,7 @@ def write_report(
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "REPORT.md").write_text(render_markdown(report))
     try:
-        from .evaluate_clips import confusion_png
+        from .clips import confusion_png
 
         names = list(report["metrics"]["per_class_ap"])
         confusion_png(

@@ -20,7 +20,7 @@ from typing import Any
 from custom.daemon.model.audioset_params import EMBEDDING_SIZE, FRAMES_PER_CLIP
 from custom.daemon.model.bundle import ModelSpec, TensorSpec
 
-from .classes import URBAN_CLASSES
+from ..classes import URBAN_CLASSES
 
 CLASSIFIER_FILE = "classifier.tflite"
 CLASSIFIER_META = "classifier.json"

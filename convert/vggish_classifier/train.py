@@ -2,9 +2,10 @@
 
     custom-convert train --data ../shared/data/audioset/bal_train.npz --out out/classifier
 
-Data: an npz subset or a folder of official audioset_v1_embeddings tfrecords (see custom.convert.audioset); labels
-come from the full AudioSet label list through the ontology ("Bark" counts as Dog), and clips with none of our
-classes are used as negatives ("other"). A video id never sits on both sides of a split.
+Data: an npz subset or a folder of official audioset_v1_embeddings tfrecords (see
+custom.convert.vggish_classifier.audioset); labels come from the full AudioSet label list through the ontology ("Bark"
+counts as Dog), and clips with none of our classes are used as negatives ("other"). A video id never sits on both
+sides of a split.
 
 Procedure (all of it seeded; the same data, seed and settings give the same classifier.tflite bytes):
 
@@ -30,7 +31,7 @@ bal_train (5 grouped folds, seed 0): linear 0.531, mlp 0.589, attention 0.629, e
 so the shipped model is `attention`.
 
 Output folder (`--out DIR`): classifier.tflite + classifier.json, the contract defined and checked by
-custom.convert.classifier_artifact (read by `custom-convert vggish --classifier` and `custom-convert evaluate`).
+custom.convert.vggish_classifier.artifact (read by `custom-convert vggish --classifier` and `custom-convert evaluate`).
 classifier.json carries, besides the contract's classes/thresholds/input/output: threshold_rule, seed, model,
 members, hyperparameters, quantize, validation, model_selection, data, tflite_check, training_seconds, versions.
 
@@ -56,10 +57,10 @@ import numpy as np
 from custom.daemon import exitcodes
 from custom.daemon.model.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE, EMBEDDING_SIZE, FRAMES_PER_CLIP
 
+from ..classes import URBAN_CLASSES
+from ..evaluate.metrics import average_precision, best_f1_threshold
+from .artifact import CLASSIFIER_META, INPUT_SHAPE, write_classifier
 from .audioset import ClipSet, load_clips
-from .classes import URBAN_CLASSES
-from .classifier_artifact import CLASSIFIER_META, INPUT_SHAPE, write_classifier
-from .metrics import average_precision, best_f1_threshold
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +342,7 @@ def train(
     quantize: str = DEFAULT_HEAD_MODE,
 ) -> dict[str, Any]:
     """Validate, calibrate, train on everything, export; return the classifier.json dict."""
-    from .tflite_export import export_tflite
+    from ..tflite.export import export_tflite
 
     _configure_tf(threads)
     started = time.perf_counter()
@@ -403,7 +404,7 @@ def check_tflite(path: Path, keras_model: Any, embeddings: np.ndarray, tolerance
     """Run the written .tflite on the TFLite runtime and compare with Keras; raise if they disagree."""
     from custom.daemon.model.runtime import runtime_name
 
-    from .evaluate import tflite_scores
+    from ..evaluate.classifier import tflite_scores
 
     got = tflite_scores(path, embeddings)
     want = np.asarray(keras_model(embeddings.astype(np.float32), training=False))

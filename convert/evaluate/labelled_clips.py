@@ -16,7 +16,7 @@ import numpy as np
 from custom.daemon.audio.audiofile import read_audio
 from custom.daemon.model.inference import Model
 
-from .classes import URBAN_CLASSES
+from ..classes import URBAN_CLASSES
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,258 @@
+"""One build's measurements before anything is written: the windows, the folds, today's mapping and every candidate
+head, all scored out of fold on the same grouped folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from custom.daemon.model.inference import Model
+
+from ..classes import URBAN_CLASSES
+from ..evaluate.metrics import best_f1_threshold
+from ..ontology import Ontology
+from .backbones import BACKBONES, HeadBackbone, prepare
+from .choose import (
+    Candidate,
+    Variant,
+)
+from .data import (
+    Examples,
+    load_waveform,
+    read_recordings,
+    recording_fold_map,
+)
+from .features import probe, window_examples
+from .figures import figures
+from .fit import fit_linear, window_features
+from .folds import (
+    FOLDS,
+    Folds,
+    cross_validate,
+    thresholds_from,
+)
+from .openset import (
+    unseen_kind_scores,
+)
+from .veto import veto_source
+
+# Pooling variants per backbone: convert/head/backbones.py. For YAMNet, appending its 521 scores lost 2-3 points of
+# top-1 in every pooling on ../shared (2026-11-30), so it is no longer tried.
+COST_WINDOWS = 5
+
+
+TIE_TOP1 = 0.01  # top-1 within this of the best (about 3 of 277 clips) is a tie: the cheaper variant is kept
+
+
+SCORED = ("top1", "macro_ap", "false_alarm_other", "top1_recall")
+
+
+AVERAGE_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the first member's share, tried by grouped CV
+
+
+@dataclass
+class HeadResult:
+    """What a head build measured, for the summary, the manifest provenance, default-bundle and the report."""
+
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    chosen: dict[str, Any] = field(default_factory=dict)  # backbone -> its variant (+ "weights" when averaged)
+    chosen_name: str = ""
+    thresholds: list[float] = field(default_factory=list)
+    head_oof: np.ndarray | None = None  # (windows, classes) out-of-fold head scores of the real windows
+    mapping_scores: np.ndarray | None = None  # (windows, classes) today's mapping on the same windows
+    mapping_thresholds: list[float] = field(default_factory=list)
+    truth: np.ndarray | None = None  # (windows, classes) multi-hot of the real windows
+    source: list[str] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    held_out_rows: int = 0
+    figures: dict[str, Any] = field(default_factory=dict)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every head compared, with figures and cost
+    costs: dict[str, float] = field(default_factory=dict)  # ms per window: mapping and each candidate
+    # label recall under street background (convert/head/mixtures.py)
+    mixtures: dict[str, Any] = field(default_factory=dict)
+    veto_tries: list[dict[str, Any]] = field(default_factory=list)  # the shipped candidate's veto settings tried
+
+
+@dataclass
+class Measured:
+    """Everything one run measured before anything is written: the windows, the folds and every candidate."""
+
+    recordings: list[Any]
+    backbones: dict[str, HeadBackbone]
+    examples: dict[str, Examples]
+    y: np.ndarray  # (windows, classes) labels of every window, mixes included
+    real_rows: np.ndarray  # rows of y that are real recordings (not mixes)
+    candidates: list[Candidate]
+    result: HeadResult
+    folds: Folds
+    probes: dict[str, Model]  # each backbone as the daemon runs it, for windows made after measuring (mixtures)
+    ontology: Ontology
+
+
+def window_cost_ms(models: list[Model], recordings, repeats: int = COST_WINDOWS) -> list[float]:
+    """Median ms per 10 s window (front end + backbone + head, 1 thread) of each model, interleaved on the same
+    real recording so machine load hits all alike."""
+    wave = {
+        m.bundle.frontend.sample_rate_hz: np.resize(load_waveform(recordings[0], m.bundle.frontend.sample_rate_hz),
+                                                    int(10 * m.bundle.frontend.sample_rate_hz))
+        for m in models
+    }  # fmt: skip
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(repeats):
+        for i, model in enumerate(models):
+            t0 = time.perf_counter()
+            model.scores(wave[model.bundle.frontend.sample_rate_hz])
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    return [float(np.median(t)) for t in times]
+
+
+def measure(args: argparse.Namespace, work: Path) -> Measured:
+    """Features of every window from the daemon's own backbone code, today's mapping and every candidate head, all
+    scored out of fold on the same grouped folds, and on negative kinds left out whole."""
+    shared = args.shared
+    names = BACKBONES if args.backbone == "both" else (args.backbone,)
+    recordings, held_out = read_recordings(shared, limit_per_label=args.limit_per_label, licences=args.licences)
+    print(f"recordings: {len(recordings)} ({held_out} held-out rows skipped)", flush=True)
+    # YAMNet's features are always computed: today's mapping is scored on them in the same run
+    backbones = {n: prepare(n, shared, work) for n in ("yamnet", *[n for n in names if n != "yamnet"])}
+    ontology = Ontology.load(shared / "data/audioset/ontology.json")
+    probes = {n: probe(args, b, work) for n, b in backbones.items()}
+    examples = {n: window_examples(args, b, probes[n], recordings, shared) for n, b in backbones.items()}
+    base = examples["yamnet"]
+    for n, ex in examples.items():
+        if ex.groups != base.groups or not np.array_equal(np.stack(ex.labels), np.stack(base.labels)):
+            raise RuntimeError(f"{n} windows do not line up with YAMNet's (same seed must give the same mixes)")
+    y = np.stack(base.labels)
+    real = np.asarray(base.real)
+    real_rows = np.flatnonzero(real >= 0)
+    truth = y[real_rows]
+    by_group = {r.group: r for r in recordings}
+    negatives = np.flatnonzero((real >= 0) & ~y.any(axis=1))
+    folds = Folds(
+        y=y, real=real, groups=base.groups,
+        fold_of=recording_fold_map([recordings[i].group for i in real[real_rows]], truth, FOLDS, args.seed),
+        truth=truth, on_clips=np.array([recordings[i].source == "clips" for i in real[real_rows]]), mixes=real < 0,
+        proxy=np.array([any(by_group[g].proxy for g in gs) for gs in base.groups]),
+        window_kinds=[frozenset(by_group[g].kind for g in gs) for gs in base.groups],
+        negative_rows=negatives, negative_kinds=[recordings[real[r]].kind for r in negatives], real_rows=real_rows,
+        exact=np.array([recordings[i].source == "clips" and not recordings[i].proxy for i in real[real_rows]]),
+    )  # fmt: skip
+
+    result = HeadResult(truth=truth, held_out_rows=held_out)
+    result.source = [recordings[i].source for i in real[real_rows]]
+    result.kind = [recordings[i].kind for i in real[real_rows]]
+    for rec in recordings:
+        label = URBAN_CLASSES[rec.labels[0]].clip_label if rec.labels else "other"
+        label += " (proxy)" if rec.proxy else ""
+        result.counts.setdefault(label, {}).setdefault(rec.source, 0)
+        result.counts[label][rec.source] += 1
+    result.counts.setdefault("(augmented mixes)", {})["clips"] = len(base.real) - len(real_rows)
+
+    # today's mapping on the same windows: mean over patches of YAMNet's own scores, class by mid
+    mapping = backbones["yamnet"].mapping
+    pooled = np.stack([base.scores[r].mean(axis=0) for r in real_rows])
+    result.mapping_scores = np.stack([pooled[:, list(idx)].max(axis=1) for idx in mapping], axis=1)
+    clip_rows = np.flatnonzero(folds.on_clips)
+    # as the yamnet converter ships them: best F1 per class on all clips (optimistic for the mapping)
+    result.mapping_thresholds = [best_f1_threshold(truth[clip_rows, k], result.mapping_scores[clip_rows, k]) for k in
+                                 range(10)]  # fmt: skip
+    mapping_figures = figures(result.mapping_scores, truth, result.mapping_thresholds, folds.on_clips, folds.exact)
+    mapping_figures["false_alarm_unseen"] = mapping_figures["false_alarm_other"]  # the mapping learnt no kind
+    costs = dict(zip(probes, window_cost_ms(list(probes.values()), recordings), strict=True))
+
+    print(
+        f"{'backbone':<12} {'pooling':<9} {'+scores':<8} {'mixes':<6} {'proxy':<6} {'top-1':>6} {'macro AP':>9} "
+        f"{'other':>6}   (grouped {FOLDS}-fold CV, {len(clip_rows)} clips)"
+    )
+    proxies = (True, False) if folds.proxy.any() else (True,)
+    candidates: list[Candidate] = []
+    for name in names:
+        tried: list[tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]] = []
+        tries = itertools.product(backbones[name].variants, proxies, backbones[name].strides)
+        for (pooling, with_scores, augmented), with_proxies, stride in tries:
+            if augmented and not folds.mixes.any():
+                continue  # --augment 0: nothing to try
+            variant = Variant(pooling, with_scores, augmented, with_proxies, stride)
+            x = window_features(examples[name], pooling, with_scores, stride)
+            oof = cross_validate(x, y, base.groups, real, folds.fold_of, folds.trains(variant))
+            fig = figures(oof, truth, thresholds_from(oof, truth), folds.on_clips)
+            result.variants.append({"backbone": name, **variant.as_dict(), **{k: fig[k] for k in SCORED}})
+            _print_row(name, f"{pooling}/{stride}", str(with_scores), str(augmented), str(with_proxies), fig)
+            tried.append((variant, x, oof, fig))
+        variant, x, oof, _ = _best_variant(tried)
+        keep = folds.trains(variant)
+        unseen = unseen_kind_scores(x, y, keep, folds.window_kinds, negatives, folds.negative_kinds, fit_linear)
+        cost = costs[name] / variant.patch_stride  # the backbone's invokes dominate: half the patches, ~half the time
+        pooled = np.stack([s[:: variant.patch_stride].mean(axis=0) for s in examples[name].scores])
+        source = veto_source(name, backbones[name].class_map, ontology, pooled)
+        candidates.append(folds.finish(name, (name,), cost, oof, unseen, (source,), variant=variant, features=x,
+                                       keep=keep, veto_source=source))  # fmt: skip
+    if len(candidates) == 2:
+        candidates += _combinations(candidates, folds, y, base.groups, real)
+
+    print(f"{'candidate':<28} {'labels':>6} {'wrong':>6} {'top-1':>6} {'macro AP':>9} {'other: seen':>12} "
+          f"{'unseen':>7} {'before raise':>13}  veto")  # fmt: skip
+    for c in candidates:
+        f = c.figures
+        print(f"{c.name:<28} {f['label_recall']:>6.3f} {f['wrong_label']:>6.3f} {f['top1']:>6.3f} "
+              f"{f['macro_ap']:>9.3f} {f['false_alarm_other']:>12.3f} {f['false_alarm_unseen']:>7.3f} "
+              f"{f['false_alarm_unseen_before_raise']:>13.3f}  {c.veto.label}", flush=True)  # fmt: skip
+    result.candidates = [c.record() for c in candidates]
+    result.costs = {"mapping": costs["yamnet"], **{c.name: c.cost_ms for c in candidates}}
+    result.figures = {"mapping": mapping_figures}
+    return Measured(recordings, backbones, examples, y, real_rows, candidates, result, folds, probes, ontology)
+
+
+def _best_variant(
+    tried: list[tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]],
+) -> tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Best grouped-CV top-1 (then macro AP); within TIE_TOP1 of it, the largest patch stride (the cheapest)."""
+    best = max(tried, key=lambda t: (t[3]["top1"], t[3]["macro_ap"]))
+    tied = [t for t in tried if t[3]["top1"] >= best[3]["top1"] - TIE_TOP1 and t[0].patch_stride > best[0].patch_stride]
+    return max(tied, key=lambda t: (t[0].patch_stride, t[3]["top1"], t[3]["macro_ap"])) if tied else best
+
+
+def _combinations(
+    singles: list[Candidate], folds: Folds, y: np.ndarray, groups: list[tuple[str, ...]], real: np.ndarray
+) -> list[Candidate]:
+    """Both backbones: one head over their concatenated features (measured), and their two heads averaged with the
+    weight grouped CV likes best (shippable as a version-2 bundle)."""
+    a, b = singles
+    assert a.features is not None and b.features is not None and a.keep is not None and b.keep is not None
+    assert a.veto_source is not None and b.veto_source is not None
+    assert a.plain_oof is not None and b.plain_oof is not None
+    assert a.plain_unseen is not None and b.plain_unseen is not None
+    both, cost, sources = (a.name, b.name), a.cost_ms + b.cost_ms, (a.veto_source, b.veto_source)
+    x = np.hstack([a.features, b.features])
+    keep = a.keep & b.keep
+    oof = cross_validate(x, y, groups, real, folds.fold_of, keep)
+    unseen = unseen_kind_scores(x, y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds, fit_linear)
+    concatenated = folds.finish("concatenated", both, cost, oof, unseen, sources)
+
+    def weighted(wa: float) -> np.ndarray:  # the members' scores before their vetoes: the average gets its own
+        assert a.plain_oof is not None and b.plain_oof is not None
+        return wa * a.plain_oof + (1 - wa) * b.plain_oof
+
+    def score(wa: float) -> tuple[float, float]:
+        fig = figures(weighted(wa), folds.truth, thresholds_from(weighted(wa), folds.truth), folds.on_clips)
+        return fig["top1"], fig["macro_ap"]
+
+    wa = max(AVERAGE_WEIGHTS, key=score)
+    averaged = folds.finish(
+        f"averaged ({a.name} {wa:.1f})", both, cost, weighted(wa), wa * a.plain_unseen + (1 - wa) * b.plain_unseen,
+        sources, members=(a, b), weights=(wa, round(1 - wa, 6)),
+    )  # fmt: skip
+    return [concatenated, averaged]
+
+
+def _print_row(name: str, pooling: str, with_scores: str, augmented: str, proxies: str, fig: dict[str, Any]) -> None:
+    print(f"{name:<12} {pooling:<9} {with_scores:<8} {augmented:<6} {proxies:<6} {fig['top1']:>6.3f} "
+          f"{fig['macro_ap']:>9.3f} {fig['false_alarm_other']:>6.3f}", flush=True)  # fmt: skip
