@@ -127,9 +127,9 @@ def test_evaluate_a_bundle_through_the_daemon_loader(shared: Path, tmp_path: Pat
     meta = json.loads((clf_dir / "classifier.json").read_text())
     np.savez(tmp_path / "pca.npz", pca_means=np.zeros(128), pca_eigen_vectors=np.eye(128))
     spec = ModelSpec(
-        "classifier.tflite",
-        TensorSpec(tuple(meta["input"]["shape"]), meta["input"]["dtype"]),
-        TensorSpec(tuple(meta["output"]["shape"]), meta["output"]["dtype"]),
+        file="classifier.tflite",
+        input=TensorSpec(tuple(meta["input"]["shape"]), meta["input"]["dtype"]),
+        output=TensorSpec(tuple(meta["output"]["shape"]), meta["output"]["dtype"]),
     )
     thresholds = [0.3 + 0.01 * k for k in range(10)]
     draft = BundleDraft(
@@ -138,7 +138,7 @@ def test_evaluate_a_bundle_through_the_daemon_loader(shared: Path, tmp_path: Pat
         backbone="vggish",
         frontend=VGGISH,
         backbone_model=ModelSpec(
-            "backbone.tflite", TensorSpec((1, 96, 64), "float32"), TensorSpec((1, 128), "float32")
+            file="backbone.tflite", input=TensorSpec((1, 96, 64), "float32"), output=TensorSpec((1, 128), "float32")
         ),
         classifier_model=spec,
         postprocess={"kind": "audioset_pca", "file": "pca.npz"},

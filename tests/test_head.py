@@ -369,7 +369,7 @@ def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(
     from custom.convert.head.veto import veto_source
     from custom.convert.ontology import Ontology
     from custom.daemon.audio.audiofile import read_audio
-    from custom.daemon.model.bundle import veto_spec_dict
+    from custom.daemon.model.bundle import manifest_data
     from custom.daemon.model.inference import open_model
 
     def without_vetoes(name: str) -> tuple[Path, dict]:  # the build may have given a member a veto of its own
@@ -388,7 +388,7 @@ def test_the_veto_silences_what_the_backbone_hears_as_a_foreign_kind(
     class_map = read_class_map(shared / "data/audioset/class_labels_indices.csv")
     spec = veto_source("efficientat", class_map, ontology, np.zeros((1, len(class_map)))).spec(0.3, 1.0)
     member = next(m for m in manifest["members"] if m["backbone"] == "efficientat")
-    member["head"]["veto"] = veto_spec_dict(spec)
+    member["head"]["veto"] = manifest_data(spec)
     if scale is None:
         del member["head"]["veto"]["scale"]
     else:

@@ -223,7 +223,9 @@ def test_bundle_from_before_the_batch_export_still_loads(
     new = load_bundle(small_bundles["float32"])
     fixed = tmp_path / "vggish.tflite"
     fixed.write_bytes(export_tflite(build_keras(read_checkpoint(small_checkpoint, SMALL), SMALL), (1, 96, 64)))
-    spec = ModelSpec("vggish.tflite", TensorSpec((1, 96, 64), "float32"), TensorSpec((1, 128), "float32"))
+    spec = ModelSpec(
+        file="vggish.tflite", input=TensorSpec((1, 96, 64), "float32"), output=TensorSpec((1, 128), "float32")
+    )
     sources = {name: new.file_path(name) for name in new.files}
     old = write_bundle(
         BundleDraft(

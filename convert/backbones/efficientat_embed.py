@@ -53,7 +53,7 @@ def inspect_model(path: Path, file_name: str) -> ModelSpec:
     shape = tuple(int(d) for d in inp["shape"])
     if shape != want:
         raise BundleError(f"{path}: input {list(shape)} is not a 10 s EfficientAT log-mel {list(want)}")
-    return ModelSpec(file_name, _spec(inp), _spec(out), input_kind="efficientat_log_mel")
+    return ModelSpec(file=file_name, input=_spec(inp), output=_spec(out), input_kind="efficientat_log_mel")
 
 
 def find_head_tensors(model_bytes: bytes) -> HeadTensors:

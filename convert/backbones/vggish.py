@@ -286,7 +286,9 @@ def build(args: BuildOptions, arch: Architecture = OFFICIAL) -> int:
             version=args.version,
             backbone="vggish",
             frontend=VGGISH,
-            backbone_model=ModelSpec(BACKBONE_FILE, BACKBONE_INPUT, BACKBONE_OUTPUT, input_kind="log_mel"),
+            backbone_model=ModelSpec(
+                file=BACKBONE_FILE, input=BACKBONE_INPUT, output=BACKBONE_OUTPUT, input_kind="log_mel"
+            ),
             classifier_model=classifier.spec,
             postprocess={"kind": "audioset_pca", "file": PCA_FILE},
             classes=[

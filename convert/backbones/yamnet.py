@@ -124,7 +124,7 @@ def inspect_model(path: Path) -> ModelSpec:
         kind = "log_mel"
     else:
         raise BundleError(f"{path}: input {list(input_spec.shape)} is neither a 0.975 s waveform nor a 96x64 patch")
-    return ModelSpec(MODEL_FILE, input_spec, output_spec, input_kind=kind)
+    return ModelSpec(file=MODEL_FILE, input=input_spec, output=output_spec, input_kind=kind)
 
 
 def _pool(outputs: list[np.ndarray], aggregation: str, mapping: list[tuple[int, ...]]) -> np.ndarray:

@@ -71,7 +71,12 @@ def head_spec(
     backbone: HeadBackbone, pooling: str, with_scores: bool, dims: int, veto: VetoChoice | None = None
 ) -> HeadSpec:
     """`veto`: the candidate's; this head carries it if its backbone is one of the veto's sources."""
-    model = ModelSpec(HEAD_FILE, TensorSpec((1, dims), "float32"), TensorSpec((1, 10), "float32"), "features")
+    model = ModelSpec(
+        file=HEAD_FILE,
+        input_kind="features",
+        input=TensorSpec((1, dims), "float32"),
+        output=TensorSpec((1, 10), "float32"),
+    )
     spec = veto.spec_for(backbone.name) if veto else None
     return HeadSpec(model, 1, backbone.embedding, pooling, with_scores, CLASS_NAMES, veto=spec)
 

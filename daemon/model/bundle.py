@@ -65,13 +65,13 @@ class TensorSpec:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     file: str = opt(doc="The .tflite file in the bundle.")
-    input: TensorSpec = opt(doc="Its input tensor.")
-    output: TensorSpec = opt(doc="Its (first) output tensor.")
     # what feeds the input: "waveform" (0.975 s mono 16 kHz), "log_mel" (one patch) or "efficientat_log_mel" (10 s)
     input_kind: str = opt("log_mel", "What feeds the input.", choices=INPUT_KINDS)
+    input: TensorSpec = opt(doc="Its input tensor.")
+    output: TensorSpec = opt(doc="Its (first) output tensor.")
 
 
 @dataclass(frozen=True)
@@ -157,19 +157,19 @@ class PostprocessSection:
     file: str = opt(doc="Its parameters file in the bundle.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ManifestHeader:
-    """What every manifest layout has: validated by the same engine as the config files."""
+    """What every manifest layout starts with: validated by the same engine as the config files. The layouts below
+    declare their fields in the order `write_bundle` writes them (so a field is added in one place, and a bundle
+    read and written again is the same bytes)."""
 
     format: str = opt(doc="Always custom-sensor-bundle.", choices=(FORMAT_NAME,))
     format_version: int = opt(doc="Manifest layout version.")
     bundle_id: str = opt(doc="Name of this bundle.")
     version: str = opt(doc="Its version.")
-    classes: tuple[ClassSpec, ...] = opt(doc="The classes, in score order.")
-    files: Mapping[str, FileEntry] = opt(doc="Every file of the bundle with its sha256.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Manifest(ManifestHeader):
     """manifest.json of a version-1 (one-backbone) bundle, as written by `write_bundle`."""
 
@@ -177,8 +177,10 @@ class Manifest(ManifestHeader):
     frontend: Mapping[str, Any] = opt(doc="Front-end parameters (FrontendParams / EfficientATParams).")
     models: ModelsSection = opt(doc="The .tflite models.")
     aggregation: str = opt("max", "How patch scores pool over a window.", choices=AGGREGATIONS)
-    postprocess: PostprocessSection | None = opt(None, "VGGish only.")
+    classes: tuple[ClassSpec, ...] = opt(doc="The classes, in score order.")
+    files: Mapping[str, FileEntry] = opt(doc="Every file of the bundle with its sha256.")
     provenance: Mapping[str, Any] = opt(doc="Where the bundle came from.", factory=frozen_mapping)
+    postprocess: PostprocessSection | None = opt(None, "VGGish only.")
     head: HeadSpec | None = opt(None, "A trained head; replaces the class mapping when present.")
 
 
@@ -195,11 +197,13 @@ class MemberSection:
     window_s: float = opt(doc="Window length its head was trained on, seconds.", gt=0.0, hi=60.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ManifestV2(ManifestHeader):
     """manifest.json of a version-2 (multi-backbone) bundle."""
 
     members: tuple[MemberSection, ...] = opt(doc="The backbones and their heads, scores averaged by weight.")
+    classes: tuple[ClassSpec, ...] = opt(doc="The classes, in score order.")
+    files: Mapping[str, FileEntry] = opt(doc="Every file of the bundle with its sha256.")
     provenance: Mapping[str, Any] = opt(doc="Where the bundle came from.", factory=frozen_mapping)
 
 
@@ -262,15 +266,12 @@ def load_bundle(path: Path | str) -> Bundle:
     except (ConfigError, UnicodeDecodeError) as exc:
         raise BundleError(f"{manifest_path}: manifest is not valid JSON: {exc}") from None
     try:
-        _check_format(data)
-        if data["format_version"] == 2:
-            manifest_v2 = at_line(lambda: _read_manifest_v2(data), lines)
-            _check_files(path, manifest_v2.files)
-            return _ensemble(path, manifest_v2, hashlib.sha256(raw).hexdigest())
-        manifest = at_line(lambda: _read_manifest(data), lines)
+        manifest = _read_layout(data, lines)
     except ConfigError as exc:
         raise BundleError(f"{manifest_path}: manifest {exc}") from None
     _check_files(path, manifest.files)
+    if isinstance(manifest, ManifestV2):
+        return _ensemble(path, manifest, hashlib.sha256(raw).hexdigest())
     return Bundle(
         path=path,
         bundle_id=manifest.bundle_id,
@@ -287,6 +288,20 @@ def load_bundle(path: Path | str) -> Bundle:
         sha256=hashlib.sha256(raw).hexdigest(),
         head=manifest.head,
     )
+
+
+def read_manifest(text: str, where: str) -> Manifest | ManifestV2:
+    """A manifest's text as its dataclasses, every key checked (the files it names are not opened); ConfigError
+    names the first problem and its line."""
+    data, lines = parse_text(text, where, json_file=True)
+    return _read_layout(data, lines)
+
+
+def _read_layout(data: Any, lines: Mapping[str, int]) -> Manifest | ManifestV2:
+    _check_format(data)
+    if data["format_version"] == 2:
+        return at_line(lambda: _read_manifest_v2(data), lines)
+    return at_line(lambda: _read_manifest(data), lines)
 
 
 def _check_format(data: Any) -> None:
@@ -458,17 +473,41 @@ def _check_files(path: Path, entries: Mapping[str, FileEntry]) -> None:
             )
 
 
-def tensor_spec_dict(spec: TensorSpec) -> dict[str, Any]:
-    return {"shape": list(spec.shape), "dtype": spec.dtype}
+def manifest_data(section: Any) -> Any:
+    """The JSON form of a manifest dataclass (or any section of one): fields in declaration order, a field at its empty
+    default (None or an empty tuple) left out, tuples as lists. The one writer, so reading a manifest back gives
+    the same dataclasses and writing those again the same bytes."""
+    if dataclasses.is_dataclass(section) and not isinstance(section, type):
+        return {
+            f.name: manifest_data(value)
+            for f in dataclasses.fields(section)
+            if not _at_empty_default(f, value := getattr(section, f.name))
+        }
+    if isinstance(section, Mapping):
+        return {key: manifest_data(value) for key, value in section.items()}
+    if isinstance(section, list | tuple):
+        return [manifest_data(value) for value in section]
+    return section
 
 
-def model_spec_dict(spec: ModelSpec) -> dict[str, Any]:
-    return {
-        "file": spec.file,
-        "input_kind": spec.input_kind,
-        "input": tensor_spec_dict(spec.input),
-        "output": tensor_spec_dict(spec.output),
-    }
+def _at_empty_default(f: dataclasses.Field[Any], value: Any) -> bool:
+    if value is None:
+        return f.default is None
+    return value == () and (f.default == () or f.default_factory is tuple)
+
+
+def manifest_text(manifest: Manifest | ManifestV2) -> str:
+    """manifest.json as written: two-space indent, one key per line, a newline at the end."""
+    return json.dumps(manifest_data(manifest), indent=2) + "\n"
+
+
+def _file_entries(files: Mapping[str, tuple[str, int]]) -> dict[str, FileEntry]:
+    return {name: FileEntry(digest, size) for name, (digest, size) in files.items()}
+
+
+def _written_classes(classes: list[ClassSpec]) -> tuple[ClassSpec, ...]:
+    """Thresholds to 4 decimals: the manifest says what ships, not the float noise of how it was chosen."""
+    return tuple(dataclasses.replace(c, threshold=round(float(c.threshold), 4)) for c in classes)
 
 
 @dataclass
@@ -488,29 +527,23 @@ class BundleDraft:
     provenance: dict[str, Any] = field(default_factory=dict)
     head: HeadSpec | None = None
 
-    def manifest(self, files: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
-        """The manifest dict, given (sha256, size in bytes) of every file as written."""
-        models = {"backbone": model_spec_dict(self.backbone_model)}
-        if self.classifier_model is not None:
-            models["classifier"] = model_spec_dict(self.classifier_model)
-        data: dict[str, Any] = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "bundle_id": self.bundle_id,
-            "version": self.version,
-            "backbone": self.backbone,
-            "frontend": self.frontend.to_dict(),
-            "models": models,
-            "aggregation": self.aggregation,
-            "classes": [class_spec_dict(c) for c in self.classes],
-            "files": {name: {"sha256": digest, "bytes": size} for name, (digest, size) in files.items()},
-            "provenance": self.provenance,
-        }
-        if self.postprocess is not None:
-            data["postprocess"] = dict(self.postprocess)
-        if self.head is not None:
-            data["head"] = head_spec_dict(self.head)
-        return data
+    def manifest(self, files: Mapping[str, tuple[str, int]]) -> Manifest:
+        """The manifest, given (sha256, size in bytes) of every file as written."""
+        return Manifest(
+            format=FORMAT_NAME,
+            format_version=FORMAT_VERSION,
+            bundle_id=self.bundle_id,
+            version=self.version,
+            backbone=self.backbone,
+            frontend=self.frontend.to_dict(),
+            models=ModelsSection(self.backbone_model, self.classifier_model),
+            aggregation=self.aggregation,
+            classes=_written_classes(self.classes),
+            files=_file_entries(files),
+            provenance=self.provenance,
+            postprocess=None if self.postprocess is None else PostprocessSection(**self.postprocess),
+            head=self.head,
+        )
 
 
 @dataclass
@@ -537,64 +570,29 @@ class EnsembleDraft:
     window_s: float
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    def manifest(self, files: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
-        return {
-            "format": FORMAT_NAME,
-            "format_version": 2,
-            "bundle_id": self.bundle_id,
-            "version": self.version,
-            "members": [
-                {
-                    "backbone": m.backbone,
-                    "frontend": m.frontend.to_dict(),
-                    "model": model_spec_dict(m.model),
-                    "head": head_spec_dict(dataclasses.replace(m.head, backbone_sha256=files[m.model.file][0])),
-                    "weight": m.weight,
-                    "band_rate_hz": self.band_rate_hz,
-                    "window_s": self.window_s,
-                }
-                for m in self.members
-            ],
-            "classes": [class_spec_dict(c) for c in self.classes],
-            "files": {name: {"sha256": digest, "bytes": size} for name, (digest, size) in files.items()},
-            "provenance": self.provenance,
-        }
-
-
-def head_spec_dict(head: HeadSpec) -> dict[str, Any]:
-    data = {
-        "model": model_spec_dict(head.model),
-        "embedding_output": head.embedding_output,
-        "embedding": tensor_spec_dict(head.embedding),
-        "pooling": head.pooling,
-        "with_scores": head.with_scores,
-        "classes": list(head.classes),
-    }
-    if head.backbone_sha256 is not None:
-        data["backbone_sha256"] = head.backbone_sha256
-    if head.veto is not None:
-        data["veto"] = veto_spec_dict(head.veto)
-    return data
-
-
-def veto_spec_dict(veto: VetoSpec) -> dict[str, Any]:
-    return {
-        "foreign_outputs": list(veto.foreign_outputs),
-        "class_outputs": [list(outputs) for outputs in veto.class_outputs],
-        "min_score": veto.min_score,
-        "max_own": veto.max_own,
-        "scale": veto.scale,
-    }
-
-
-def class_spec_dict(c: ClassSpec) -> dict[str, Any]:
-    return {
-        "name": c.name,
-        "audioset_name": c.audioset_name,
-        "mid": c.mid,
-        "threshold": round(float(c.threshold), 4),
-        **({"backbone_outputs": list(c.backbone_outputs)} if c.backbone_outputs else {}),
-    }
+    def manifest(self, files: Mapping[str, tuple[str, int]]) -> ManifestV2:
+        members = tuple(
+            MemberSection(
+                backbone=m.backbone,
+                frontend=m.frontend.to_dict(),
+                model=m.model,
+                head=dataclasses.replace(m.head, backbone_sha256=files[m.model.file][0]),
+                weight=m.weight,
+                band_rate_hz=self.band_rate_hz,
+                window_s=self.window_s,
+            )
+            for m in self.members
+        )
+        return ManifestV2(
+            format=FORMAT_NAME,
+            format_version=2,
+            bundle_id=self.bundle_id,
+            version=self.version,
+            members=members,
+            classes=_written_classes(self.classes),
+            files=_file_entries(files),
+            provenance=self.provenance,
+        )
 
 
 def write_bundle(draft: BundleDraft | EnsembleDraft, out_dir: Path | str) -> Bundle:
@@ -611,8 +609,7 @@ def write_bundle(draft: BundleDraft | EnsembleDraft, out_dir: Path | str) -> Bun
             target = staging / name
             shutil.copyfile(source, target)
             written[name] = (sha256_file(target), target.stat().st_size)
-        manifest = draft.manifest(written)
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / MANIFEST_NAME).write_text(manifest_text(draft.manifest(written)))
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
