@@ -1,6 +1,7 @@
 """Classification metrics shared by every evaluation command, so all reports count the same way.
 
-Plain numpy (no scikit-learn) so that a hand computation in a test can pin each definition down.
+Plain numpy so that a hand computation in a test can pin each definition down; tests/test_fit_against_sklearn.py
+checks average precision against scikit-learn's.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The head's fit: multi-label logistic regression on a window's pooled features, the same maths the exported
-TFLite head computes (sigmoid(x @ w + b)).
+TFLite head computes (sigmoid(x @ w + b)). scipy's L-BFGS rather than scikit-learn keeps the committed head
+byte-identical; tests/test_fit_against_sklearn.py checks it against scikit-learn's LogisticRegression on the same
+objective.
 """
 
 from __future__ import annotations
