@@ -25,7 +25,7 @@ from .openset import (
 )
 from .thresholds import RULE as LABEL_RULE
 from .thresholds import label_thresholds
-from .veto import VetoSource, veto_choices
+from .veto import VetoChoice, VetoSource, veto_choices
 
 FOLDS = 5
 
@@ -106,44 +106,55 @@ class Folds:
         """The candidate at its veto setting (see convert/head/veto.py): the one whose thresholds, raised until both
         false-alarm budgets hold, publish the most clips' own class (label recall). The unseen-kind rate reported
         chooses the setting nested too (`nested_choice_rate`)."""
-        clips = self.on_clips
-        tries = []
-        for choice in veto_choices(vetoes):
-            v_oof, v_unseen = choice.apply(oof, self.real_rows), choice.apply(unseen, self.negative_rows)
-            cuts, fig = self._figures(v_oof, v_unseen)
-            setting = Setting(thresholds_from(v_oof, self.truth), v_unseen, v_oof[clips])
-            tries.append((choice, cuts, fig, setting, v_oof))
-        plain = tries[0][2]
-        ranked = sorted(tries, key=lambda t: (-t[2]["top1"], len(t[0].sources), -t[0].min_score))  # ties: first
-        choice, cuts, chosen_fig, setting, v_oof = max(ranked, key=lambda t: t[2]["label_recall"])  # ties: first
+        tries = [self._veto_try(choice, oof, unseen) for choice in veto_choices(vetoes)]
+        plain = tries[0].figures
+        ranked = sorted(tries, key=lambda t: (-t.figures["top1"], len(t.choice.sources), -t.choice.min_score))
+        chosen = max(ranked, key=lambda t: t.figures["label_recall"])  # ties: the first in that order
         nested, per_kind = nested_choice_rate(
-            [t[3] for t in ranked], self.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING,
-            self.truth[clips],
+            [t.setting for t in ranked], self.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING,
+            self.truth[self.on_clips],
         )  # fmt: skip
         fig = {
-            **chosen_fig, "false_alarm_unseen": nested, "false_alarm_unseen_by_kind": per_kind,
-            "false_alarm_unseen_fixed_setting": chosen_fig["false_alarm_unseen"], "veto": choice.label,
+            **chosen.figures, "false_alarm_unseen": nested, "false_alarm_unseen_by_kind": per_kind,
+            "false_alarm_unseen_fixed_setting": chosen.figures["false_alarm_unseen"], "veto": chosen.choice.label,
             "top1_without_veto": plain["top1"], "false_alarm_unseen_without_veto": plain["false_alarm_unseen"],
         }  # fmt: skip
-        record = [{"veto": t[0].label, **{k: t[2][k] for k in VETO_SCORED}} for t in tries]
-        return Candidate(name, backbones, cost, fig, v_oof, cuts, setting.unseen, veto=choice, veto_tries=record,
-                         plain_oof=oof, plain_unseen=unseen, **extra)  # fmt: skip
+        record = [{"veto": t.choice.label, **{k: t.figures[k] for k in VETO_SCORED}} for t in tries]
+        return Candidate(name, backbones, cost, fig, chosen.oof, chosen.cuts, chosen.setting.unseen,
+                         veto=chosen.choice, veto_tries=record, plain_oof=oof, plain_unseen=unseen,
+                         **extra)  # fmt: skip
 
-    def _figures(self, oof: np.ndarray, unseen: np.ndarray) -> tuple[list[float], dict[str, Any]]:
-        """Thresholds (grouped-CV rule, then raised for unseen kinds) and the figures at them."""
-        base = thresholds_from(oof, self.truth)
-        clips = self.on_clips
-        cuts = cap_false_alarms(
-            base, unseen, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING, oof[clips], self.truth[clips]
-        )
-        fig = figures(oof, self.truth, cuts, clips, self.exact)
-        nested, per_kind = nested_unseen_rate(
-            base, unseen, self.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING, oof[clips],
-            self.truth[clips],
-        )  # fmt: skip
-        fig.update(
-            false_alarm_unseen=nested,
-            false_alarm_unseen_by_kind=per_kind,
-            false_alarm_unseen_before_raise=false_alarm_rate(unseen, thresholds_from(oof, self.truth)),
-        )
-        return cuts, fig
+    def _veto_try(self, choice: VetoChoice, oof: np.ndarray, unseen: np.ndarray) -> _VetoTry:
+        v_oof, v_unseen = choice.apply(oof, self.real_rows), choice.apply(unseen, self.negative_rows)
+        cuts, fig = _figures_at(self, v_oof, v_unseen)
+        return _VetoTry(choice, cuts, fig, Setting(thresholds_from(v_oof, self.truth), v_unseen, v_oof[self.on_clips]),
+                        v_oof)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _VetoTry:
+    """One veto setting of a candidate: its thresholds, figures, nested-choice setting and vetoed scores."""
+
+    choice: VetoChoice
+    cuts: list[float]
+    figures: dict[str, Any]
+    setting: Setting
+    oof: np.ndarray
+
+
+def _figures_at(folds: Folds, oof: np.ndarray, unseen: np.ndarray) -> tuple[list[float], dict[str, Any]]:
+    """Thresholds (grouped-CV rule, then raised for unseen kinds) and the figures at them."""
+    base = thresholds_from(oof, folds.truth)
+    clips = folds.on_clips
+    cuts = cap_false_alarms(base, unseen, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING, oof[clips], folds.truth[clips])
+    fig = figures(oof, folds.truth, cuts, clips, folds.exact)
+    nested, per_kind = nested_unseen_rate(
+        base, unseen, folds.negative_kinds, UNSEEN_FALSE_ALARM_TARGET, THRESHOLD_CEILING, oof[clips],
+        folds.truth[clips],
+    )  # fmt: skip
+    fig.update(
+        false_alarm_unseen=nested,
+        false_alarm_unseen_by_kind=per_kind,
+        false_alarm_unseen_before_raise=false_alarm_rate(unseen, thresholds_from(oof, folds.truth)),
+    )
+    return cuts, fig

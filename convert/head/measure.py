@@ -25,6 +25,7 @@ from .choose import (
 )
 from .data import (
     Examples,
+    Recording,
     load_waveform,
     read_recordings,
     recording_fold_map,
@@ -117,15 +118,39 @@ def window_cost_ms(models: list[Model], recordings, repeats: int = COST_WINDOWS)
 def measure(args: argparse.Namespace, work: Path) -> Measured:
     """Features of every window from the daemon's own backbone code, today's mapping and every candidate head, all
     scored out of fold on the same grouped folds, and on negative kinds left out whole."""
-    shared = args.shared
     names = BACKBONES if args.backbone == "both" else (args.backbone,)
-    recordings, held_out = read_recordings(shared, limit_per_label=args.limit_per_label, licences=args.licences)
+    recordings, held_out = read_recordings(args.shared, limit_per_label=args.limit_per_label, licences=args.licences)
     print(f"recordings: {len(recordings)} ({held_out} held-out rows skipped)", flush=True)
     # YAMNet's features are always computed: today's mapping is scored on them in the same run
-    backbones = {n: prepare(n, shared, work) for n in ("yamnet", *[n for n in names if n != "yamnet"])}
-    ontology = Ontology.load(shared / "data/audioset/ontology.json")
+    backbones = {n: prepare(n, args.shared, work) for n in ("yamnet", *[n for n in names if n != "yamnet"])}
+    ontology = Ontology.load(args.shared / "data/audioset/ontology.json")
     probes = {n: probe(args, b, work) for n, b in backbones.items()}
-    examples = {n: window_examples(args, b, probes[n], recordings, shared) for n, b in backbones.items()}
+    examples = {n: window_examples(args, b, probes[n], recordings, args.shared) for n, b in backbones.items()}
+    folds = _folds(recordings, examples, args.seed)
+    result = _head_result(recordings, examples["yamnet"], folds, held_out)
+    mapping_figures = _score_mapping(result, backbones["yamnet"].mapping, examples["yamnet"], folds)
+    costs = dict(zip(probes, window_cost_ms(list(probes.values()), recordings), strict=True))
+    print(
+        f"{'backbone':<12} {'pooling':<9} {'+scores':<8} {'mixes':<6} {'proxy':<6} {'top-1':>6} {'macro AP':>9} "
+        f"{'other':>6}   (grouped {FOLDS}-fold CV, {int(folds.on_clips.sum())} clips)"
+    )
+    candidates = [
+        _single_backbone(name, backbones[name], examples[name], folds, result, costs[name], ontology) for name in names
+    ]
+    if len(candidates) == 2:
+        candidates += _combinations(candidates, folds)
+    _print_candidates(candidates)
+    result.candidates = [c.record() for c in candidates]
+    result.costs = {"mapping": costs["yamnet"], **{c.name: c.cost_ms for c in candidates}}
+    result.figures = {"mapping": mapping_figures}
+    return Measured(
+        recordings, backbones, examples, folds.y, folds.real_rows, candidates, result, folds, probes, ontology
+    )
+
+
+def _folds(recordings: list[Recording], examples: dict[str, Examples], seed: int) -> Folds:
+    """The grouped folds and what each window is (clip, mix, proxy, negative kind), from YAMNet's windows; every
+    backbone's windows must be the same ones."""
     base = examples["yamnet"]
     for n, ex in examples.items():
         if ex.groups != base.groups or not np.array_equal(np.stack(ex.labels), np.stack(base.labels)):
@@ -136,9 +161,9 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
     truth = y[real_rows]
     by_group = {r.group: r for r in recordings}
     negatives = np.flatnonzero((real >= 0) & ~y.any(axis=1))
-    folds = Folds(
+    return Folds(
         y=y, real=real, groups=base.groups,
-        fold_of=recording_fold_map([recordings[i].group for i in real[real_rows]], truth, FOLDS, args.seed),
+        fold_of=recording_fold_map([recordings[i].group for i in real[real_rows]], truth, FOLDS, seed),
         truth=truth, on_clips=np.array([recordings[i].source == "clips" for i in real[real_rows]]), mixes=real < 0,
         proxy=np.array([any(by_group[g].proxy for g in gs) for gs in base.groups]),
         window_kinds=[frozenset(by_group[g].kind for g in gs) for gs in base.groups],
@@ -146,58 +171,69 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
         exact=np.array([recordings[i].source == "clips" and not recordings[i].proxy for i in real[real_rows]]),
     )  # fmt: skip
 
-    result = HeadResult(truth=truth, held_out_rows=held_out)
-    result.source = [recordings[i].source for i in real[real_rows]]
-    result.kind = [recordings[i].kind for i in real[real_rows]]
+
+def _head_result(recordings: list[Recording], base: Examples, folds: Folds, held_out: int) -> HeadResult:
+    """What the report says about the windows: their source and kind, and recordings per label and source."""
+    real = folds.real[folds.real_rows]
+    result = HeadResult(truth=folds.truth, held_out_rows=held_out)
+    result.source = [recordings[i].source for i in real]
+    result.kind = [recordings[i].kind for i in real]
     for rec in recordings:
         label = URBAN_CLASSES[rec.labels[0]].clip_label if rec.labels else "other"
         label += " (proxy)" if rec.proxy else ""
         result.counts.setdefault(label, {}).setdefault(rec.source, 0)
         result.counts[label][rec.source] += 1
-    result.counts.setdefault("(augmented mixes)", {})["clips"] = len(base.real) - len(real_rows)
+    result.counts.setdefault("(augmented mixes)", {})["clips"] = len(base.real) - len(folds.real_rows)
+    return result
 
-    # today's mapping on the same windows: mean over patches of YAMNet's own scores, class by mid
-    mapping = backbones["yamnet"].mapping
-    pooled = np.stack([base.scores[r].mean(axis=0) for r in real_rows])
+
+def _score_mapping(result: HeadResult, mapping: list[tuple[int, ...]], base: Examples, folds: Folds) -> dict[str, Any]:
+    """Today's mapping on the same windows: mean over patches of YAMNet's own scores, class by mid; its thresholds
+    as the yamnet converter ships them, best F1 per class on all clips (optimistic for the mapping)."""
+    truth = folds.truth
+    pooled = np.stack([base.scores[r].mean(axis=0) for r in folds.real_rows])
     result.mapping_scores = np.stack([pooled[:, list(idx)].max(axis=1) for idx in mapping], axis=1)
     clip_rows = np.flatnonzero(folds.on_clips)
-    # as the yamnet converter ships them: best F1 per class on all clips (optimistic for the mapping)
     result.mapping_thresholds = [best_f1_threshold(truth[clip_rows, k], result.mapping_scores[clip_rows, k]) for k in
                                  range(10)]  # fmt: skip
     mapping_figures = figures(result.mapping_scores, truth, result.mapping_thresholds, folds.on_clips, folds.exact)
     mapping_figures["false_alarm_unseen"] = mapping_figures["false_alarm_other"]  # the mapping learnt no kind
-    costs = dict(zip(probes, window_cost_ms(list(probes.values()), recordings), strict=True))
+    return mapping_figures
 
-    print(
-        f"{'backbone':<12} {'pooling':<9} {'+scores':<8} {'mixes':<6} {'proxy':<6} {'top-1':>6} {'macro AP':>9} "
-        f"{'other':>6}   (grouped {FOLDS}-fold CV, {len(clip_rows)} clips)"
-    )
+
+def _single_backbone(
+    name: str, backbone: HeadBackbone, examples: Examples, folds: Folds, result: HeadResult, cost_ms: float,
+    ontology: Ontology,
+) -> Candidate:  # fmt: skip
+    """Every variant of one backbone's head by grouped CV (each a row of the printed table and of the report), then
+    the best one as a candidate with its unseen-kind scores and veto."""
     proxies = (True, False) if folds.proxy.any() else (True,)
-    candidates: list[Candidate] = []
-    for name in names:
-        tried: list[tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]] = []
-        tries = itertools.product(backbones[name].variants, proxies, backbones[name].strides)
-        for (pooling, with_scores, augmented), with_proxies, stride in tries:
-            if augmented and not folds.mixes.any():
-                continue  # --augment 0: nothing to try
-            variant = Variant(pooling, with_scores, augmented, with_proxies, stride)
-            x = window_features(examples[name], pooling, with_scores, stride)
-            oof = cross_validate(x, y, base.groups, real, folds.fold_of, folds.trains(variant))
-            fig = figures(oof, truth, thresholds_from(oof, truth), folds.on_clips)
-            result.variants.append({"backbone": name, **variant.as_dict(), **{k: fig[k] for k in SCORED}})
-            _print_row(name, f"{pooling}/{stride}", str(with_scores), str(augmented), str(with_proxies), fig)
-            tried.append((variant, x, oof, fig))
-        variant, x, oof, _ = _best_variant(tried)
-        keep = folds.trains(variant)
-        unseen = unseen_kind_scores(x, y, keep, folds.window_kinds, negatives, folds.negative_kinds, fit_linear)
-        cost = costs[name] / variant.patch_stride  # the backbone's invokes dominate: half the patches, ~half the time
-        pooled = np.stack([s[:: variant.patch_stride].mean(axis=0) for s in examples[name].scores])
-        source = veto_source(name, backbones[name].class_map, ontology, pooled)
-        candidates.append(folds.finish(name, (name,), cost, oof, unseen, (source,), variant=variant, features=x,
-                                       keep=keep, veto_source=source))  # fmt: skip
-    if len(candidates) == 2:
-        candidates += _combinations(candidates, folds, y, base.groups, real)
+    tried: list[tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]] = []
+    for (pooling, with_scores, augmented), with_proxies, stride in itertools.product(
+        backbone.variants, proxies, backbone.strides
+    ):
+        if augmented and not folds.mixes.any():
+            continue  # --augment 0: nothing to try
+        variant = Variant(pooling, with_scores, augmented, with_proxies, stride)
+        x = window_features(examples, pooling, with_scores, stride)
+        oof = cross_validate(x, folds.y, folds.groups, folds.real, folds.fold_of, folds.trains(variant))
+        fig = figures(oof, folds.truth, thresholds_from(oof, folds.truth), folds.on_clips)
+        result.variants.append({"backbone": name, **variant.as_dict(), **{k: fig[k] for k in SCORED}})
+        _print_row(name, f"{pooling}/{stride}", str(with_scores), str(augmented), str(with_proxies), fig)
+        tried.append((variant, x, oof, fig))
+    variant, x, oof, _ = _best_variant(tried)
+    keep = folds.trains(variant)
+    unseen = unseen_kind_scores(
+        x, folds.y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds, fit_linear
+    )
+    cost = cost_ms / variant.patch_stride  # the backbone's invokes dominate: half the patches, ~half the time
+    pooled = np.stack([s[:: variant.patch_stride].mean(axis=0) for s in examples.scores])
+    source = veto_source(name, backbone.class_map, ontology, pooled)
+    return folds.finish(name, (name,), cost, oof, unseen, (source,), variant=variant, features=x, keep=keep,
+                        veto_source=source)  # fmt: skip
 
+
+def _print_candidates(candidates: list[Candidate]) -> None:
     print(f"{'candidate':<28} {'labels':>6} {'wrong':>6} {'top-1':>6} {'macro AP':>9} {'other: seen':>12} "
           f"{'unseen':>7} {'before raise':>13}  veto")  # fmt: skip
     for c in candidates:
@@ -205,10 +241,6 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
         print(f"{c.name:<28} {f['label_recall']:>6.3f} {f['wrong_label']:>6.3f} {f['top1']:>6.3f} "
               f"{f['macro_ap']:>9.3f} {f['false_alarm_other']:>12.3f} {f['false_alarm_unseen']:>7.3f} "
               f"{f['false_alarm_unseen_before_raise']:>13.3f}  {c.veto.label}", flush=True)  # fmt: skip
-    result.candidates = [c.record() for c in candidates]
-    result.costs = {"mapping": costs["yamnet"], **{c.name: c.cost_ms for c in candidates}}
-    result.figures = {"mapping": mapping_figures}
-    return Measured(recordings, backbones, examples, y, real_rows, candidates, result, folds, probes, ontology)
 
 
 def _best_variant(
@@ -220,9 +252,7 @@ def _best_variant(
     return max(tied, key=lambda t: (t[0].patch_stride, t[3]["top1"], t[3]["macro_ap"])) if tied else best
 
 
-def _combinations(
-    singles: list[Candidate], folds: Folds, y: np.ndarray, groups: list[tuple[str, ...]], real: np.ndarray
-) -> list[Candidate]:
+def _combinations(singles: list[Candidate], folds: Folds) -> list[Candidate]:
     """Both backbones: one head over their concatenated features (measured), and their two heads averaged with the
     weight grouped CV likes best (shippable as a version-2 bundle)."""
     a, b = singles
@@ -233,8 +263,10 @@ def _combinations(
     both, cost, sources = (a.name, b.name), a.cost_ms + b.cost_ms, (a.veto_source, b.veto_source)
     x = np.hstack([a.features, b.features])
     keep = a.keep & b.keep
-    oof = cross_validate(x, y, groups, real, folds.fold_of, keep)
-    unseen = unseen_kind_scores(x, y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds, fit_linear)
+    oof = cross_validate(x, folds.y, folds.groups, folds.real, folds.fold_of, keep)
+    unseen = unseen_kind_scores(
+        x, folds.y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds, fit_linear
+    )
     concatenated = folds.finish("concatenated", both, cost, oof, unseen, sources)
 
     def weighted(wa: float) -> np.ndarray:  # the members' scores before their vetoes: the average gets its own
