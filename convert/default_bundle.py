@@ -29,6 +29,7 @@ from custom.daemon.model.bundle import MANIFEST_NAME, load_bundle
 from .head.build import add_arguments as add_head_arguments
 from .head.build import build as build_head
 from .head.data import DataError
+from .head.measure import HeadResult
 
 HELP = "build the default bundle from ../shared (headed iff the head beats the mapping on grouped CV)"
 FALSE_ALARM_CAP = 0.05  # share of "other" windows that may get a label, unless the mapping already has more
@@ -149,6 +150,39 @@ def _record_choice(bundle_dir: Path, choice: dict[str, Any]) -> None:
     os.replace(staging, manifest)
 
 
+def _replace(out: Path, bundle: Path) -> None:
+    """Copy `bundle` to `out` beside it first, then swap: `out` is never half-written."""
+    import shutil
+
+    staged = out.with_name(f".{out.name}.new")
+    shutil.rmtree(staged, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(bundle, staged)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staged, out)
+
+
+def _commit(args: argparse.Namespace, out: Path, result: HeadResult, comparisons: list[dict[str, Any]]) -> int:
+    """--commit-dir: the bundle as the repository commits it (heads + manifest with its assembly recipe) and its
+    model card."""
+    from custom.daemon.model.assemble import AssemblyError
+
+    from .head.model_card import write_model_card
+    from .prebuilt import commit
+
+    try:
+        commit(out, args.shared, args.commit_dir)
+    except (ValueError, AssemblyError) as exc:
+        print(f"custom-convert default-bundle: --commit-dir: {exc}")
+        return int(getattr(exc, "code", exitcodes.DATA_ERROR))
+    card = write_model_card(
+        args.commit_dir / "MODEL_CARD.md", json.loads((out / MANIFEST_NAME).read_text()), result, comparisons
+    )
+    print(f"wrote {args.commit_dir} with {card.name} (commit it; assemble: python -m custom.daemon.model.assemble)")
+    return exitcodes.OK
+
+
 def run(args: argparse.Namespace) -> int:
     from .backbones.yamnet import shared_layout_args
     from .cli import main as convert
@@ -188,31 +222,11 @@ def run(args: argparse.Namespace) -> int:
                 return status
         _record_choice(chosen, choice)
         load_bundle(chosen)  # still valid after the provenance edit
-        staged = out.with_name(f".{out.name}.new")
-        import shutil
-
-        shutil.rmtree(staged, ignore_errors=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(chosen, staged)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
+        _replace(out, chosen)
     if args.commit_dir is not None:
-        from custom.daemon.model.assemble import AssemblyError
-
-        from .prebuilt import commit
-
-        try:
-            commit(out, args.shared, args.commit_dir)
-        except (ValueError, AssemblyError) as exc:
-            print(f"custom-convert default-bundle: --commit-dir: {exc}")
-            return getattr(exc, "code", exitcodes.DATA_ERROR)
-        from .head.model_card import write_model_card
-
-        card = write_model_card(
-            args.commit_dir / "MODEL_CARD.md", json.loads((out / MANIFEST_NAME).read_text()), result, comparisons
-        )
-        print(f"wrote {args.commit_dir} with {card.name} (commit it; assemble: python -m custom.daemon.model.assemble)")
+        status = _commit(args, out, result, comparisons)
+        if status != exitcodes.OK:
+            return status
     bundle = load_bundle(out)
     print(f"wrote {out} ({bundle.bundle_id}, sha256 {bundle.sha256[:12]}…)")
     return exitcodes.OK

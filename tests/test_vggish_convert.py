@@ -40,7 +40,7 @@ from custom.testing.vggish import (
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")
 
-from custom.convert import vggish  # noqa: E402  (imports TensorFlow lazily, but its tests need it anyway)
+from custom.convert.backbones import vggish  # noqa: E402  (imports TensorFlow lazily, but its tests need it anyway)
 from custom.convert.backbones.vggish_model import (  # noqa: E402
     OFFICIAL,
     CheckpointError,

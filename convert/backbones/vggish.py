@@ -281,23 +281,7 @@ def build(args: BuildOptions, arch: Architecture = OFFICIAL) -> int:
                 f"< {floor} on {result.checked_patches} patches; no bundle written (try another --quantize)"
             )
             return exitcodes.SOFTWARE
-        draft = BundleDraft(
-            bundle_id=args.bundle_id,
-            version=args.version,
-            backbone="vggish",
-            frontend=VGGISH,
-            backbone_model=ModelSpec(
-                file=BACKBONE_FILE, input=BACKBONE_INPUT, output=BACKBONE_OUTPUT, input_kind="log_mel"
-            ),
-            classifier_model=classifier.spec,
-            postprocess={"kind": "audioset_pca", "file": PCA_FILE},
-            classes=[
-                ClassSpec(c.name, c.audioset_name, c.mid, threshold)
-                for c, threshold in zip(URBAN_CLASSES, classifier.thresholds, strict=True)
-            ],
-            sources={BACKBONE_FILE: work / BACKBONE_FILE, CLASSIFIER_FILE: classifier.path, PCA_FILE: args.pca},
-            provenance=_provenance(args, arch, classifier, result, calibration),
-        )
+        draft = _draft(args, work, classifier, _provenance(args, arch, classifier, result, calibration))
         try:
             check_bundle(write_bundle(draft, work / "bundle"))  # a bad bundle never replaces a good one at --out
             bundle = write_bundle(draft, args.out)
@@ -310,6 +294,26 @@ def build(args: BuildOptions, arch: Architecture = OFFICIAL) -> int:
 
     _summary(bundle, args, arch, result, time.monotonic() - started)
     return exitcodes.OK
+
+
+def _draft(args: BuildOptions, work: Path, classifier: Classifier, provenance: dict[str, Any]) -> BundleDraft:
+    return BundleDraft(
+        bundle_id=args.bundle_id,
+        version=args.version,
+        backbone="vggish",
+        frontend=VGGISH,
+        backbone_model=ModelSpec(
+            file=BACKBONE_FILE, input=BACKBONE_INPUT, output=BACKBONE_OUTPUT, input_kind="log_mel"
+        ),
+        classifier_model=classifier.spec,
+        postprocess={"kind": "audioset_pca", "file": PCA_FILE},
+        classes=[
+            ClassSpec(c.name, c.audioset_name, c.mid, threshold)
+            for c, threshold in zip(URBAN_CLASSES, classifier.thresholds, strict=True)
+        ],
+        sources={BACKBONE_FILE: work / BACKBONE_FILE, CLASSIFIER_FILE: classifier.path, PCA_FILE: args.pca},
+        provenance=provenance,
+    )
 
 
 def check_bundle(bundle: Any) -> None:

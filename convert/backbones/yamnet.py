@@ -189,67 +189,90 @@ def write_mapping_bundle(src: MappingSource, args: argparse.Namespace, started: 
     mappings = {False: class_outputs(src.class_map, None)}
     if ontology is not None:
         mappings[True] = class_outputs(src.class_map, ontology)
-    descendants = ontology is not None
-    aggregation = args.aggregation or "max"
-    thresholds = [DEFAULT_THRESHOLD] * len(URBAN_CLASSES)
-    calibration: dict = {"rule": f"fixed default {DEFAULT_THRESHOLD} (no --clips given)"}
-
-    def draft(mapping: list[tuple[int, ...]], agg: str, cuts: list[float]) -> BundleDraft:
-        return BundleDraft(
-            bundle_id=args.bundle_id,
-            version=args.version,
-            backbone=src.backbone,
-            frontend=src.frontend,
-            backbone_model=src.spec,
-            classes=[
-                ClassSpec(c.name, c.audioset_name, c.mid, t, idx)
-                for c, t, idx in zip(URBAN_CLASSES, cuts, mapping, strict=True)
-            ],
-            sources={src.model_file: src.tflite},
-            aggregation=agg,
-            provenance={
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "tool": src.tool,
-                "source_model": {"file": src.tflite.name, "sha256": sha256_file(src.tflite)},
-                "class_map": {"file": src.class_map_path.name, "sha256": sha256_file(src.class_map_path)},
-                **src.provenance,
-                "descendants_pooled": descendants,
-                "thresholds": calibration,
-            },
-        )
-
+    choice = _Calibration(
+        aggregation=args.aggregation or "max",
+        descendants=ontology is not None,
+        thresholds=[DEFAULT_THRESHOLD] * len(URBAN_CLASSES),
+        record={"rule": f"fixed default {DEFAULT_THRESHOLD} (no --clips given)"},
+    )
     if args.clips is not None:
-        from tqdm import tqdm
-
-        clips = read_manifest(args.clips)
-        with tempfile.TemporaryDirectory() as tmp:
-            model = Model(write_bundle(draft(mappings[descendants], aggregation, thresholds), Path(tmp) / "probe"))
-            with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
-                outputs = clip_outputs(model, clips, progress=bar.update)
-        truth = np.array([c.class_index for c in clips])
-        variants = choose_variant(outputs, truth, mappings)
-        print(f"{'aggregation':<12} {'descendants':<12} {'top-1':>6} {'macro AP':>9}   (on {len(clips)} clips)")
-        for v in variants:
-            print(f"{v.aggregation:<12} {str(v.descendants):<12} {v.top1:>6.3f} {v.macro_ap:>9.3f}")
-        best = variants[0] if args.aggregation is None else next(v for v in variants if v.aggregation == aggregation)
-        aggregation, descendants = best.aggregation, best.descendants
-        scores = _pool(outputs, aggregation, mappings[descendants])
-        thresholds, cv = clip_thresholds(scores, truth, recording_folds(clips))
-        calibration = {
-            "rule": "per class, the threshold with the best F1 on the clips (one-vs-rest), clamped to 0.05..0.95",
-            "clips": {"manifest": str(args.clips), "count": len(clips), "sha256": sha256_file(args.clips)},
-            "chosen": {"aggregation": aggregation, "descendants": descendants, "top1": best.top1},
-            "variants": [v.__dict__ for v in variants],
-            "cross_validated": {"folds": "2, grouped by source recording", **cv},
-        }
-        print(f"chosen: aggregation={aggregation} descendants={descendants} (top-1 {best.top1:.3f})")
-    bundle = write_bundle(draft(mappings[descendants], aggregation, thresholds), args.out)
+        choice = _calibrate(src, args, mappings, choice)
+    bundle = write_bundle(_mapping_draft(src, args, mappings, choice), args.out)
     Model(bundle)  # proves the written bundle loads and its tensors match the manifest
     size_kb = sum((bundle.path / name).stat().st_size for name in bundle.files) / 1024
     print(f"wrote {bundle.path} ({bundle.bundle_id} {bundle.version}, {src.spec.input_kind} input, {size_kb:.0f} KiB)")
     print("thresholds: " + ", ".join(f"{c.name} {c.threshold:.2f}" for c in bundle.classes))
     print(f"bundle sha256 {bundle.sha256}  ({time.monotonic() - started:.1f} s)")
     return exitcodes.OK
+
+
+@dataclass(frozen=True)
+class _Calibration:
+    """How the mapping bundle pools and thresholds its classes, and the record of how that was chosen."""
+
+    aggregation: str
+    descendants: bool
+    thresholds: list[float]
+    record: dict[str, Any]
+
+
+def _mapping_draft(
+    src: MappingSource, args: argparse.Namespace, mappings: dict[bool, list[tuple[int, ...]]], choice: _Calibration
+) -> BundleDraft:
+    mapping = mappings[choice.descendants]
+    return BundleDraft(
+        bundle_id=args.bundle_id,
+        version=args.version,
+        backbone=src.backbone,
+        frontend=src.frontend,
+        backbone_model=src.spec,
+        classes=[
+            ClassSpec(c.name, c.audioset_name, c.mid, t, idx)
+            for c, t, idx in zip(URBAN_CLASSES, choice.thresholds, mapping, strict=True)
+        ],
+        sources={src.model_file: src.tflite},
+        aggregation=choice.aggregation,
+        provenance={
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tool": src.tool,
+            "source_model": {"file": src.tflite.name, "sha256": sha256_file(src.tflite)},
+            "class_map": {"file": src.class_map_path.name, "sha256": sha256_file(src.class_map_path)},
+            **src.provenance,
+            "descendants_pooled": choice.descendants,
+            "thresholds": choice.record,
+        },
+    )
+
+
+def _calibrate(
+    src: MappingSource, args: argparse.Namespace, mappings: dict[bool, list[tuple[int, ...]]], default: _Calibration
+) -> _Calibration:
+    """Run every clip of --clips once through a probe bundle, then choose aggregation and descendants by top-1 and
+    per-class thresholds by F1 on those scores."""
+    from tqdm import tqdm
+
+    clips = read_manifest(args.clips)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Model(write_bundle(_mapping_draft(src, args, mappings, default), Path(tmp) / "probe"))
+        with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
+            outputs = clip_outputs(model, clips, progress=bar.update)
+    truth = np.array([c.class_index for c in clips])
+    variants = choose_variant(outputs, truth, mappings)
+    print(f"{'aggregation':<12} {'descendants':<12} {'top-1':>6} {'macro AP':>9}   (on {len(clips)} clips)")
+    for v in variants:
+        print(f"{v.aggregation:<12} {str(v.descendants):<12} {v.top1:>6.3f} {v.macro_ap:>9.3f}")
+    best = variants[0] if args.aggregation is None else next(v for v in variants if v.aggregation == args.aggregation)
+    aggregation, descendants = best.aggregation, best.descendants
+    scores = _pool(outputs, aggregation, mappings[descendants])
+    thresholds, cv = clip_thresholds(scores, truth, recording_folds(clips))
+    print(f"chosen: aggregation={aggregation} descendants={descendants} (top-1 {best.top1:.3f})")
+    return _Calibration(aggregation, descendants, thresholds, {
+        "rule": "per class, the threshold with the best F1 on the clips (one-vs-rest), clamped to 0.05..0.95",
+        "clips": {"manifest": str(args.clips), "count": len(clips), "sha256": sha256_file(args.clips)},
+        "chosen": {"aggregation": aggregation, "descendants": descendants, "top1": best.top1},
+        "variants": [v.__dict__ for v in variants],
+        "cross_validated": {"folds": "2, grouped by source recording", **cv},
+    })  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -324,10 +324,34 @@ def _validation_lines(clf: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _per_class_lines(m: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
+    names = list(m["per_class_ap"])
+    lines = [
+        "## Per class (shipped thresholds)",
+        "",
+        "| class | positives | AP | AP (LR) | threshold | precision | recall | 'other' alarmed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in names:
+        pc = m["per_class"][n]
+        b = _f(base["per_class_ap"][n]) if base else "–"
+        lines.append(
+            f"| {n} | {pc['positives']} | {_f(pc['ap'])} | {b} | {pc['threshold']:.3f} | {_f(pc['precision'])} | "
+            f"{_f(pc['recall'])} | {_f(pc['other_false_alarm_rate'])} |"
+        )
+    lines += ["", "## Confusion on single-label clips (rows true, columns top-1)", ""]
+    short = [n.split("/")[0][:8] for n in names]
+    lines.append("| true \\ predicted | " + " | ".join(short) + " |")
+    lines.append("| --- " * (len(names) + 1) + "|")
+    for n, row in zip(names, m["confusion"], strict=True):
+        lines.append(f"| {n} | " + " | ".join(str(v) for v in row) + " |")
+    lines.append("")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m = report["metrics"]
     base = report.get("baseline", {}).get("metrics")
-    names = list(m["per_class_ap"])
     data = report["data"]
     clf = report.get("classifier", {})
     lines = [
@@ -354,26 +378,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         b = _f(base.get(key)) if base and key in base else "–"
         lines.append(f"| {label} | {_f(m[key])} | {b} | {t['target']} | {'yes' if t['met'] else 'no'} |")
     lines += ["", "Seed figures (not on this data): " + "; ".join(f"{k}: {v}" for k, v in report["seed"].items()), ""]
-    lines += [
-        "## Per class (shipped thresholds)",
-        "",
-        "| class | positives | AP | AP (LR) | threshold | precision | recall | 'other' alarmed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for n in names:
-        pc = m["per_class"][n]
-        b = _f(base["per_class_ap"][n]) if base else "–"
-        lines.append(
-            f"| {n} | {pc['positives']} | {_f(pc['ap'])} | {b} | {pc['threshold']:.3f} | {_f(pc['precision'])} | "
-            f"{_f(pc['recall'])} | {_f(pc['other_false_alarm_rate'])} |"
-        )
-    lines += ["", "## Confusion on single-label clips (rows true, columns top-1)", ""]
-    short = [n.split("/")[0][:8] for n in names]
-    lines.append("| true \\ predicted | " + " | ".join(short) + " |")
-    lines.append("| --- " * (len(names) + 1) + "|")
-    for n, row in zip(names, m["confusion"], strict=True):
-        lines.append(f"| {n} | " + " | ".join(str(v) for v in row) + " |")
-    lines.append("")
+    lines += _per_class_lines(m, base)
     if base:
         lines += [f"Baseline: {report['baseline']['model']}, trained on `{report['baseline']['data']['path']}`.", ""]
     lines += _validation_lines(clf)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,48 +76,74 @@ def run(args: argparse.Namespace) -> int:
 
     with tqdm(total=len(clips), desc="clips", unit="clip", disable=None) as bar:
         outputs = clip_outputs(model, clips, progress=bar.update)
-    scores = np.stack([model.class_scores(o) for o in outputs])  # (clips, classes)
-    truth = np.array([c.class_index for c in clips])
-    predicted = scores.argmax(axis=1)
-    matrix = confusion_matrix(truth, predicted, len(names))
-    recall = np.diag(matrix) / np.maximum(1, matrix.sum(axis=1))
-    precision = np.diag(matrix) / np.maximum(1, matrix.sum(axis=0))
-    detected = scores[np.arange(len(clips)), truth] >= np.asarray(model.bundle.thresholds)[truth]
-    recall_at_threshold = np.array(
-        [detected[truth == k].mean() if (truth == k).any() else np.nan for k in range(len(names))]
-    )
-    top1 = float((predicted == truth).mean())
+    fig = _Figures.of(model, outputs, np.array([c.class_index for c in clips]))
+    _print_table(model, names, fig)
+    if args.report is not None:
+        _write_report(args.report, args.manifest, model, names, fig)
+    return exitcodes.OK
 
-    print(f"bundle {model.bundle.bundle_id} ({model.bundle.sha256[:12]}), {len(clips)} clips: top-1 {top1:.3f}")
+
+@dataclass(frozen=True)
+class _Figures:
+    clips: int
+    top1: float
+    matrix: np.ndarray  # (classes, classes) rows true, columns predicted
+    recall: np.ndarray
+    precision: np.ndarray
+    recall_at_threshold: np.ndarray  # the clip's class among the event's labels
+
+    @classmethod
+    def of(cls, model: Model, outputs: list[np.ndarray], truth: np.ndarray) -> _Figures:
+        classes = len(model.bundle.class_names)
+        scores = np.stack([model.class_scores(o) for o in outputs])  # (clips, classes)
+        predicted = scores.argmax(axis=1)
+        matrix = confusion_matrix(truth, predicted, classes)
+        detected = scores[np.arange(len(truth)), truth] >= np.asarray(model.bundle.thresholds)[truth]
+        return cls(
+            clips=len(truth),
+            top1=float((predicted == truth).mean()),
+            matrix=matrix,
+            recall=np.diag(matrix) / np.maximum(1, matrix.sum(axis=1)),
+            precision=np.diag(matrix) / np.maximum(1, matrix.sum(axis=0)),
+            recall_at_threshold=np.array(
+                [detected[truth == k].mean() if (truth == k).any() else np.nan for k in range(classes)]
+            ),
+        )
+
+
+def _print_table(model: Model, names: list[str], fig: _Figures) -> None:
+    print(f"bundle {model.bundle.bundle_id} ({model.bundle.sha256[:12]}), {fig.clips} clips: top-1 {fig.top1:.3f}")
     print(f"{'class':<18} {'clips':>5} {'recall':>7} {'precision':>9} {'recall@thr':>10}")
     for k, name in enumerate(names):
-        count = int(matrix[k].sum())
-        print(f"{name:<18} {count:>5} {recall[k]:>7.3f} {precision[k]:>9.3f} {recall_at_threshold[k]:>10.3f}")
+        count = int(fig.matrix[k].sum())
+        print(
+            f"{name:<18} {count:>5} {fig.recall[k]:>7.3f} {fig.precision[k]:>9.3f} {fig.recall_at_threshold[k]:>10.3f}"
+        )
     short = [n[:6] for n in names]
     print("confusion (rows true, columns predicted):")
     print(" " * 19 + " ".join(f"{s:>6}" for s in short))
     for k, name in enumerate(names):
-        print(f"{name:<18} " + " ".join(f"{v:>6d}" for v in matrix[k]))
+        print(f"{name:<18} " + " ".join(f"{v:>6d}" for v in fig.matrix[k]))
 
-    if args.report is not None:
-        args.report.mkdir(parents=True, exist_ok=True)
-        report = {
-            "bundle": {"id": model.bundle.bundle_id, "sha256": model.bundle.sha256},
-            "manifest": str(args.manifest),
-            "clips": len(clips),
-            "top1": round(top1, 4),
-            "per_class": {
-                name: {
-                    "clips": int(matrix[k].sum()),
-                    "recall": round(float(recall[k]), 4),
-                    "precision": round(float(precision[k]), 4),
-                    "recall_at_threshold": round(float(recall_at_threshold[k]), 4),
-                }
-                for k, name in enumerate(names)
-            },
-            "confusion": {"rows_true_columns_predicted": names, "matrix": matrix.tolist()},
-        }
-        (args.report / "clips_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        confusion_png(matrix, names, args.report / "confusion_clips.png", f"{model.bundle.bundle_id} on real clips")
-        print(f"report written to {args.report}")
-    return exitcodes.OK
+
+def _write_report(out: Path, manifest: Path, model: Model, names: list[str], fig: _Figures) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "bundle": {"id": model.bundle.bundle_id, "sha256": model.bundle.sha256},
+        "manifest": str(manifest),
+        "clips": fig.clips,
+        "top1": round(fig.top1, 4),
+        "per_class": {
+            name: {
+                "clips": int(fig.matrix[k].sum()),
+                "recall": round(float(fig.recall[k]), 4),
+                "precision": round(float(fig.precision[k]), 4),
+                "recall_at_threshold": round(float(fig.recall_at_threshold[k]), 4),
+            }
+            for k, name in enumerate(names)
+        },
+        "confusion": {"rows_true_columns_predicted": names, "matrix": fig.matrix.tolist()},
+    }
+    (out / "clips_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    confusion_png(fig.matrix, names, out / "confusion_clips.png", f"{model.bundle.bundle_id} on real clips")
+    print(f"report written to {out}")

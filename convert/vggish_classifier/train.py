@@ -332,6 +332,22 @@ def calibrate_thresholds(labels: np.ndarray, scores: np.ndarray, other_alarm: fl
 # ------------------------------------------------------------------------------------------------------ training
 
 
+def _select(
+    clips: ClipSet, hyper: Hyper, seed: int, compare: list[str]
+) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+    """Out-of-fold validation of every --compare family and the chosen one; the chosen one's out-of-fold scores."""
+    selection = {}
+    for family in dict.fromkeys([*compare, hyper.model]):
+        t0 = time.perf_counter()
+        oof = out_of_fold_scores(family, replace(hyper, model=family), clips, seed)
+        selection[family] = {**validation_metrics(clips.labels, oof), "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("validation %s: macro AP %.4f, top-1 %.4f", family, selection[family]["macro_ap"],
+                 selection[family]["top1_single_label"])  # fmt: skip
+        if family == hyper.model:
+            chosen_oof = oof
+    return selection, chosen_oof
+
+
 def train(
     clips: ClipSet,
     out_dir: Path,
@@ -347,15 +363,7 @@ def train(
     _configure_tf(threads)
     started = time.perf_counter()
     log.info("training data: %s", json.dumps(clips.summary()))
-    selection = {}
-    for family in dict.fromkeys([*(compare or []), hyper.model]):
-        t0 = time.perf_counter()
-        oof = out_of_fold_scores(family, replace(hyper, model=family), clips, seed)
-        selection[family] = {**validation_metrics(clips.labels, oof), "seconds": round(time.perf_counter() - t0, 1)}
-        log.info("validation %s: macro AP %.4f, top-1 %.4f", family, selection[family]["macro_ap"],
-                 selection[family]["top1_single_label"])  # fmt: skip
-        if family == hyper.model:
-            chosen_oof = oof
+    selection, chosen_oof = _select(clips, hyper, seed, compare or [])
     thresholds = calibrate_thresholds(clips.labels, chosen_oof, hyper.other_alarm)
     validation = validation_metrics(clips.labels, chosen_oof, thresholds)
     validation["folds"] = hyper.folds
