@@ -24,30 +24,15 @@ from typing import Any
 import numpy as np
 
 from custom.daemon import exitcodes
-from custom.daemon.model.bundle import (
-    Bundle,
-    BundleDraft,
-    EnsembleDraft,
-    write_bundle,
-)
+from custom.daemon.model.bundle import Bundle, BundleDraft, EnsembleDraft, write_bundle
 from custom.daemon.model.inference import Model
 
 from .backbones import BACKBONES, HeadBackbone
 from .bundle import HEAD_FILE, ensemble_draft, export_head, head_draft, head_spec, strided
-from .choose import (
-    CHOICE_RULE,
-    Candidate,
-    pick,
-)
-from .data import (
-    DataError,
-    Recording,
-)
+from .choose import CHOICE_RULE, Candidate, pick
+from .data import DataError, Recording
 from .fit import L2, fit_linear, sigmoid
-from .folds import (
-    FOLDS,
-    THRESHOLD_RULE,
-)
+from .folds import FOLDS, THRESHOLD_RULE
 from .licences import FAMILIES, describe, parse_families
 from .measure import HeadResult, Measured, measure
 

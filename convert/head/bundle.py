@@ -23,13 +23,8 @@ from custom.daemon.pipeline import TRAINED_BAND_RATE_HZ
 
 from ..classes import CLASS_NAMES, URBAN_CLASSES
 from .backbones import HeadBackbone
-from .choose import (
-    Candidate,
-    Variant,
-)
-from .data import (
-    WINDOW_S,
-)
+from .choose import Candidate, Variant
+from .data import WINDOW_S
 from .veto import VetoChoice
 
 HEAD_FILE = "head.tflite"

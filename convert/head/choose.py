@@ -10,13 +10,9 @@ import numpy as np
 
 from custom.daemon import exitcodes
 
-from .data import (
-    DataError,
-)
+from .data import DataError
 from .fit import L2
-from .openset import (
-    UNSEEN_FALSE_ALARM_TARGET,
-)
+from .openset import UNSEEN_FALSE_ALARM_TARGET
 from .thresholds import SEEN_FALSE_ALARM_TARGET
 from .veto import VetoChoice, VetoSource
 

@@ -9,23 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from custom.daemon.model.bundle import (
-    sha256_file,
-    write_bundle,
-)
+from custom.daemon.model.bundle import sha256_file, write_bundle
 from custom.daemon.model.inference import Model
 
 from ..classes import URBAN_CLASSES
 from .backbones import HeadBackbone
 from .bundle import HEAD_FILE, export_head, head_draft, head_spec
-from .data import (
-    THIN_CLASSES,
-    BackboneFeatures,
-    Examples,
-    build_examples,
-    load_examples,
-    save_examples,
-)
+from .data import THIN_CLASSES, BackboneFeatures, Examples, build_examples, load_examples, save_examples
 from .licences import FAMILIES, describe
 
 CACHE_VERSION = 3  # 2: mix offsets drawn as a fraction (rate-independent); 3: EfficientAT STFT in float32 (scipy)

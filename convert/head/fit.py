@@ -10,9 +10,7 @@ import numpy as np
 
 from custom.daemon.model.head import pool_features
 
-from .data import (
-    Examples,
-)
+from .data import Examples
 
 L2 = 0.1  # weight decay: on ../shared, grouped-CV top-1 0.823 at 0.1 vs 0.805 at 1.0 and 0.751 at 0.01 (mean_max)
 

@@ -9,10 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .choose import (
-    Candidate,
-    Variant,
-)
+from .choose import Candidate, Variant
 from .figures import figures
 from .fit import fit_linear, sigmoid
 from .openset import (

@@ -19,29 +19,13 @@ from ..classes import URBAN_CLASSES
 from ..evaluate.metrics import best_f1_threshold
 from ..ontology import Ontology
 from .backbones import BACKBONES, HeadBackbone, prepare
-from .choose import (
-    Candidate,
-    Variant,
-)
-from .data import (
-    Examples,
-    Recording,
-    load_waveform,
-    read_recordings,
-    recording_fold_map,
-)
+from .choose import Candidate, Variant
+from .data import Examples, Recording, load_waveform, read_recordings, recording_fold_map
 from .features import probe, window_examples
 from .figures import figures
 from .fit import fit_linear, window_features
-from .folds import (
-    FOLDS,
-    Folds,
-    cross_validate,
-    thresholds_from,
-)
-from .openset import (
-    unseen_kind_scores,
-)
+from .folds import FOLDS, Folds, cross_validate, thresholds_from
+from .openset import unseen_kind_scores
 from .veto import veto_source
 
 # Pooling variants per backbone: convert/head/backbones.py. For YAMNet, appending its 521 scores lost 2-3 points of
