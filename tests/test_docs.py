@@ -65,3 +65,35 @@ def test_the_tests_a_doc_names_exist(doc: str) -> None:
     assert len(named) >= (10 if doc == "SECURITY.md" else 5), named
     missing = [f"{f}::{t}" for f, t in named if f"def {t}(" not in (ROOT / "tests" / f).read_text()]
     assert not missing, f"{doc} names tests that do not exist: {missing}"
+
+
+# The packages whose every module the README's layout tables name; a row is `| ... | `dir/` | ... modules ... |`.
+LAYOUT_PACKAGES = ("daemon", "ingest", "convert")
+LAYOUT_ROW = re.compile(r"^\|(?:[^|\n]*\|)?\s*`([a-z_/]+/)`\s*\|(.*)$", re.MULTILINE)
+
+
+def layout_rows() -> dict[str, str]:
+    """Directory -> the text of every layout row that names it (a directory may span floors)."""
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("\n## Layout") :]
+    rows: dict[str, str] = {}
+    for directory, cells in LAYOUT_ROW.findall(layout):
+        rows[directory] = rows.get(directory, "") + cells
+    return rows
+
+
+def test_layout_tables_name_every_module() -> None:
+    """A newcomer looks for a module in the README's layout: each one is named in the row of its own directory
+    (the deepest directory with a row), so a module added, moved or renamed without the table fails here."""
+    rows = layout_rows()
+    assert {f"{package}/" for package in LAYOUT_PACKAGES} <= set(rows), "every package has a layout row"
+    missing = []
+    for package in LAYOUT_PACKAGES:
+        for module in sorted((ROOT / package).rglob("*.py")):
+            if module.name == "__init__.py" or module.name == "__main__.py":
+                continue
+            parts = module.relative_to(ROOT).parts[:-1]
+            directory = next(d for d in ("/".join(parts[:n]) + "/" for n in range(len(parts), 0, -1)) if d in rows)
+            if f"`{module.stem}`" not in rows[directory]:
+                missing.append(f"{module.relative_to(ROOT)} (row `{directory}`)")
+    assert not missing, "README.md's layout does not name:\n" + "\n".join(missing)

@@ -9,10 +9,11 @@ Conventions, applied everywhere a level is reported:
 * With `audio.calibration_db` set (see `custom-sensord calibrate`) the offset is added and levels are dB(A) SPL;
   without it they are A-weighted dBFS.
 
-A-weighting is applied in the frequency domain (one rfft/irfft of the window) with the IEC 61672-1 analytic curve,
-rather than as a bilinear-transformed IIR filter. Why: the daemon runs on numpy alone (no scipy, so no fast IIR), the
-whole window is at hand at once, a power meter does not care about phase, and the FFT weighting is exact up to
-Nyquist where a bilinear filter at 16 kHz sampling warps the top octave. The window is mirror-padded so that its
+A-weighting is applied in the frequency domain (one rfft/irfft of the window, through `audio.fft.real_fft`: scipy's
+float32 FFT when the optional `fastfft` extra is installed, as the installer does, else numpy's float64 one) with the
+IEC 61672-1 analytic curve, rather than as a bilinear-transformed IIR filter. Why: scipy is optional on the sensor (so
+no IIR filter can be counted on), the whole window is at hand at once, a power meter does not care about phase, and
+the FFT weighting is exact up to Nyquist where a bilinear filter warps the top octave. The window is mirror-padded so that its
 edges make no click (see `LevelMeter.weighted`).
 
 Fast time weighting is the IEC exponential average of the squared A-weighted signal with tau = 125 ms, evaluated per
