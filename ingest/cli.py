@@ -20,7 +20,7 @@ import psycopg
 from custom.daemon import exitcodes
 
 from .config import ConfigError, IngestConfig, load_config
-from .migrate import migrate, pending
+from .migrate import MissingRight, migrate, pending
 from .records import Judge
 from .store import connect, drop_old_partitions
 
@@ -127,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.UNAVAILABLE
     with conn:
         if args.command == "migrate":
-            done = migrate(conn)
+            try:
+                done = migrate(conn)
+            except MissingRight as exc:
+                print(f"custom-ingest: {exc}", file=sys.stderr)
+                return exitcodes.CONFIG
             print(f"custom-ingest: applied {', '.join(done)}" if done else "custom-ingest: schema up to date")
             return exitcodes.OK
         if config.retention_days < 1:

@@ -75,7 +75,7 @@ def parse_format(params: Mapping[str, str], allowed: Sequence[str] = FORMATS) ->
 
 def parse_limit(params: Mapping[str, str], default: int = 200, most: int = 5000) -> int:
     text = params.get("limit", str(default))
-    if not text.isdigit() or not 1 <= int(text) <= most:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or not 1 <= int(text) <= most:  # int(): <= 4300 digits
         raise BadRequest(f"limit: {text[:20]!r} is not a whole number from 1 to {most}")
     return int(text)
 
