@@ -76,7 +76,8 @@ class IngestConfig:
     batch_wait_s: float = opt(0.2, "Longest a message waits for its batch to fill (latency vs. throughput).", gt=0.0)
     retention_days: int = opt(0, "Drop event partitions older than this many days; 0 keeps everything.", lo=0)
     health_interval_s: float = opt(10.0, "Seconds between the ingest's health messages.", gt=0.0)
-    timezone: str = opt("UTC", "Local time of alert periods (`between`), Lden day/evening/night and the heatmap.")
+    timezone: str = opt("Europe/Madrid", "Local time of alert periods (`between`), Lden day/evening/night, the "
+                        "heatmap and every time the dashboard shows.")  # fmt: skip
     alerts: AlertSettings = opt(factory=AlertSettings, doc="Exceedance rules (alert_rules.py).")
     dashboard: DashboardSettings = opt(factory=DashboardSettings, doc="The web dashboard.")
 

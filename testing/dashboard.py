@@ -95,6 +95,27 @@ def write_fixture_fleet(dsn: str, now: float) -> dict[str, int]:
     return counts
 
 
+def write_crowd(dsn: str, count: int, now: float) -> list[FixtureSensor]:
+    """`count` more sensors on a grid over central Madrid (about 9 x 10 km), one recent window each: a city-sized map
+    where markers must cluster. Returns them."""
+    from custom.ingest.records import EventRow, Judge
+    from custom.ingest.store import Store, connect
+
+    side = max(1, round(count**0.5))
+    crowd = [
+        FixtureSensor(f"grid-{k:04d}", 40.38 + 0.08 * (k // side) / side, -3.75 + 0.12 * (k % side) / side,
+                      CLASSES[k % len(CLASSES)], 45.0 + (k * 7) % 35, 0.0)
+        for k in range(count)
+    ]  # fmt: skip
+    start = now - now % WINDOW_S - WINDOW_S
+    judge = Judge()
+    rows = [judge.judge(f"custom/{s.sensor_id}/events", fixture_event(s, start, s.laeq)) for s in crowd]
+    assert all(isinstance(row, EventRow) for row in rows), rows
+    with connect(dsn) as conn:
+        Store(conn).write([row for row in rows if isinstance(row, EventRow)], [], [])
+    return crowd
+
+
 def reader_dsn(cluster: PgCluster, dsn: str) -> str:
     """`dsn` logged in as a role that is only in custom_reader (the role migration 002 grants SELECT to)."""
     import psycopg

@@ -202,3 +202,73 @@ def test_dashboard_bench_runs_at_a_tiny_size(tmp_path):
     names = [row.split(" | ")[0] for row in rows]
     assert names[0].startswith("| first view (/ + /api/settings") and names[1] == "| /api/sensors", names
     assert any("Chromium" in row for row in rows) and any("example rules" in row for row in rows)
+
+
+# Every marker and cluster drawn, with those whose box is not inside the map's, and how many sensors they stand for.
+IN_VIEW_JS = """() => {
+  const box = document.getElementById("map").getBoundingClientRect();
+  const inside = (r) => r.left >= box.left - 1 && r.right <= box.right + 1 && r.top >= box.top - 1
+                        && r.bottom <= box.bottom + 1;
+  const drawn = [...document.querySelectorAll("path.sensor-marker, .sensor-cluster, .sensor-label")];
+  const out = drawn.filter((el) => !inside(el.getBoundingClientRect()))
+                   .map((el) => el.getAttribute("class") + " " + el.textContent);
+  const clustered = [...document.querySelectorAll(".sensor-cluster")].reduce((n, el) => n + Number(el.textContent), 0);
+  return { out, counted: clustered + document.querySelectorAll("path.sensor-marker").length };
+}"""
+SETTLED_JS = "() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+
+def _all_in_view(page, sensors, when):
+    page.evaluate(SETTLED_JS)
+    seen = page.evaluate(IN_VIEW_JS)
+    assert seen["out"] == [] and seen["counted"] == sensors, (when, seen)
+
+
+def _open_panel(page, sensor_id):
+    page.evaluate("(id) => openSensor(id)", sensor_id)  # as a click on its marker (or its cluster, zoomed in) does
+    page.wait_for_selector(f"#sensor-panel[data-sensor='{sensor_id}']", timeout=20000)
+    return page.locator("#map").bounding_box()["width"]
+
+
+def test_every_sensor_stays_in_view_when_panels_open_close_and_the_window_resizes(fleet, make_dashboard, browser):
+    """The issue's vanishing sensor: opening a panel halves the map. After every panel opens, after it closes and
+    after the window narrows, each sensor's point and its label lie inside the map's visible box."""
+    server = make_dashboard(fleet[0])
+    page = browser.page
+    log_in(page, server.url)
+    page.wait_for_selector("body[data-ready='1']", timeout=20000)
+    _all_in_view(page, len(FLEET), "first view")
+    for sensor in FLEET:
+        page.locator(f"path.sensor-{sensor.sensor_id}").click()  # a real click: it must be visible to be clicked
+        page.wait_for_selector(f"#sensor-panel[data-sensor='{sensor.sensor_id}']", timeout=20000)
+        _all_in_view(page, len(FLEET), f"panel {sensor.sensor_id} open")
+    page.locator("#close-panel").click()
+    _all_in_view(page, len(FLEET), "panel closed")
+    for width in (1024, 1920, 1366):
+        page.set_viewport_size({"width": width, "height": 900})
+        _open_panel(page, "C")
+        _all_in_view(page, len(FLEET), f"{width} px, panel open")
+    assert browser.console_errors == []
+
+
+def test_a_city_of_sensors_clusters_and_stays_in_view(pg_cluster, ingest_db, make_dashboard, browser):
+    """150 sensors over the city: markers cluster (the vendored Leaflet.markercluster), labels only on hover, and
+    after each panel opens every sensor is drawn inside the map, alone or counted in a cluster."""
+    from custom.testing.dashboard import write_crowd
+
+    now = time.time()
+    write_fixture_fleet(ingest_db, now)
+    crowd = write_crowd(ingest_db, 150, now)
+    total = len(FLEET) + len(crowd)
+    server = make_dashboard(reader_dsn(pg_cluster, ingest_db))
+    page = browser.page
+    log_in(page, server.url)
+    page.wait_for_selector("body[data-ready='1']", timeout=20000)
+    assert page.locator(".sensor-cluster").count() > 0
+    assert page.locator(".sensor-label").count() == 0  # no permanent labels at this size
+    _all_in_view(page, total, "first view")
+    wide = page.locator("#map").bounding_box()["width"]
+    for sensor_id in ("A", crowd[0].sensor_id, crowd[-1].sensor_id):
+        assert _open_panel(page, sensor_id) < 0.7 * wide  # side by side at 1280 px: the map shrank
+        _all_in_view(page, total, f"panel {sensor_id} open")
+    assert browser.console_errors == []
