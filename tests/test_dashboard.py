@@ -272,3 +272,71 @@ def test_a_city_of_sensors_clusters_and_stays_in_view(pg_cluster, ingest_db, mak
         assert _open_panel(page, sensor_id) < 0.7 * wide  # side by side at 1280 px: the map shrank
         _all_in_view(page, total, f"panel {sensor_id} open")
     assert browser.console_errors == []
+
+
+# Madrid's clocks went forward at 2026-03-29 01:00 UTC: a window an hour before is 01:00 CET, one at it 03:00 CEST.
+DST_WINDOWS = (("2026-03-29T00:00:00Z", "2026-03-29 01:00", "CET"), ("2026-03-29T01:00:00Z", "2026-03-29 03:00", "CEST"))
+
+
+def test_one_clock_on_the_page_across_a_dst_change(pg_cluster, ingest_db, make_dashboard, browser):
+    """Two fixture windows either side of the spring DST change, and an alert opened at each: the chart's tooltip, the
+    class timeline, the heatmap and the alert table all show the same Europe/Madrid 24-hour time, zone named."""
+    from datetime import datetime
+
+    from custom.ingest.records import Judge
+    from custom.ingest.store import Store, connect
+    from custom.testing.dashboard import FixtureSensor, fixture_event
+
+    sensor = FixtureSensor("D", 40.4150, -3.7000, "Dog", 61.0, 0.0)
+    judge = Judge()
+    starts = [datetime.fromisoformat(utc).timestamp() for utc, _, _ in DST_WINDOWS]
+    rows = [judge.judge("custom/D/events", fixture_event(sensor, start, 61.0)) for start in starts]
+    with connect(ingest_db) as conn:
+        Store(conn).write(rows, [], [])
+        for utc, _, _ in DST_WINDOWS:
+            conn.execute(
+                "INSERT INTO alerts (rule, kind, sensor_id, opened_at, closed_at, value, detail) "
+                "VALUES ('night-noise', 'level', 'D', %s, %s::timestamptz + interval '10 minutes', 61, 'fixture')",
+                (utc, utc),
+            )
+        conn.commit()
+    server = make_dashboard(reader_dsn(pg_cluster, ingest_db))
+    page = browser.page
+    log_in(page, server.url)
+    page.wait_for_selector("body[data-ready='1']", timeout=20000)
+    assert "Europe/Madrid (CET), 24-hour" in page.locator("#clock").inner_text()  # December here: CET
+    page.locator("#range").select_option("dates")
+    page.fill("#range-from", "2026-03-28")
+    page.fill("#range-to", "2026-03-29")
+    page.locator("#range-form button[type=submit]").click()
+    page.wait_for_selector("#range[data-applied^='dates:']")
+    page.evaluate("() => openSensor('D')")
+    page.wait_for_selector("#sensor-panel[data-sensor='D'][data-windows='2']", timeout=20000)
+    page.wait_for_function("() => document.getElementById('alerts').dataset.count === '2'")
+
+    alert_rows = page.locator("#alerts tr").all_inner_texts()
+    heat = {
+        cell.get_attribute("data-hour"): int(cell.get_attribute("data-events"))
+        for cell in page.locator("#heatmap tr:has(th:text-is('Dog')) td").all()
+    }
+    assert {hour for hour, n in heat.items() if n} == {"01", "03"}, heat
+    for (utc, local, zone), start in zip(DST_WINDOWS, starts, strict=True):
+        shown = f"{local}:00 {zone}"
+        tooltip = page.evaluate(
+            """(t) => { const u = window.dashboard.plot; u.setCursor({ left: u.valToPos(t, "x"), top: 10 });
+                        return document.querySelector(".u-legend .u-series:first-child .u-value").textContent; }""",
+            start,
+        )
+        assert tooltip == shown, (utc, tooltip)
+        timeline = page.evaluate(
+            """(ms) => { const c = document.getElementById("chart-classes"), box = c.getBoundingClientRect();
+                         const s = window.dashboard.timeline;
+                         const px = 110 + ((ms - s.t0) / (s.t1 - s.t0)) * (c.width - 120) + 1;
+                         c.dispatchEvent(new MouseEvent("mousemove", { clientX: box.left + px * box.width / c.width,
+                                                                       clientY: box.top + 5 }));
+                         return document.getElementById("timeline-at").textContent; }""",
+            start * 1000,
+        )
+        assert timeline.startswith(shown), (utc, timeline)
+        assert any(f"{local} {zone}" in row for row in alert_rows), (utc, alert_rows)
+    assert browser.console_errors == []

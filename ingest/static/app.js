@@ -241,6 +241,7 @@ function drawClasses(series) {
   if (!series.length) return;
   const t0 = Date.parse(series[0].window_start), t1 = Date.parse(series[series.length - 1].window_end);
   const x = (ms) => 110 + ((ms - t0) / Math.max(1, t1 - t0)) * (canvas.width - 120);
+  state.timeline = { t0, t1 };
   ctx.font = "11px sans-serif";
   classes.forEach((name, i) => {
     ctx.fillStyle = "#222";
