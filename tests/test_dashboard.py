@@ -275,7 +275,10 @@ def test_a_city_of_sensors_clusters_and_stays_in_view(pg_cluster, ingest_db, mak
 
 
 # Madrid's clocks went forward at 2026-03-29 01:00 UTC: a window an hour before is 01:00 CET, one at it 03:00 CEST.
-DST_WINDOWS = (("2026-03-29T00:00:00Z", "2026-03-29 01:00", "CET"), ("2026-03-29T01:00:00Z", "2026-03-29 03:00", "CEST"))
+DST_WINDOWS = (
+    ("2026-03-29T00:00:00Z", "2026-03-29 01:00", "CET"),
+    ("2026-03-29T01:00:00Z", "2026-03-29 03:00", "CEST"),
+)
 
 
 def test_one_clock_on_the_page_across_a_dst_change(pg_cluster, ingest_db, make_dashboard, browser):
