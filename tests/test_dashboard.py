@@ -343,3 +343,41 @@ def test_one_clock_on_the_page_across_a_dst_change(pg_cluster, ingest_db, make_d
         assert timeline.startswith(shown), (utc, timeline)
         assert any(f"{local} {zone}" in row for row in alert_rows), (utc, alert_rows)
     assert browser.console_errors == []
+
+
+FITS_JS = """() => {
+  const heads = [...document.querySelectorAll("#heatmap tr:first-child th")].slice(1);
+  const boxes = heads.map((th) => th.getBoundingClientRect());
+  return {
+    page: document.documentElement.scrollWidth, window: window.innerWidth,
+    header: heads.map((th) => th.textContent).join(" "),
+    clipped: heads.filter((th) => th.scrollWidth > th.clientWidth).map((th) => th.textContent),
+    touching: boxes.slice(1).filter((b, i) => b.left < boxes[i].right - 0.5).length,
+    narrowest: Math.min(...boxes.map((b) => b.width)),
+  };
+}"""
+
+
+@pytest.mark.parametrize("width", [1024, 1366, 1920])
+def test_the_page_fits_the_window_with_a_panel_open(fleet, make_dashboard, browser, width, tmp_path):
+    """No horizontal scrollbar at common screen widths with a sensor's panel open (the issue's page was 1415 px in a
+    1400 px window), and a heatmap header whose 24 hours each fit their own cell."""
+    import os
+    import shutil
+
+    page = browser.page
+    page.set_viewport_size({"width": width, "height": 1000})
+    log_in(page, make_dashboard(fleet[0]).url)
+    page.wait_for_selector("body[data-ready='1']", timeout=20000)
+    page.locator("path.sensor-A").click()
+    page.wait_for_selector("#sensor-panel[data-sensor='A']", timeout=20000)
+    page.evaluate(SETTLED_JS)
+    fits = page.evaluate(FITS_JS)
+    assert fits["page"] <= fits["window"] == width, fits
+    assert fits["header"] == " ".join(f"{h:02d}" for h in range(24)), fits
+    assert fits["clipped"] == [] and fits["touching"] == 0 and fits["narrowest"] >= 16, fits
+    shot = tmp_path / f"dashboard-{width}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("CUSTOM_SCREENSHOTS"):  # regenerate the README's pictures: ingest/screenshots
+        shutil.copy(shot, os.environ["CUSTOM_SCREENSHOTS"])
+    assert browser.console_errors == []
