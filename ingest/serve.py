@@ -2,9 +2,9 @@
 behind a login (door.py; users in users.py).
 
 The database is only read: connections run every transaction READ ONLY, and the DSN should name a login role in
-`custom_reader` (created by migration 002; ingest/README.md). The page and its libraries (Leaflet, uPlot: vendored from
-npm, ingest/static/vendor) are served from the package; nothing is loaded from elsewhere except the basemap tiles, and
-only when `dashboard.tile_url` is set.
+`custom_reader` (created by migration 002; ingest/README.md). The page and its libraries (Leaflet, its markercluster,
+uPlot: vendored from npm, ingest/static/vendor) are served from the package, the basemap from the operator's MBTiles
+file (basemap.py); nothing is loaded from elsewhere unless `dashboard.tile_url` names a tile server.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import dashboard as d
+from .basemap import MBTiles, read_outline
 from .config import IngestConfig
 from .door import Door, Sessions, Throttle, door_routes
 from .topic import SENSOR_ID
@@ -94,11 +95,32 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
     def index(request: Request) -> Response:
         return FileResponse(_static_dir() / "index.html", media_type="text/html")
 
+    key = "ingest.dashboard"
+    tiles = MBTiles(Path(settings.basemap_mbtiles), f"{key}.basemap_mbtiles") if settings.basemap_mbtiles else None
+    outline = None
+    if settings.outline_geojson:
+        outline = read_outline(Path(settings.outline_geojson), f"{key}.outline_geojson")
+    tile_layer: dict[str, Any] = {"url": settings.tile_url, "attribution": settings.tile_attribution}
+    if tiles is not None:
+        spec = tiles.spec
+        tile_layer = {"url": "/api/tiles/{z}/{x}/{y}", "attribution": spec.attribution, "minZoom": spec.minzoom,
+                      "maxNativeZoom": spec.maxzoom, "bounds": spec.bounds}  # fmt: skip
+
     def settings_json(request: Request) -> Response:
         return Response(d.to_json({
-            "tile_url": settings.tile_url, "tile_attribution": settings.tile_attribution,
-            "timezone": config.timezone, "silent_after_s": d.SILENT_AFTER_S,
+            "tile_url": tile_layer["url"], "tile_attribution": tile_layer["attribution"], "tile_layer": tile_layer,
+            "outline": outline is not None, "timezone": config.timezone, "silent_after_s": d.SILENT_AFTER_S,
         }), media_type="application/json")  # fmt: skip
+
+    def tile(request: Request) -> Response:
+        assert tiles is not None
+        found = tiles.tile(*(request.path_params[k] for k in ("z", "x", "y")))
+        if found is None:
+            return _error("no tile here", 404)
+        return Response(found, media_type=tiles.spec.media_type, headers={"Cache-Control": "private, max-age=86400"})
+
+    def outline_json(request: Request) -> Response:
+        return Response(outline, media_type="application/geo+json")
 
     def sensors(request: Request) -> Response:
         d.check_params(request.query_params, ("format",))
@@ -155,6 +177,10 @@ def create_app(config: IngestConfig, pool: ConnectionPool[psycopg.Connection[Any
         Route(f"{prefix}/health", sensor_route("health", SPAN_KEYS, d.SPAN_MAX, health)),
         Mount("/static", StaticFiles(directory=_static_dir()), name="static"),
     ]
+    if tiles is not None:
+        routes.append(Route("/api/tiles/{z:str}/{x:str}/{y:str}", tile))
+    if outline is not None:
+        routes.append(Route("/api/outline", outline_json))
     return Starlette(
         routes=routes,
         exception_handlers={d.BadRequest: bad_request, 404: not_found},

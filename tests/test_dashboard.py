@@ -381,3 +381,74 @@ def test_the_page_fits_the_window_with_a_panel_open(fleet, make_dashboard, brows
     if os.environ.get("CUSTOM_SCREENSHOTS"):  # regenerate the README's pictures: ingest/screenshots
         shutil.copy(shot, os.environ["CUSTOM_SCREENSHOTS"])
     assert browser.console_errors == []
+
+
+MADRID = (-3.75, 40.38, -3.65, 40.45)  # west, south, east, north: around the fixture fleet
+
+
+def test_basemap_from_an_mbtiles_file_without_the_internet(fleet, make_dashboard, browser, tmp_path):
+    """The operator's MBTiles file (made here, a few hundred solid tiles over central Madrid): the page draws its
+    tiles, served by the dashboard behind the login, and asks nothing of any other address."""
+    from custom.testing.dashboard import make_mbtiles
+
+    tiles = make_mbtiles(tmp_path / "madrid.mbtiles", MADRID, range(10, 17))
+    server = make_dashboard(fleet[0], extra=["--basemap", str(tmp_path / "madrid.mbtiles")])
+    (z, x, y), png = next(iter(sorted(tiles.items())))
+    assert server.get(f"/api/tiles/{z}/{x}/{y}") == (200, "image/png", png)
+    assert server.get(f"/api/tiles/{z}/{x}/{y}", anonymous=True)[0] == 401
+    for bad in ("9/0/0", "99/1/1", "10/-1/3", "10/%00/1", f"{z}/{x}/{1 << z}", "1/2/" + "9" * 5000):
+        status, kind, _ = server.get(f"/api/tiles/{bad}")
+        assert status == 404 and kind == "application/json", (bad, status)
+    requests: list[str] = []
+    page = browser.page
+    page.on("request", lambda request: requests.append(request.url))
+    log_in(page, server.url)
+    page.wait_for_selector("body[data-ready='1']", timeout=20000)
+    page.wait_for_function("() => document.querySelectorAll('img.leaflet-tile-loaded').length > 0", timeout=10000)
+    shown = page.evaluate("() => [...document.querySelectorAll('img.leaflet-tile-loaded')].map((i) => i.src)")
+    assert all("/api/tiles/" in src for src in shown), shown
+    assert "test tiles" in page.locator(".leaflet-control-attribution").inner_text()
+    assert [url for url in requests if not url.startswith(server.url)] == []
+    assert page.locator("path.sensor-marker").count() == len(FLEET)
+    assert browser.console_errors == []
+
+
+def test_no_basemap_draws_the_outline_and_a_scale(fleet, make_dashboard, browser, tmp_path):
+    """Neither tiles nor a tile server: the operator's GeoJSON outline (here a district and a street) and the scale."""
+    outline = tmp_path / "districts.geojson"
+    ring = [[-3.72, 40.40], [-3.68, 40.40], [-3.68, 40.43], [-3.72, 40.43], [-3.72, 40.40]]
+    street = [[-3.71, 40.415], [-3.69, 40.418]]
+    outline.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "Centro"}, "geometry": {"type": "Polygon", "coordinates": [ring]}},
+        {"type": "Feature", "properties": {}, "geometry": {"type": "LineString", "coordinates": street}},
+    ]}))  # fmt: skip
+    server = make_dashboard(fleet[0], extra=["--outline", str(outline)])
+    page = browser.page
+    log_in(page, server.url)
+    page.wait_for_selector("#map[data-outline='1']", timeout=20000)
+    assert page.locator("path.basemap-outline").count() == 2
+    assert page.locator("img.leaflet-tile").count() == 0
+    assert page.locator(".leaflet-control-scale-line").inner_text().strip()
+    assert server.get("/api/outline", anonymous=True)[0] == 401
+    assert browser.console_errors == []
+
+
+def test_serve_refuses_a_basemap_it_cannot_use(fleet, tmp_path, capsys):
+    not_tiles = tmp_path / "city.mbtiles"
+    not_tiles.write_text("not sqlite")
+    outline = tmp_path / "districts.geojson"
+    outline.write_text("[1, 2]")
+    users = tmp_path / "users"
+    from custom.ingest.users import add_user
+
+    add_user(users, "operator", "correct horse battery staple")
+    common = ["serve", "--dsn", fleet[0], "--port", str(free_port()), "--users-file", str(users)]
+    for extra, key in (
+        (["--basemap", str(not_tiles)], "ingest.dashboard.basemap_mbtiles"),
+        (["--outline", str(outline)], "ingest.dashboard.outline_geojson"),
+        (["--basemap", str(tmp_path / "absent.mbtiles")], "ingest.dashboard.basemap_mbtiles"),
+        (["--basemap", str(not_tiles), "--tile-url", "http://127.0.0.1:1/{z}/{x}/{y}.png"], "not both"),
+    ):
+        assert ingest_cli(common + extra) == 78, extra
+        err = capsys.readouterr().err.strip()
+        assert key in err and err.count("\n") == 0, err

@@ -76,8 +76,20 @@ const when = (text) => (text ? state.clock.minute(new Date(text)) : text);
 function initMap(settings) {
   const map = L.map("map", { zoomControl: true, attributionControl: Boolean(settings.tile_url), maxZoom: 19,
                          zoomSnap: 0.25 }); // fits hug the sensors
-  if (settings.tile_url) {
-    L.tileLayer(settings.tile_url, { attribution: settings.tile_attribution, maxZoom: 19 }).addTo(map);
+  const tiles = settings.tile_layer;
+  if (tiles.url) { // the server's own MBTiles (/api/tiles: only where the file has tiles) or a configured tile server
+    const [west, south, east, north] = tiles.bounds || [];
+    L.tileLayer(tiles.url, {
+      attribution: tiles.attribution, maxZoom: 19, minZoom: tiles.minZoom || 0, maxNativeZoom: tiles.maxNativeZoom,
+      bounds: tiles.bounds ? L.latLngBounds([south, west], [north, east]) : undefined,
+    }).addTo(map);
+  }
+  if (settings.outline) {
+    getJSON("/api/outline").then((outline) => {
+      L.geoJSON(outline, { interactive: false, style: { color: "#5a6b80", weight: 1.2, fillOpacity: 0.04,
+                                                       className: "basemap-outline" } }).addTo(map).bringToBack();
+      $("map").dataset.outline = "1";
+    }).catch(showError);
   }
   L.control.scale({ metric: true, imperial: false }).addTo(map);
   map.setView([40.4168, -3.7038], 12);
