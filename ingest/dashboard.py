@@ -80,6 +80,26 @@ def parse_limit(params: Mapping[str, str], default: int = 200, most: int = 5000)
     return int(text)
 
 
+def parse_day(params: Mapping[str, str], default: date) -> date:
+    """`day` (YYYY-MM-DD, a local day); default: `default`."""
+    text = params.get("day", "")
+    if text == "":
+        return default
+    try:
+        return date.fromisoformat(text) if len(text) == 10 else date.fromisoformat("")
+    except ValueError:
+        raise BadRequest(f"day: {text[:40]!r} is not a date (YYYY-MM-DD, e.g. 2026-11-25)") from None
+
+
+def parse_choice(params: Mapping[str, str], key: str, allowed: Sequence[str]) -> str:
+    """A required value out of a known set (a rule's name)."""
+    value = params.get(key, "")
+    if value not in allowed:
+        known = ", ".join(allowed) or "none configured"
+        raise BadRequest(f"{key}: {value[:40]!r} is not one of {known}")
+    return value
+
+
 Rows = list[dict[str, Any]]
 
 

@@ -3,12 +3,13 @@ downloads, bad parameters, and the page in a real headless Chromium (Debian's, d
 
 from __future__ import annotations
 
+import calendar
 import csv
 import io
 import json
 import math
 import time
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import psycopg
 import pytest
@@ -452,3 +453,52 @@ def test_serve_refuses_a_basemap_it_cannot_use(fleet, tmp_path, capsys):
         assert ingest_cli(common + extra) == 78, extra
         err = capsys.readouterr().err.strip()
         assert key in err and err.count("\n") == 0, err
+
+
+def test_what_the_officer_came_for_range_indicators_and_hours_over(fleet, make_dashboard, browser, tmp_path):
+    """A range choice the panels and downloads follow, the map coloured by yesterday's Lden or Ln (EU END
+    indicators), and per sensor the hours over a level rule in the range: A (72-74 dB) is over 60 dB every hour it
+    was measured, B (58-60) and C (50-52) never."""
+    config = tmp_path / "ingest.yaml"
+    config.write_text("alerts: {rules: [{name: over-60, laeq_above: 60, minutes: 5}]}\n")
+    server = make_dashboard(fleet[0], config)
+    over = {r["sensor_id"]: r for r in _json(server, "/api/over-limit?rule=over-60")}
+    assert over["A"]["hours_over"] == over["A"]["hours_measured"] >= 24, over
+    assert over["B"]["hours_over"] == over["C"]["hours_over"] == 0 and over["B"]["hours_measured"] >= 24, over
+    (row,) = _csv(server, "/api/over-limit?format=csv&sensor_id=A")
+    assert row == {k: str(v) for k, v in over["A"].items()}, row
+    levels = {r["sensor_id"]: r for r in _json(server, "/api/levels")}
+    assert levels["A"]["lden"] > levels["B"]["lden"] > levels["C"]["lden"], levels
+    assert levels["A"]["ln"] + 10 > levels["A"]["lden"] > levels["A"]["ln"], levels  # a steady level: Lden ~ Ln + 6
+    for bad, names in (("/api/over-limit?rule=nope", "rule"), ("/api/levels?day=2026-02-30", "day")):
+        status, _, body = server.get(bad)
+        assert status == 400 and names in json.loads(body)["error"], (bad, body)
+
+    page = browser.page
+    log_in(page, server.url)
+    page.wait_for_selector("body[data-ready='1']", timeout=20000)
+    page.wait_for_selector("#map-controls[data-shown^='laeq:over-60']", timeout=20000)
+    label_a = page.locator(".sensor-label", has_text="A LAeq").inner_text()
+    assert f"{over['A']['hours_over']} h over over-60" in label_a, label_a
+    page.locator("#colour-by").select_option("lden_yesterday")
+    page.wait_for_selector("#map-controls[data-shown^='lden_yesterday:']", timeout=20000)
+    assert "Lden >= 75 dB(A)" in page.locator("#legend").inner_text()
+    fills = {s.sensor_id: page.locator(f"path.sensor-{s.sensor_id}").get_attribute("fill") for s in FLEET}
+    bands = {75: "#d7191c", 65: "#fd8d3c", 55: "#fecc5c", -1: "#1a9641"}
+    for sensor_id, fill in fills.items():
+        expected = bands[max(low for low in bands if levels[sensor_id]["lden"] >= low)]
+        assert fill == expected, (sensor_id, fill, levels[sensor_id])
+    assert f"Lden {levels['C']['lden']:.1f} dB" in page.locator(".sensor-label", has_text="C Lden").inner_text()
+
+    page.locator("path.sensor-A").click()
+    page.wait_for_selector("#sensor-panel[data-sensor='A']", timeout=20000)
+    assert (
+        f"{over['A']['hours_over']} of {over['A']['hours_measured']} measured" in page.locator("#health").inner_text()
+    )
+    page.locator("#range").select_option("7d")
+    page.wait_for_selector("#map-controls[data-shown$=':7d::']", timeout=20000)
+    page.wait_for_function("() => document.getElementById('sensor-panel').dataset.windows === String(180 + 72)")
+    href = page.locator("#dl-series").get_attribute("href")  # the download is what the panel shows: 7 days
+    since = parse_qs(urlsplit(href).query)["since"][0]
+    assert abs(time.time() - 7 * 86400 - calendar.timegm(time.strptime(since, "%Y-%m-%dT%H:%M:%SZ"))) < 120, href
+    assert browser.console_errors == []

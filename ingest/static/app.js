@@ -68,14 +68,17 @@ function fillTable(table, header, rows) {
 const state = {
   map: null, layer: null, sensor: null, plot: null, settings: null, clock: null, colourBy: "laeq",
   points: [], inView: [], fits: 0, range: { kind: "24h" },
+  extra: {}, // per sensor: yesterday's Lden/Ln and the hours over the chosen rule, merged into the map's properties
 };
+const INDICATORS = { laeq: "LAeq", lden_yesterday: "Lden", ln_yesterday: "Ln" };
 window.dashboard = state; // for a look from the browser's console (and the tests)
 
 const when = (text) => (text ? state.clock.minute(new Date(text)) : text);
 
 function initMap(settings) {
   const map = L.map("map", { zoomControl: true, attributionControl: Boolean(settings.tile_url), maxZoom: 19,
-                         zoomSnap: 0.25 }); // fits hug the sensors
+                         zoomSnap: 0.25, // fits hug the sensors
+                         fadeAnimation: false }); // a redrawn map's old labels go at once, not over 200 ms
   const tiles = settings.tile_layer;
   if (tiles.url) { // the server's own MBTiles (/api/tiles: only where the file has tiles) or a configured tile server
     const [west, south, east, north] = tiles.bounds || [];
@@ -105,9 +108,10 @@ function initMap(settings) {
 }
 
 function drawLegend() {
-  const what = { laeq: "LAeq", lden_yesterday: "Lden", ln_yesterday: "Ln" }[state.colourBy];
+  const what = INDICATORS[state.colourBy];
   $("legend").innerHTML = BANDS.map(([, c, t]) => `<span><i style="background:${c}"></i>${what} ${t} dB(A)</span>`)
     .join("") + `<span><i style="background:${SILENT}"></i>${state.colourBy === "laeq" ? "silent" : "no data"}</span>`;
+  $("legend").dataset.colourBy = state.colourBy;
 }
 
 function refit(points) {
@@ -128,7 +132,9 @@ function clusterIcon(cluster) {
 }
 
 async function loadSensors(fit) {
+  const ticket = (state.loads = (state.loads || 0) + 1);
   const geojson = await getJSON("/api/sensors");
+  if (ticket !== state.loads) return; // a later load (a refresh, another colour) draws instead: one layer only
   const features = geojson.features;
   if (state.layer) state.layer.remove();
   const permanent = features.length <= LABELS_UP_TO;
@@ -136,8 +142,9 @@ async function loadSensors(fit) {
     chunkedLoading: true, showCoverageOnHover: false, maxClusterRadius: 45, iconCreateFunction: clusterIcon,
     animate: false, // clusters are redrawn at once: no half-merged frames, and less work at 1,000 sensors
   });
+  const rule = $("rule").value;
   const markers = features.map((f) => {
-    const p = f.properties;
+    const p = Object.assign(f.properties, state.extra[f.properties.sensor_id]);
     const [lon, lat] = f.geometry.coordinates;
     const marker = L.circleMarker([lat, lon], {
       radius: 8, weight: p.open_alerts > 0 ? 3 : 1, color: p.open_alerts > 0 ? "#000" : "#333",
@@ -147,8 +154,9 @@ async function loadSensors(fit) {
     marker.colour = colour(p);
     marker.alerting = p.open_alerts > 0;
     const value = p[state.colourBy];
-    const level = value === null || value === undefined ? "–" : `${value.toFixed(1)} dB`;
-    marker.bindTooltip(`${p.sensor_id} ${level}${p.silent ? " silent" : ""}${p.top_class ? " · " + p.top_class : ""}`,
+    const level = `${INDICATORS[state.colourBy]} ${value === null || value === undefined ? "–" : value.toFixed(1) + " dB"}`;
+    const over = rule && p.hours_over !== undefined ? ` · ${p.hours_over} h over ${rule}` : "";
+    marker.bindTooltip(`${p.sensor_id} ${level}${p.silent ? " silent" : ""}${p.top_class ? " · " + p.top_class : ""}${over}`,
                        { permanent, direction: "right", className: "sensor-label" });
     marker.on("click", () => openSensor(p.sensor_id).catch(showError));
     return marker;
@@ -221,6 +229,7 @@ function drawHealth(h) {
     ["windows (range)", h.windows], ["clock synced", synced],
     ["largest clock error", h.max_clock_error_ms === null ? null : `${h.max_clock_error_ms} ms`],
     [`unmeasured minutes (mic down), hour ${when(h.summary_hour) || "–"}`, h.mic_down_min],
+    ...overLimitRow(),
   ]);
 }
 
@@ -306,6 +315,32 @@ function drawHeatmap(rows) {
   });
 }
 
+function overLimitRow() {
+  const rule = state.settings.level_rules.find((r) => r.name === $("rule").value);
+  const mine = state.extra[state.sensor] || {};
+  if (!rule || mine.hours_over === undefined) return [];
+  const period = rule.between ? `, ${rule.between}` : "";
+  return [[`hours over ${rule.name} (LAeq > ${rule.laeq_above} dB${period}), range`,
+           `${mine.hours_over} of ${mine.hours_measured} measured`]];
+}
+
+// What the map can be coloured by besides the latest LAeq, and the hours over the chosen rule: asked for on demand.
+async function loadIndicators() {
+  const extra = {};
+  const merge = (id, values) => { extra[id] = Object.assign(extra[id] || {}, values); };
+  const rule = $("rule").value;
+  const [levels, over] = await Promise.all([
+    state.colourBy === "laeq" ? [] : getJSON("/api/levels"),
+    rule ? getJSON(`/api/over-limit?${new URLSearchParams({ rule, ...asParams(rangeSpan()) })}`) : [],
+  ]);
+  levels.forEach((r) => merge(r.sensor_id, { lden_yesterday: r.lden, ln_yesterday: r.ln }));
+  over.forEach((r) => merge(r.sensor_id, { hours_over: r.hours_over, hours_measured: r.hours_measured }));
+  state.extra = extra;
+  drawLegend();
+  await loadSensors(false);
+  $("map-controls").dataset.shown = `${state.colourBy}:${rule}:${$("range").dataset.applied || ""}`;
+}
+
 async function loadAlerts() {
   const span = rangeSpan();
   $("dl-alerts-csv").href = `/api/alerts?${new URLSearchParams({ ...asParams(span), format: "csv" })}`;
@@ -341,7 +376,8 @@ async function applyRange() {
   if (!range) return;
   state.range = range;
   $("range").dataset.applied = `${range.kind}:${range.since || ""}:${range.until || ""}`;
-  await Promise.all([loadAlerts(), state.sensor ? openSensor(state.sensor) : null]);
+  await Promise.all([loadAlerts(), loadIndicators()]);
+  if (state.sensor) await openSensor(state.sensor);
 }
 
 function showError(err) { $("status").textContent = `error: ${err.message || err}`; }
@@ -355,10 +391,15 @@ async function main() {
   state.map = initMap(state.settings);
   drawLegend();
   $("close-panel").addEventListener("click", closeSensor);
+  state.settings.level_rules.forEach((r) => $("rule").add(new Option(r.name, r.name)));
+  $("rule-choice").hidden = !state.settings.level_rules.length;
+  $("colour-by").addEventListener("change", () => { state.colourBy = $("colour-by").value; loadIndicators().catch(showError); });
+  $("rule").addEventListener("change", () => loadIndicators().then(() => state.sensor && openSensor(state.sensor)).catch(showError));
   $("range").addEventListener("change", () => applyRange().catch(showError));
   $("range-form").addEventListener("submit", (event) => { event.preventDefault(); applyRange().catch(showError); });
   await Promise.all([loadSensors(true), loadAlerts()]);
   document.body.dataset.ready = "1";
+  if ($("rule").value) loadIndicators().catch(showError); // hours over the rule: after the first view
   setInterval(() => loadSensors(false).catch(console.error), 15000);
   setInterval(() => loadAlerts().catch(console.error), 5000);
 }
