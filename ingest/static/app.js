@@ -116,7 +116,9 @@ function drawLegend() {
 
 function refit(points) {
   if (!points.length || !state.map) return;
-  const labels = state.points.length <= LABELS_UP_TO ? 150 : 30; // permanent labels sit right of their point
+  // Permanent labels sit right of their point: leave room for the widest.
+  const widths = [...document.querySelectorAll(".sensor-label")].map((el) => el.offsetWidth);
+  const labels = state.points.length <= LABELS_UP_TO ? 30 + Math.max(120, ...widths) : 30;
   state.map.fitBounds(L.latLngBounds(points), { paddingTopLeft: [30, 30], paddingBottomRight: [labels, 30],
                                                  maxZoom: 16, animate: false });
   state.fits += 1;
