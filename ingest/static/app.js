@@ -141,7 +141,7 @@ async function loadSensors(fit) {
   if (state.layer) state.layer.remove();
   const permanent = features.length <= LABELS_UP_TO;
   state.layer = permanent ? L.featureGroup() : L.markerClusterGroup({
-    chunkedLoading: true, showCoverageOnHover: false, maxClusterRadius: 45, iconCreateFunction: clusterIcon,
+    showCoverageOnHover: false, maxClusterRadius: 45, iconCreateFunction: clusterIcon,
     animate: false, // clusters are redrawn at once: no half-merged frames, and less work at 1,000 sensors
   });
   const rule = $("rule").value;
