@@ -86,7 +86,9 @@ def parse_day(params: Mapping[str, str], default: date) -> date:
     if text == "":
         return default
     try:
-        return date.fromisoformat(text) if len(text) == 10 else date.fromisoformat("")
+        if len(text) != 10:  # fromisoformat also takes 20261125; the page and the docs write 2026-11-25
+            raise ValueError(text)
+        return date.fromisoformat(text)
     except ValueError:
         raise BadRequest(f"day: {text[:40]!r} is not a date (YYYY-MM-DD, e.g. 2026-11-25)") from None
 
