@@ -67,7 +67,7 @@ function fillTable(table, header, rows) {
 
 const state = {
   map: null, layer: null, sensor: null, plot: null, settings: null, clock: null, colourBy: "laeq",
-  points: [], inView: [], fits: 0, range: { kind: "24h" },
+  points: [], inView: [], fits: 0, loads: 0, range: { kind: "24h" },
   extra: {}, // per sensor: yesterday's Lden/Ln and the hours over the chosen rule, merged into the map's properties
 };
 const INDICATORS = { laeq: "LAeq", lden_yesterday: "Lden", ln_yesterday: "Ln" };
@@ -134,7 +134,7 @@ function clusterIcon(cluster) {
 }
 
 async function loadSensors(fit) {
-  const ticket = (state.loads = (state.loads || 0) + 1);
+  const ticket = ++state.loads;
   const geojson = await getJSON("/api/sensors");
   if (ticket !== state.loads) return; // a later load (a refresh, another colour) draws instead: one layer only
   const features = geojson.features;
@@ -152,8 +152,8 @@ async function loadSensors(fit) {
       radius: 8, weight: p.open_alerts > 0 ? 3 : 1, color: p.open_alerts > 0 ? "#000" : "#333",
       fillColor: colour(p), fillOpacity: 0.9, className: `sensor-marker sensor-${p.sensor_id.replace(/[^A-Za-z0-9_-]/g, "_")}`,
     });
-    marker.level = p[state.colourBy] ?? -Infinity;
     marker.colour = colour(p);
+    marker.level = marker.colour === SILENT ? -Infinity : p[state.colourBy]; // a cluster's colour: its loudest
     marker.alerting = p.open_alerts > 0;
     const value = p[state.colourBy];
     const level = `${INDICATORS[state.colourBy]} ${value === null || value === undefined ? "–" : value.toFixed(1) + " dB"}`;
