@@ -67,7 +67,7 @@ function fillTable(table, header, rows) {
 
 const state = {
   map: null, layer: null, sensor: null, plot: null, settings: null, clock: null, colourBy: "laeq",
-  points: [], inView: [], fits: 0, loads: 0, range: { kind: "24h" },
+  points: [], inView: [], loads: 0, range: { kind: "24h" },
   extra: {}, // per sensor: yesterday's Lden/Ln and the hours over the chosen rule, merged into the map's properties
 };
 const INDICATORS = { laeq: "LAeq", lden_yesterday: "Lden", ln_yesterday: "Ln" };
@@ -121,8 +121,6 @@ function refit(points) {
   const labels = state.points.length <= LABELS_UP_TO ? 30 + Math.max(120, ...widths) : 30;
   state.map.fitBounds(L.latLngBounds(points), { paddingTopLeft: [30, 30], paddingBottomRight: [labels, 30],
                                                  maxZoom: 16, animate: false });
-  state.fits += 1;
-  $("map").dataset.fits = String(state.fits);
 }
 
 function clusterIcon(cluster) {
