@@ -20,7 +20,7 @@ import psycopg
 from custom.daemon import exitcodes
 
 from .config import ConfigError, IngestConfig, load_config
-from .migrate import migrate, pending
+from .migrate import MissingRight, migrate, pending
 from .records import Judge
 from .store import connect, drop_old_partitions
 
@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     web.add_argument("--host", help="address to listen on (dashboard.host; default 127.0.0.1)")
     web.add_argument("--port", type=int, help="TCP port (dashboard.port; default 8080)")
     web.add_argument("--tile-url", help="basemap tile URL template, {z}/{x}/{y} (dashboard.tile_url; default none)")
+    web.add_argument("--basemap", help="raster MBTiles file to serve the basemap from (dashboard.basemap_mbtiles)")
+    web.add_argument("--outline", help="GeoJSON file of districts or streets to draw (dashboard.outline_geojson)")
     web.add_argument("--users-file", help="who may log in (dashboard.users_file; `custom-ingest user add`)")
     web.add_argument("--cert", help="serve HTTPS with this PEM certificate (dashboard.tls_cert; needs --key)")
     web.add_argument("--key", help="its PEM private key (dashboard.tls_key)")
@@ -98,6 +100,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "dashboard.host": getattr(args, "host", None),
         "dashboard.port": getattr(args, "port", None),
         "dashboard.tile_url": getattr(args, "tile_url", None),
+        "dashboard.basemap_mbtiles": getattr(args, "basemap", None),
+        "dashboard.outline_geojson": getattr(args, "outline", None),
         "dashboard.users_file": getattr(args, "users_file", None),
         "dashboard.tls_cert": getattr(args, "cert", None),
         "dashboard.tls_key": getattr(args, "key", None),
@@ -127,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.UNAVAILABLE
     with conn:
         if args.command == "migrate":
-            done = migrate(conn)
+            try:
+                done = migrate(conn)
+            except MissingRight as exc:
+                print(f"custom-ingest: {exc}", file=sys.stderr)
+                return exitcodes.CONFIG
             print(f"custom-ingest: applied {', '.join(done)}" if done else "custom-ingest: schema up to date")
             return exitcodes.OK
         if config.retention_days < 1:
@@ -260,6 +268,9 @@ def _serve(config: IngestConfig) -> int:
         return exitcodes.CONFIG
     try:
         return serve(config)
+    except ConfigError as exc:  # the basemap files, checked as the app is built
+        print(f"custom-ingest: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
     except PoolTimeout as exc:
         print(f"custom-ingest: {key}: cannot connect ({_first_line(exc)})", file=sys.stderr)
         return exitcodes.UNAVAILABLE

@@ -60,6 +60,10 @@ class DashboardSettings:
     tile_url: str = opt("", "e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png; empty: points, scale and labels "
                         "only.", may_be_empty=True)  # fmt: skip
     tile_attribution: str = opt("", "Attribution shown with the tiles.", may_be_empty=True)
+    basemap_mbtiles: str | None = opt(None, "Raster MBTiles file the dashboard serves its basemap from (offline; "
+                                      "ingest/README.md says how to make one); instead of tile_url.")  # fmt: skip
+    outline_geojson: str | None = opt(None, "GeoJSON file of district or street lines drawn under the sensors "
+                                      "(with or without a basemap).")  # fmt: skip
     users_file: str = opt("/etc/custom-ingest/dashboard-users", "Who may log in: `custom-ingest user add NAME` "
                           "writes it (argon2id hashes, mode 0600).")  # fmt: skip
     session_hours: float = opt(12.0, "A login lasts this long (then log in again).", gt=0.0, hi=24.0 * 30)
@@ -76,7 +80,8 @@ class IngestConfig:
     batch_wait_s: float = opt(0.2, "Longest a message waits for its batch to fill (latency vs. throughput).", gt=0.0)
     retention_days: int = opt(0, "Drop event partitions older than this many days; 0 keeps everything.", lo=0)
     health_interval_s: float = opt(10.0, "Seconds between the ingest's health messages.", gt=0.0)
-    timezone: str = opt("UTC", "Local time of alert periods (`between`), Lden day/evening/night and the heatmap.")
+    timezone: str = opt("Europe/Madrid", "Local time of alert periods (`between`), Lden day/evening/night, the "
+                        "heatmap and every time the dashboard shows.")  # fmt: skip
     alerts: AlertSettings = opt(factory=AlertSettings, doc="Exceedance rules (alert_rules.py).")
     dashboard: DashboardSettings = opt(factory=DashboardSettings, doc="The web dashboard.")
 
@@ -139,6 +144,8 @@ def _check_cross_fields(config: IngestConfig) -> None:
     if (web.tls_cert is None) != (web.tls_key is None):
         missing = "tls_key" if web.tls_key is None else "tls_cert"
         raise ConfigError(f"{SECTION}.dashboard.{missing}", "give both tls_cert and tls_key, or neither")
+    if web.tile_url and web.basemap_mbtiles:
+        raise ConfigError(f"{SECTION}.dashboard.basemap_mbtiles", "give tile_url or basemap_mbtiles, not both")
     try:
         ZoneInfo(config.timezone)
     except (ZoneInfoNotFoundError, ValueError):

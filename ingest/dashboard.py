@@ -75,9 +75,31 @@ def parse_format(params: Mapping[str, str], allowed: Sequence[str] = FORMATS) ->
 
 def parse_limit(params: Mapping[str, str], default: int = 200, most: int = 5000) -> int:
     text = params.get("limit", str(default))
-    if not text.isdigit() or not 1 <= int(text) <= most:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or not 1 <= int(text) <= most:  # int(): <= 4300 digits
         raise BadRequest(f"limit: {text[:20]!r} is not a whole number from 1 to {most}")
     return int(text)
+
+
+def parse_day(params: Mapping[str, str], default: date) -> date:
+    """`day` (YYYY-MM-DD, a local day); default: `default`."""
+    text = params.get("day", "")
+    if text == "":
+        return default
+    try:
+        if len(text) != 10:  # fromisoformat also takes 20261125; the page and the docs write 2026-11-25
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"day: {text[:40]!r} is not a date (YYYY-MM-DD, e.g. 2026-11-25)") from None
+
+
+def parse_choice(params: Mapping[str, str], key: str, allowed: Sequence[str]) -> str:
+    """A required value out of a known set (a rule's name)."""
+    value = params.get(key, "")
+    if value not in allowed:
+        known = ", ".join(allowed) or "none configured"
+        raise BadRequest(f"{key}: {value[:40]!r} is not one of {known}")
+    return value
 
 
 Rows = list[dict[str, Any]]

@@ -13,5 +13,5 @@ def query(name: str) -> str:
 
 NAMES = ("events_per_class_per_hour", "loudest_hours", "silent_sensors", "sensor_map", "summary_hours")
 DASHBOARD = ("dashboard_sensors", "dashboard_alerts", "dashboard_series", "dashboard_heatmap", "dashboard_lden",
-             "dashboard_health")  # fmt: skip
+             "dashboard_health", "dashboard_day_levels", "dashboard_over_limit")  # fmt: skip
 ALERTS = ("alert_level", "alert_class", "alert_silent")

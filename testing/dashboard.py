@@ -95,6 +95,75 @@ def write_fixture_fleet(dsn: str, now: float) -> dict[str, int]:
     return counts
 
 
+def write_crowd(dsn: str, count: int, now: float) -> list[FixtureSensor]:
+    """`count` more sensors on a grid over central Madrid (about 9 x 10 km), one recent window each: a city-sized map
+    where markers must cluster. Returns them."""
+    from custom.ingest.records import EventRow, Judge
+    from custom.ingest.store import Store, connect
+
+    side = max(1, round(count**0.5))
+    crowd = [
+        FixtureSensor(f"grid-{k:04d}", 40.38 + 0.08 * (k // side) / side, -3.75 + 0.12 * (k % side) / side,
+                      CLASSES[k % len(CLASSES)], 45.0 + (k * 7) % 35, 0.0)
+        for k in range(count)
+    ]  # fmt: skip
+    start = now - now % WINDOW_S - WINDOW_S
+    judge = Judge()
+    rows = [judge.judge(f"custom/{s.sensor_id}/events", fixture_event(s, start, s.laeq)) for s in crowd]
+    assert all(isinstance(row, EventRow) for row in rows), rows
+    with connect(dsn) as conn:
+        Store(conn).write([row for row in rows if isinstance(row, EventRow)], [], [])
+    return crowd
+
+
+def _png(rgb: tuple[int, int, int], size: int = 256) -> bytes:
+    """A solid-colour RGB PNG (zlib and struct only: no imaging library needed to make test tiles)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = (b"\x00" + bytes(rgb) * size) * size
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
+
+
+def tile_xy(lat: float, lon: float, zoom: int) -> tuple[int, int]:
+    """The XYZ (slippy map) tile holding a point."""
+    import math
+
+    n = 1 << zoom
+    y = (1.0 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2.0 * n
+    return int((lon + 180.0) / 360.0 * n), int(y)
+
+
+def make_mbtiles(
+    path: Path, bounds: tuple[float, float, float, float], zooms: range
+) -> dict[tuple[int, int, int], bytes]:
+    """A small raster MBTiles 1.3 file covering `bounds` (west, south, east, north) at `zooms`, one colour per zoom
+    level; returns its tiles by XYZ address (the file stores TMS rows, counted from the south)."""
+    import sqlite3
+
+    west, south, east, north = bounds
+    made: dict[tuple[int, int, int], bytes] = {}
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE metadata (name text, value text)")
+        db.execute("CREATE TABLE tiles (zoom_level integer, tile_column integer, tile_row integer, tile_data blob)")
+        db.execute("CREATE UNIQUE INDEX tile_index ON tiles (zoom_level, tile_column, tile_row)")
+        meta = {"name": "test city", "format": "png", "type": "baselayer", "version": "1",
+                "bounds": f"{west},{south},{east},{north}", "attribution": "test tiles"}  # fmt: skip
+        db.executemany("INSERT INTO metadata VALUES (?, ?)", list(meta.items()))
+        for z in zooms:
+            (x0, y0), (x1, y1) = tile_xy(north, west, z), tile_xy(south, east, z)
+            tile = _png((200 - 8 * z, 220 - 4 * z, 200))
+            for x in range(x0, x1 + 1):
+                for y in range(y0, y1 + 1):
+                    db.execute("INSERT INTO tiles VALUES (?, ?, ?, ?)", (z, x, (1 << z) - 1 - y, tile))
+                    made[(z, x, y)] = tile
+    return made
+
+
 def reader_dsn(cluster: PgCluster, dsn: str) -> str:
     """`dsn` logged in as a role that is only in custom_reader (the role migration 002 grants SELECT to)."""
     import psycopg

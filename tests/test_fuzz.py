@@ -188,11 +188,13 @@ timestamps = st.one_of(
 )
 param_values = st.one_of(timestamps, st.text(max_size=12), st.integers().map(str), st.sampled_from(["csv", "json"]))
 params = st.dictionaries(
-    st.sampled_from(["since", "until", "format", "limit", "sensor_id"]) | st.text(max_size=6), param_values, max_size=3
+    st.sampled_from(["since", "until", "format", "limit", "sensor_id", "day", "rule"]) | st.text(max_size=6),
+    param_values,
+    max_size=3,
 )
 sensor_ids = st.sampled_from(["A", "B", "nope"]) | st.text(max_size=12)
 paths = st.one_of(
-    st.sampled_from(["/api/sensors", "/api/alerts", "/api/settings"]),
+    st.sampled_from(["/api/sensors", "/api/alerts", "/api/settings", "/api/levels", "/api/over-limit"]),
     st.builds(
         lambda s, p: f"/api/sensors/{quote(s, safe='')}/{p}",
         sensor_ids,

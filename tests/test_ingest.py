@@ -295,3 +295,49 @@ def test_end_to_end_from_the_daemon_to_a_row(
     assert wait_rows(ingest_db, partial, lambda n: n >= 1, timeout=20) == 1, "the shutdown summary was not stored"
     assert _count(ingest_db, "SELECT count(*) FROM rejected") == 0, "the ingest refused something the daemon sent"
     assert ingest.stop() == 0
+
+
+def test_migrate_as_a_plain_owner_says_what_a_superuser_must_run(capsys):
+    """A database owner without superuser rights (how a city's DBA hands out databases): each right missing ends
+    `migrate` with exit 78 and one line naming it and the statement to run; a superuser runs it, migrate passes.
+    Its own cluster, so `custom_reader` (cluster-wide) does not exist yet whatever ran before."""
+    import re
+    import shutil
+    import tempfile
+
+    from custom.testing.broker import free_port
+    from custom.testing.postgres import PgCluster, _unprivileged_user
+
+    run_as = _unprivileged_user()
+    top = Path(tempfile.mkdtemp(prefix="custom-pg-owner-"))  # not under pytest's tmp: the postgres user must enter it
+    if run_as:
+        shutil.chown(top, run_as, run_as)
+    cluster = PgCluster(top / "pg", free_port(), run_as)
+    cluster.init()
+    cluster.start()
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE city_owner LOGIN")
+            conn.execute("CREATE DATABASE city OWNER city_owner")
+        owner_dsn = cluster.dsn("city").replace(f"user={cluster.user}", "user=city_owner")
+        refusals = []
+        for _ in range(3):
+            code = ingest_cli(["migrate", "--dsn", owner_dsn])
+            err = capsys.readouterr().err.strip()
+            if code == 0:
+                break
+            assert code == 78 and err.count("\n") == 0 and "Traceback" not in err, (code, err)
+            refusals.append(err)
+            run = re.search(r'as a superuser run once: psql (?:-d "(\w+)" )?-c "([^"]+)"', err)
+            assert run, err
+            with psycopg.connect(cluster.dsn(run.group(1) or "postgres"), autocommit=True) as conn:
+                conn.execute(run.group(2))
+        assert code == 0, refusals
+        assert len(refusals) == 2, refusals
+        assert 'create extension "postgis"' in refusals[0] and "001_schema.sql" in refusals[0], refusals
+        assert "create role" in refusals[1] and "002_alerts_dashboard.sql" in refusals[1], refusals
+        print("\n" + "\n".join(refusals))
+        assert ingest_cli(["migrate", "--dsn", owner_dsn]) == 0
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(top, ignore_errors=True)
