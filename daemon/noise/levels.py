@@ -13,8 +13,8 @@ A-weighting is applied in the frequency domain (one rfft/irfft of the window, th
 float32 FFT when the optional `fastfft` extra is installed, as the installer does, else numpy's float64 one) with the
 IEC 61672-1 analytic curve, rather than as a bilinear-transformed IIR filter. Why: scipy is optional on the sensor (so
 no IIR filter can be counted on), the whole window is at hand at once, a power meter does not care about phase, and
-the FFT weighting is exact up to Nyquist where a bilinear filter warps the top octave. The window is mirror-padded so that its
-edges make no click (see `LevelMeter.weighted`).
+the FFT weighting is exact up to Nyquist where a bilinear filter warps the top octave. The window is mirror-padded so
+that its edges make no click (see `LevelMeter.weighted`).
 
 Fast time weighting is the IEC exponential average of the squared A-weighted signal with tau = 125 ms, evaluated per
 sample in closed form (chunked scaled cumulative sums: exact, vectorised, no Python loop). Each window is measured on
