@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import MANIFEST_NAME, load_bundle
+from custom.wire import exitcodes
 
 from .head import add_arguments as add_head_arguments
 from .head import build as build_head

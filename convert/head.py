@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import (
     Bundle,
     BundleDraft,
@@ -43,6 +42,7 @@ from custom.daemon.model.frontend import FrontendParams
 from custom.daemon.model.head import pool_features
 from custom.daemon.model.inference import Model
 from custom.daemon.pipeline import TRAINED_BAND_RATE_HZ
+from custom.wire import exitcodes
 
 from .classes import CLASS_NAMES, URBAN_CLASSES
 from .head_backbones import BACKBONES, HeadBackbone, prepare

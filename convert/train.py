@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE, EMBEDDING_SIZE, FRAMES_PER_CLIP
+from custom.wire import exitcodes
 
 from .audioset import ClipSet, load_clips
 from .classes import URBAN_CLASSES

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from . import exitcodes
+from custom.wire import exitcodes
+
 from .audio.audiofile import AudioFile, AudioFileError, read_audio
 from .audio.windows import recording_windows
 from .config import ModelConfig

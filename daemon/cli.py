@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import exitcodes
+from custom.wire import exitcodes
 
 if TYPE_CHECKING:
     from .config import Config
@@ -33,7 +33,9 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def _load(path: Path) -> Config | None:
     """The config, or None once its one-line error is printed (the caller exits 78)."""
-    from .config import ConfigError, load_config
+    from custom.wire.settings import ConfigError
+
+    from .config import load_config
 
     try:
         return load_config(path)

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from custom.wire.settings import ConfigError
+
 from .audio.pcm import resample
 from .audio.windows import Window
 from .clock import ClockState
-from .config import Config, ConfigError
+from .config import Config
 from .model.bundle import Bundle, BundleError, load_bundle
 from .model.inference import EnsembleModel, Model, open_model
 from .noise.levels import LevelMeter, WindowLevels

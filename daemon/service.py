@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import exitcodes
+from custom.wire import exitcodes
+from custom.wire.settings import ConfigError
+
 from .audio.capture import FileSource, MicCapture
 from .audio.ringbuffer import USUAL_MAX_CAPTURE_RATE_HZ, RingBuffer
 from .audio.source import AudioSource
 from .audio.windows import Window, Windower
 from .clock import ClockProbe
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
 from .health import Health, mic_down_since, status_line
 from .model.runtime import RuntimeMissingError
 from .noise.summary import DEFAULT_PERIOD_S, HourlySummary

@@ -65,15 +65,16 @@ echo "== lint"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 
-echo "== types (mypy --strict on custom.daemon and custom.ingest)"
-# setup.cfg maps custom.daemon -> daemon/ and custom.ingest -> ingest/; mypy cannot read that from the editable
-# install's import hook, so it checks them through a throwaway custom/ folder of links.
+echo "== types (mypy --strict on custom.wire, custom.daemon and custom.ingest)"
+# setup.cfg maps custom.daemon -> daemon/, custom.ingest -> ingest/ and custom.wire -> wire/; mypy cannot read that
+# from the editable install's import hook, so it checks them through a throwaway custom/ folder of links.
 types_root=$(mktemp -d)
 mkdir "$types_root/custom"
 ln -s "$PWD/daemon" "$types_root/custom/daemon"
 ln -s "$PWD/ingest" "$types_root/custom/ingest"
+ln -s "$PWD/wire" "$types_root/custom/wire"
 MYPYPATH="$types_root" "$VENV/bin/mypy" --config-file pyproject.toml --cache-dir "$types_root/.mypy_cache" \
-  -p custom.daemon -p custom.ingest
+  -p custom.wire -p custom.daemon -p custom.ingest
 rm -rf "$types_root"
 
 echo "== tests"

@@ -22,9 +22,9 @@ from custom.daemon.publish.discovery import DeviceInfo, Discovery, discovery_mes
 from custom.daemon.publish.event import EventContext
 from custom.daemon.publish.publisher import Publisher
 from custom.daemon.publish.spool import Spool
-from custom.daemon.topics import Topics
+from custom.wire.topics import Topics
 
-SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "daemon" / "event.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "wire" / "event.schema.json").read_text())
 # What HA's MQTT discovery requires or this project promises for every entity, per platform.
 COMMON_KEYS = {"name", "unique_id", "state_topic", "value_template", "availability_topic", "payload_available",
                "payload_not_available", "device"}  # fmt: skip

@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 
 from custom.daemon import cli
 from custom.daemon.model.bundle import sha256_file
-from custom.daemon.schema import key_of as _key
 from custom.testing.bundles import edit_manifest
 from custom.testing.config_trees import keys, trees
 from custom.testing.daemon import Daemon, daemon_config
 from custom.testing.disk import remount, tmpfs
+from custom.wire.settings import key_of as _key
 
 EVENTS = "custom/test-sensor/events"
 HEALTH = "custom/test-sensor/health"

@@ -24,7 +24,7 @@ from custom.daemon.model.inference import Model
 from custom.testing.daemon import daemon_config
 from tests.conftest import ROOT
 
-SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "wire/event.schema.json").read_text())
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
 QUICK = ["--limit-per-label", "6", "--augment", "1"]  # the documented small build for tests
 

@@ -17,8 +17,8 @@ from custom.daemon.noise.summary import HourlySummary, energy_mean_db, lden
 from custom.testing.daemon import daemon_config
 from tests.conftest import ROOT
 
-SUMMARY_SCHEMA = json.loads((ROOT / "daemon/summary.schema.json").read_text())
-EVENT_SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
+SUMMARY_SCHEMA = json.loads((ROOT / "wire/summary.schema.json").read_text())
+EVENT_SCHEMA = json.loads((ROOT / "wire/event.schema.json").read_text())
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
 RATE = 16000
 CLASSES = ("Siren", "Dog_bark", "Car_horn")

@@ -22,7 +22,6 @@ import pytest
 import soundfile
 
 from custom.convert.tflite_export import QUANTIZE_MODES
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import BundleError, load_bundle
 from custom.daemon.model.inference import Model
 from custom.daemon.model.postprocess import AudioSetPCA
@@ -36,6 +35,7 @@ from custom.testing.vggish import (
     write_checkpoint,
     write_classifier,
 )
+from custom.wire import exitcodes
 
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import exitcodes
+from custom.wire import exitcodes
+
 from .bundle import MANIFEST_NAME, BundleError, load_bundle, sha256_file
 
 ASSEMBLY_KEY = "assembly"  # provenance key: how each file not committed is made from a published model

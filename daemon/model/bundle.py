@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..schema import ConfigError, at_line, build, frozen_mapping, opt, parse_text
+from custom.wire.settings import ConfigError, at_line, build, frozen_mapping, opt, parse_text
+
 from .frontend import FrontendParams
 from .frontend_efficientat import EfficientATParams
 

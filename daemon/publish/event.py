@@ -1,7 +1,7 @@
 """One JSON event per window: what was heard, when, where, how loud, by which model.
 
 Built in one place for both `classify` (files) and the live daemon, so the two can never disagree on the fields.
-The schema is `event.schema.json` beside this file; tests validate every event they see against it.
+The schema is wire/event.schema.json (custom.wire.schemas); tests validate every event they see against it.
 """
 
 from __future__ import annotations
@@ -9,18 +9,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from custom.wire.timestamps import iso_utc
+
 SCHEMA_VERSION = 2  # 2: level gained LAFmax/LAFmin/LA10/50/90 (AES17 dBFS); `clock` added
 SCORE_DECIMALS = 4
-
-
-def iso_utc(timestamp: float) -> str:
-    """Unix seconds -> ISO-8601 UTC with milliseconds, e.g. 2026-11-25T13:00:00.000Z."""
-    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
