@@ -211,9 +211,9 @@ def run_scenario(
 ) -> dict[str, Any]:
     from custom.ingest.migrate import migrate
     from custom.ingest.store import connect
-    from custom.testing.broker import Broker, free_port
-    from custom.testing.ingest import IngestProcess
-    from custom.testing.postgres import PgCluster, _unprivileged_user, create_database
+    from testing.broker import Broker, free_port
+    from testing.ingest import IngestProcess
+    from testing.postgres import PgCluster, _unprivileged_user, create_database
 
     top = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     run_as = _unprivileged_user()

@@ -207,7 +207,7 @@ install_venv() {
     python=$venv/bin/python
     [[ -x $python ]] || python3 -m venv "$venv"
     "$python" -m pip install --quiet --upgrade pip
-    "$python" -m pip install --quiet "${FROM}[systemd,fastfft]"
+    "$python" -m pip install --quiet "${FROM}[sensor,systemd,fastfft]"
     if [[ $ARCH == armhf ]]; then
         # ai-edge-litert has no armv7 wheels; tflite-runtime does only where a wheel was built for this Python
         # (PyPI: cp39 and older; Raspberry Pi OS also asks piwheels). It needs numpy<2.

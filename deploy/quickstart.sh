@@ -53,7 +53,7 @@ echo "== python environment ($VENV)"
 [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 # fastfft (scipy's float32 FFT): the front end and level meter as deploy/install.sh sets a sensor up, 3x faster
-"$VENV/bin/pip" install -q -e ".[fastfft]"
+"$VENV/bin/pip" install -q -e ".[sensor,fastfft]"
 mkdir -p "$WORK"
 
 echo "== default model bundle ($WORK/bundle, from models/default + $SHARED/models)"

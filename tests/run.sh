@@ -57,7 +57,7 @@ if [[ " $* " == *arm64* ]]; then
   echo "== arm64 Debian 12 root (testing/arm64.py; cached under ${CUSTOM_ARM64_CACHE:-/var/cache/custom-sensor})"
   # Built once (debootstrap + second stage + the daemon's dependencies, emulated: about 10 min), then reused by
   # tests/test_arm64.py through an overlay per run; building it here keeps that time out of a test's.
-  "$VENV/bin/python" -m custom.testing.arm64 ||
+  "$VENV/bin/python" -m testing.arm64 ||
     echo "tests/run.sh: arm64 root not built (above); tests/test_arm64.py will say why" >&2
 fi
 

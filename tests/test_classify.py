@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
 SCHEMA = json.loads((ROOT / "wire/event.schema.json").read_text())
 

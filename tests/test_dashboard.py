@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from custom.ingest.cli import main as ingest_cli
-from custom.testing.broker import free_port
-from custom.testing.dashboard import FLEET, log_in, reader_dsn, write_fixture_fleet
-from custom.testing.postgres import create_database
+from testing.broker import free_port
+from testing.dashboard import FLEET, log_in, reader_dsn, write_fixture_fleet
+from testing.postgres import create_database
 
 
 @pytest.fixture

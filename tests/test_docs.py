@@ -14,7 +14,7 @@ import pytest
 
 from custom.daemon.config import Config
 from custom.ingest.config import IngestConfig
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
 SENSOR_DOCS = ("README.md", "deploy/OPERATING.md", "FAULTS.md", "bench/RESULTS.md")
 INGEST_DOCS = ("ingest/README.md",)

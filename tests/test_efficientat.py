@@ -218,7 +218,7 @@ def test_daemon_runs_the_bundle_to_the_broker(
     efficientat_bundle: Path, shared: Path, broker, subscriber_factory, make_daemon, tmp_path: Path
 ) -> None:
     """`custom-sensord run` on a replayed siren recording: windows resampled to 32 kHz, events on a real broker."""
-    from custom.testing.daemon import daemon_config
+    from testing.daemon import daemon_config
 
     subscriber = subscriber_factory(broker, ["custom/test-sensor/events"])
     config = daemon_config(efficientat_bundle, broker.port, tmp_path / "spool.sqlite")

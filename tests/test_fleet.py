@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from custom.testing import nspawn
-from custom.testing.broker import Broker, Subscriber, free_port
-from custom.testing.bundles import edit_manifest
-from custom.testing.fleet import MIC_DROPIN, Fleet, Host, boot_host, make_ssh_key
-from custom.testing.shared import ROOT
+from testing import nspawn
+from testing.broker import Broker, Subscriber, free_port
+from testing.bundles import edit_manifest
+from testing.fleet import MIC_DROPIN, Fleet, Host, boot_host, make_ssh_key
+from testing.shared import ROOT
 
 pytestmark = pytest.mark.fleet
 

@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 
 from custom.daemon.publish.event import EventContext
 from custom.ingest.records import EventRow, Judge, Rejection, SummaryRow, _widened
-from custom.testing.ingest import build_event, hour_in_parts
 from custom.wire import schemas
+from testing.ingest import build_event, hour_in_parts
 
 CONTEXT = EventContext("s1", {"lat": 40.4, "lon": -3.7}, ("Siren", "Dog"), (0.5, 0.5), "b", "0" * 64, "dB(A)")
 T0 = 1764500400.0
@@ -175,7 +175,7 @@ def _no_constant(name: str) -> None:
 
 @pytest.fixture
 def dashboard(pg_cluster, ingest_db, make_dashboard):
-    from custom.testing.dashboard import reader_dsn, write_fixture_fleet
+    from testing.dashboard import reader_dsn, write_fixture_fleet
 
     write_fixture_fleet(ingest_db, time.time())
     return make_dashboard(reader_dsn(pg_cluster, ingest_db))
@@ -293,8 +293,8 @@ def test_sensor_config_loads_or_says_one_line(tmp_path):
 
 def test_ingest_config_loads_or_says_one_line(tmp_path):
     from custom.ingest.config import load_config
-    from custom.testing.shared import ROOT
     from custom.wire.settings import ConfigError
+    from testing.shared import ROOT
 
     base = yaml.safe_load((ROOT / "ingest" / "ingest.example.yaml").read_text())
     _search_loader("ingest config", _yaml_texts(base), tmp_path / "ingest.yaml", load_config, ConfigError, 400)

@@ -21,7 +21,7 @@ from custom.convert.classes import CLASS_NAMES
 from custom.convert.cli import main as convert
 from custom.daemon.model.bundle import load_bundle
 from custom.daemon.model.inference import Model
-from custom.testing.daemon import daemon_config
+from testing.daemon import daemon_config
 from tests.conftest import ROOT
 
 SCHEMA = json.loads((ROOT / "wire/event.schema.json").read_text())

@@ -10,8 +10,8 @@ import pytest
 
 from custom.daemon.publish.event import EventContext
 from custom.ingest.records import EventRow, Judge, Rejection, SummaryRow
-from custom.testing.ingest import build_event, hour_in_parts
 from custom.wire import schemas
+from testing.ingest import build_event, hour_in_parts
 
 CONTEXT = EventContext("s1", {"lat": 40.4, "lon": -3.7}, ("Siren", "Dog"), (0.5, 0.5), "b", "0" * 64, "dB(A)")
 T0 = 1764500400.0  # 2025-11-30T11:00:00Z

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from custom.testing.unit import MAX_EXPOSURE, exposure, prepare_root, verify_problems
+from testing.unit import MAX_EXPOSURE, exposure, prepare_root, verify_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "deploy" / "install.sh"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
 PREBUILT = ROOT / "models/default"
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from custom.daemon.status import problems
-from custom.testing.bundles import edit_manifest
-from custom.testing.daemon import daemon_config
-from custom.testing.shared import ROOT
+from testing.bundles import edit_manifest
+from testing.daemon import daemon_config
+from testing.shared import ROOT
 
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
 

@@ -26,7 +26,8 @@ from custom.daemon.model.bundle import BundleError, load_bundle
 from custom.daemon.model.inference import Model
 from custom.daemon.model.postprocess import AudioSetPCA
 from custom.daemon.model.runtime import load_interpreter
-from custom.testing.vggish import (
+from custom.wire import exitcodes
+from testing.vggish import (
     SMALL,
     clip_patches,
     clip_paths,
@@ -35,7 +36,6 @@ from custom.testing.vggish import (
     write_checkpoint,
     write_classifier,
 )
-from custom.wire import exitcodes
 
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")

@@ -21,9 +21,9 @@ from custom.wire.topics import TopicError, Topics, fleet_topic, parse_sensor_top
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"daemon": "custom.daemon", "ingest": "custom.ingest", "wire": "custom.wire"}
 FORBIDDEN = {
-    "custom.daemon": ("custom.ingest", "custom.convert", "custom.testing"),
-    "custom.ingest": ("custom.daemon", "custom.convert", "custom.testing"),
-    "custom.wire": ("custom.daemon", "custom.ingest", "custom.convert", "custom.testing"),
+    "custom.daemon": ("custom.ingest", "custom.convert", "testing", "bench"),
+    "custom.ingest": ("custom.daemon", "custom.convert", "testing", "bench"),
+    "custom.wire": ("custom.daemon", "custom.ingest", "custom.convert", "testing", "bench"),
 }
 
 
