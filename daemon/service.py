@@ -53,7 +53,7 @@ STALL_MARGIN_S = 15.0  # beyond the expected window period before the pipeline c
 class RunOptions:
     """What `custom-sensord run` was asked to do: the one parameter list of `run_service` and `Service.start`.
 
-    `stall_after` and `summary_period_s` are seams for tests only (set by `custom.testing.faults`, never by a product
+    `stall_after` and `summary_period_s` are seams for tests only (set by `testing.faults`, never by a product
     CLI): stop processing after that many windows to prove the watchdog acts (there is no real way to hang TFLite on
     demand), and a summary period shorter than the hour."""
 
@@ -250,7 +250,7 @@ class Service:
     def process(self, window: Window) -> None:
         """The per-window hot path: score the window into an event and spool it."""
         if self.options.stall_after is not None and self.health.windows_done >= self.options.stall_after:
-            log.warning("fault injection: pipeline stalled on purpose (custom.testing.faults)")
+            log.warning("fault injection: pipeline stalled on purpose (testing.faults)")
             self.controls.stop.wait()
             return
         clock = self.clock.state()  # as near the window's start as we can ask: it was stamped moments ago
