@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from custom.daemon.model.bundle import (
+    TRAINED_BAND_RATE_HZ,
     Bundle,
     BundleDraft,
     ClassSpec,
@@ -41,7 +42,6 @@ from custom.daemon.model.bundle import (
 from custom.daemon.model.frontend import FrontendParams
 from custom.daemon.model.head import pool_features
 from custom.daemon.model.inference import Model
-from custom.daemon.pipeline import TRAINED_BAND_RATE_HZ
 from custom.wire import exitcodes
 
 from .classes import CLASS_NAMES, URBAN_CLASSES
