@@ -22,7 +22,7 @@ from .config import Config
 from .model.bundle import Bundle, BundleError, load_bundle
 from .model.inference import EnsembleModel, Model, open_model
 from .noise.levels import LevelMeter, WindowLevels
-from .publish.event import EventContext
+from .publish.event import Event, EventContext
 
 # The model sees the band it was trained on, which the bundle names (bundle.band_rate_hz: a version-2 manifest's
 # band_rate_hz, 16 kHz for version 1): a window captured at 48 kHz (the default, for full-band levels) is brought to
@@ -61,7 +61,7 @@ class Pipeline:
 class Scored:
     """A window's event, and its levels in full (the hourly summary needs the fast-level series)."""
 
-    event: dict[str, Any]
+    event: Event
     levels: WindowLevels
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from custom.wire import exitcodes
 from custom.wire.settings import ConfigError
+from custom.wire.timestamps import iso_utc
 
 from .audio.capture import FileSource, MicCapture
 from .audio.ringbuffer import USUAL_MAX_CAPTURE_RATE_HZ, RingBuffer
@@ -256,14 +257,14 @@ class Service:
         clock = self.clock.state()  # as near the window's start as we can ask: it was stamped moments ago
         scored = self.pipeline.score(window, clock=clock)
         event = scored.event
-        self.transport.publisher.deliver(self.config.topics.events, event)
-        labels = [label["name"] for label in event["labels"]]
+        self.transport.publisher.deliver(self.config.topics.events, event.to_json())
+        labels = [label.name for label in event.labels]
         self._deliver_summaries(self.summary.add(window.start_time, window.end_time, scored.levels, labels,
                                                  clock.synced))  # fmt: skip
-        self.health.window_done(event["processing_ms"])
+        self.health.window_done(event.processing_ms)
         self._write_report(self.health_report())
-        log.debug("window %s: top %s %.2f, %.1f ms", event["window"]["start"], event["top"]["name"],
-                  event["top"]["score"], event["processing_ms"])  # fmt: skip
+        log.debug("window %s: top %s %.2f, %.1f ms", iso_utc(event.start), event.top_name, event.top_score,
+                  event.processing_ms)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ upkeep
 

@@ -49,7 +49,7 @@ def build_event(
 ) -> dict[str, Any]:
     """One window's event as the daemon publishes it: real scores, the LevelMeter's levels of a tone."""
     levels = tone_levels(laeq_db).to_event()
-    return context.build(scores, start, start + WINDOW_S, levels, processing_ms, clock=clock, vetoed=vetoed)
+    return context.build(scores, start, start + WINDOW_S, levels, processing_ms, clock=clock, vetoed=vetoed).to_json()
 
 
 def hour_in_parts(

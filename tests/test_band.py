@@ -76,14 +76,14 @@ def test_a_window_is_limited_to_the_band_the_manifest_names(default_bundle, sire
     shipped = bundle_pipeline(default_bundle, threads=1, sensor_id="t")
     event = shipped.score(siren_window).event
     assert conversions == [(CAPTURE_HZ, 16000), (16000, 32000)]  # YAMNet takes the 16 kHz band as it is
-    assert event["top"]["name"] == wide_event["top"]["name"] == "Siren"
-    assert event["scores"] != wide_event["scores"]  # the band reached the models: they heard something else
+    assert event.top_name == wide_event.top_name == "Siren"
+    assert event.scores != wide_event.scores  # the band reached the models: they heard something else
 
 
 def test_a_version_1_bundle_means_the_16_khz_band(yamnet_bundle, siren_window, conversions):
     pipeline = bundle_pipeline(yamnet_bundle, threads=1, sensor_id="t")
     assert pipeline.bundle.band_rate_hz == pipeline.model.band_rate_hz == 16000
-    assert pipeline.score(siren_window).event["top"]["name"] == "Siren"
+    assert pipeline.score(siren_window).event.top_name == "Siren"
     assert conversions == [(CAPTURE_HZ, 16000)]
 
 
@@ -98,7 +98,7 @@ def test_members_sharing_a_rate_resample_once(default_bundle, siren_window, conv
 
     split_bundle = bundle_pipeline(_edited(default_bundle, tmp_path / "split", split), threads, sensor_id="t")
     assert len(split_bundle.bundle.members) == 3
-    got = split_bundle.score(siren_window).event["scores"]
+    got = split_bundle.score(siren_window).event.scores
     assert conversions == [(CAPTURE_HZ, 16000), (16000, 32000)]
-    expected = bundle_pipeline(default_bundle, threads=1, sensor_id="t").score(siren_window).event["scores"]
+    expected = bundle_pipeline(default_bundle, threads=1, sensor_id="t").score(siren_window).event.scores
     assert got == pytest.approx(expected, abs=2e-4)

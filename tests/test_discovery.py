@@ -45,7 +45,9 @@ def make_event(sensor_id: str, scores: list[float], level_db: float, unit: str =
     )
     figure = round(level_db, 1) if math.isfinite(level_db) else None
     levels = {name: figure for name in ("laeq", "lafmax", "lafmin", "la10", "la50", "la90")} | {"unit": unit}
-    event = context.build(scores, start=1_700_000_000.0, end=1_700_000_010.0, levels=levels, processing_ms=12.0)
+    event = context.build(
+        scores, start=1_700_000_000.0, end=1_700_000_010.0, levels=levels, processing_ms=12.0
+    ).to_json()
     jsonschema.validate(event, SCHEMA)
     return event
 
