@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="also write the bundle as the repository commits it (e.g. models/default): the manifest and head(s), "
         "each backbone replaced by a recipe (published model in ../shared/models + its sha256 + the tensor exposed), "
-        "which `python -m custom.daemon.model.assemble` turns back into the bundle without TensorFlow. The head is "
+        "which `custom-sensord bundle assemble` turns back into the bundle without TensorFlow. The head is "
         "byte-identical from build to build (seeded mixes, one-thread L-BFGS and TFLite); tests/test_prebuilt.py "
         "rebuilds it and compares",
     )
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         card = write_model_card(
             args.commit_dir / "MODEL_CARD.md", json.loads((out / MANIFEST_NAME).read_text()), result, comparisons
         )
-        print(f"wrote {args.commit_dir} with {card.name} (commit it; assemble: python -m custom.daemon.model.assemble)")
+        print(f"wrote {args.commit_dir} with {card.name} (commit it; assemble: custom-sensord bundle assemble)")
     bundle = load_bundle(out)
     print(f"wrote {out} ({bundle.bundle_id}, sha256 {bundle.sha256[:12]}…)")
     return exitcodes.OK

@@ -6,6 +6,7 @@
   status        what the running service last reported; exit 0 only when it is healthy
   devices       list audio input devices
   calibrate     measure a 1 kHz acoustic calibrator and set audio.calibration_db
+  bundle assemble  assemble a model bundle from a prebuilt head + manifest and the published backbones
 
 Exit codes: 0 ok, 2 usage, 65 bad data (calibrate), 66 unreadable input, 69 missing runtime, 78 bad config or bundle.
 """
@@ -125,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     calibrate.add_arguments(p)
     p.set_defaults(func=calibrate.run)
+
+    from .model import assemble
+
+    p = sub.add_parser("bundle", help="model bundle tools (assemble)")
+    bundle_sub = p.add_subparsers(dest="bundle_command", required=True, metavar="BUNDLE_COMMAND")
+    p = _documented(bundle_sub, "assemble", "assemble a bundle from a prebuilt head + manifest (models/default) and "
+                    "the published backbones, no TensorFlow", assemble)  # fmt: skip
+    assemble.add_arguments(p)
+    p.set_defaults(func=assemble.run)
     return parser
 
 

@@ -94,7 +94,7 @@ def street(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Iterator[S
     workdir = tmp_path_factory.mktemp("fleet")
     bundle = workdir / "bundles" / "default"
     assembled = subprocess.run(
-        [sys_python(), "-m", "custom.daemon.model.assemble", "--prebuilt", str(ROOT / "models/default"),
+        [sys_python(), "-m", "custom.daemon.cli", "bundle", "assemble", "--prebuilt", str(ROOT / "models/default"),
          "--shared", str(shared), "--out", str(bundle)], capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert assembled.returncode == 0, assembled.stderr
