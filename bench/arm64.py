@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from custom.testing import arm64
-from custom.testing.shared import shared_dir
+from testing import arm64
+from testing.shared import shared_dir
 
 
 def host_cpu() -> str:

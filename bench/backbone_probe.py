@@ -24,7 +24,7 @@ from custom.convert.tflite.outputs import expose_outputs
 from custom.daemon.audio.audiofile import read_audio
 from custom.daemon.model.frontend import YAMNET, Frontend
 from custom.daemon.model.runtime import interpreter_class
-from custom.testing.shared import shared_dir
+from testing.shared import shared_dir
 
 WINDOW_S = 10.0
 

@@ -34,7 +34,7 @@ def architecture(name: str) -> Architecture:
 
     if name == "official":
         return OFFICIAL
-    from custom.testing.vggish import SMALL
+    from testing.vggish import SMALL
 
     return SMALL
 
@@ -170,7 +170,7 @@ def yamnet_bundle(work: Path) -> Path:
 
 
 def _write_inputs(arch_name: str, out: Path) -> None:
-    from custom.testing.vggish import random_weights, write_checkpoint, write_classifier
+    from testing.vggish import random_weights, write_checkpoint, write_classifier
 
     arch = architecture(arch_name)
     write_classifier(out / "classifier")

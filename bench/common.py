@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from custom.testing.shared import shared_dir
+from testing.shared import shared_dir
 
 __all__ = ["shared_dir"]
 

@@ -199,7 +199,7 @@ def measure_alerts(dsn: str, sensors: int, rounds: int) -> dict[str, Any]:
 
 def measure_browser(base: str, rounds: int) -> dict[str, Any] | None:
     """Chromium (Debian's, headless) from navigation to the map drawn with every sensor (body[data-ready])."""
-    from custom.testing.dashboard import CHROMIUM, CHROMIUM_ARGS, log_in
+    from testing.dashboard import CHROMIUM, CHROMIUM_ARGS, log_in
 
     if not CHROMIUM.exists():
         return None
@@ -270,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from custom.ingest.migrate import migrate
     from custom.ingest.store import connect
-    from custom.testing.broker import free_port
-    from custom.testing.dashboard import DashboardProcess, reader_dsn
-    from custom.testing.postgres import PgCluster, _unprivileged_user, create_database
+    from testing.broker import free_port
+    from testing.dashboard import DashboardProcess, reader_dsn
+    from testing.postgres import PgCluster, _unprivileged_user, create_database
 
     top = Path(tempfile.mkdtemp(prefix="dashboard-bench-"))
     run_as = _unprivileged_user()

@@ -20,7 +20,7 @@ import numpy as np
 
 from custom.daemon.audio.audiofile import read_audio
 from custom.daemon.model.frontend_efficientat import EFFICIENTAT, EfficientATFrontend
-from custom.testing.shared import shared_dir
+from testing.shared import shared_dir
 
 
 def kaldi_mel_banks_torch(torch, num_bins: int, n_fft: int, sr: int, low: float, high: float):  # noqa: ANN001

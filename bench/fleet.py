@@ -140,7 +140,7 @@ def publish_fleet(
                 time.sleep(delay)
             scores, level = table.rows[rng.randrange(len(table.rows))]
             start = start_epoch + k * WINDOW_S
-            event = contexts[i].build(scores, start, start + WINDOW_S, level, 5.0, clock=CLOCK_SYNCED)
+            event = contexts[i].build(scores, start, start + WINDOW_S, level, 5.0, clock=CLOCK_SYNCED).to_json()
             sent[event["event_id"]] = time.time()
             client.publish(f"{prefix}/{sensor_id(i)}/events", json.dumps(event), qos=1)
     for _ in range(len(sent)):
@@ -211,9 +211,9 @@ def run_scenario(
 ) -> dict[str, Any]:
     from custom.ingest.migrate import migrate
     from custom.ingest.store import connect
-    from custom.testing.broker import Broker, free_port
-    from custom.testing.ingest import IngestProcess
-    from custom.testing.postgres import PgCluster, _unprivileged_user, create_database
+    from testing.broker import Broker, free_port
+    from testing.ingest import IngestProcess
+    from testing.postgres import PgCluster, _unprivileged_user, create_database
 
     top = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     run_as = _unprivileged_user()

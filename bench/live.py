@@ -1,7 +1,7 @@
 """The daemon itself: start -> READY, and CPU % / real-time factor / RSS on a live (virtual) microphone.
 
 Runs the real `custom-sensord run` against a private PulseAudio null-sink microphone with a clip looping into it and
-a mosquitto on a free loopback port, reusing the test suite's fixtures (the custom.testing package) rather than copies.
+a mosquitto on a free loopback port, reusing the test suite's fixtures (the testing package) rather than copies.
 start -> READY is the wall time from spawning the process to its READY=1 on the sd_notify socket, which the daemon
 sends once the bundle is loaded and the audio stream is open. CPU % is utime+stime from /proc/PID/stat over the
 live run divided by its wall time (100 % = one core). The per-window processing time comes from the daemon's own
@@ -77,8 +77,8 @@ class LiveRig:
     """A virtual mic with audio playing into it and a loopback broker: what a sensor's daemon lives next to."""
 
     def __init__(self, audio_file: Path) -> None:
-        from custom.testing.audio import VirtualMic
-        from custom.testing.broker import Broker, free_port
+        from testing.audio import VirtualMic
+        from testing.broker import Broker, free_port
 
         self._stack = ExitStack()
         self.dir = Path(tempfile.mkdtemp(prefix="bench-live-"))  # short: unix socket paths are limited to 108 bytes
@@ -103,7 +103,7 @@ class LiveRig:
         self.close()
 
     def _daemon(self, bundle: Path, threads: int) -> tuple[Any, Any]:
-        from custom.testing.daemon import Daemon, NotifyListener, daemon_config
+        from testing.daemon import Daemon, NotifyListener, daemon_config
 
         self._runs += 1
         workdir = self.dir / f"daemon{self._runs}"

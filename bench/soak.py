@@ -28,10 +28,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from custom.testing.audio import VirtualMic
-from custom.testing.broker import Broker, Subscriber, free_port
-from custom.testing.daemon import Daemon, daemon_config
-from custom.testing.shared import ROOT, shared_dir
+from testing.audio import VirtualMic
+from testing.broker import Broker, Subscriber, free_port
+from testing.daemon import Daemon, daemon_config
+from testing.shared import ROOT, shared_dir
 
 CLIP = "data/clips/siren/us8k_102871-8-0-8.flac"
 

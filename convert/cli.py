@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from custom.daemon import exitcodes
+from custom.wire import exitcodes
 
 # subcommand -> module under custom.convert
 SUBCOMMANDS = {

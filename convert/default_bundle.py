@@ -8,7 +8,7 @@ recall on the 10 classes (a clip's class among the published labels), and no mor
 recordings than max(5%, the mapping's). The comparison is written into the shipped manifest's
 provenance (`default_choice`). The tests and the benchmarks build it this way; with `--commit-dir models/default`
 it is also written as the repository commits it (convert/prebuilt.py), which the quickstart and the installer
-assemble without TensorFlow (custom.daemon.model.assemble).
+assemble without TensorFlow (`custom-sensord bundle assemble`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import MANIFEST_NAME, load_bundle
+from custom.wire import exitcodes
 
 from .head.build import add_arguments as add_head_arguments
 from .head.build import build as build_head
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="also write the bundle as the repository commits it (e.g. models/default): the manifest and head(s), "
         "each backbone replaced by a recipe (published model in ../shared/models + its sha256 + the tensor exposed), "
-        "which `python -m custom.daemon.model.assemble` turns back into the bundle without TensorFlow. The head is "
+        "which `custom-sensord bundle assemble` turns back into the bundle without TensorFlow. The head is "
         "byte-identical from build to build (seeded mixes, one-thread L-BFGS and TFLite); tests/test_prebuilt.py "
         "rebuilds it and compares",
     )
@@ -179,7 +179,7 @@ def _commit(args: argparse.Namespace, out: Path, result: HeadResult, comparisons
     card = write_model_card(
         args.commit_dir / "MODEL_CARD.md", json.loads((out / MANIFEST_NAME).read_text()), result, comparisons
     )
-    print(f"wrote {args.commit_dir} with {card.name} (commit it; assemble: python -m custom.daemon.model.assemble)")
+    print(f"wrote {args.commit_dir} with {card.name} (commit it; assemble: custom-sensord bundle assemble)")
     return exitcodes.OK
 
 

@@ -2,7 +2,7 @@
 
 Only the trained part (the head, a few KB) and the manifest are committed; each backbone file is replaced by a recipe
 in the manifest's provenance (`assembly`: the published model in ../shared it is made from, that model's sha256 and
-the tensors exposed as extra outputs), from which `python -m custom.daemon.model.assemble` rebuilds it byte for byte
+the tensors exposed as extra outputs), from which `custom-sensord bundle assemble` rebuilds it byte for byte
 without TensorFlow. The manifest keeps every file's sha256, so the assembled backbone is checked like any bundle file.
 """
 

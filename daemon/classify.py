@@ -17,17 +17,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from . import exitcodes
+from custom.wire import exitcodes
+
 from .audio.audiofile import AudioFile, AudioFileError, read_audio
 from .audio.windows import recording_windows
 from .config import ModelConfig
 from .model.bundle import BundleError
 from .model.runtime import RuntimeMissingError
 from .pipeline import bundle_pipeline
+from .publish.event import Event
 
 DEFAULT_BUNDLE = ModelConfig.bundle  # the daemon's default bundle folder
 DEFAULT_THREADS = ModelConfig.threads  # the daemon's default, so classify measures what the sensor runs
@@ -59,16 +60,14 @@ def check_audio(audio: AudioFile) -> None:
         raise AudioFileError(f"{audio.path}: silent recording (peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS)")
 
 
-def format_line(event: dict[str, Any]) -> str:
-    window = event["window"]
-    end = window["offset_s"] + window["duration_s"]
-    span = f"{window['offset_s']:7.1f}-{end:6.1f} s" + (" (padded)" if window.get("padded") else "")
-    labels = ", ".join(f"{lab['name']} {lab['score']:.2f}" for lab in event["labels"]) or "-"
-    top = event["top"]
-    level = event["level"]["laeq"]
-    level_text = f"{level:6.1f} {event['level']['unit']}" if level is not None else "   -inf"
-    top_text = f"{top['name'] or 'nothing heard'} {top['score']:.2f}"
-    return f"{event['file']}  {span}  {level_text}  top {top_text}  labels: {labels}"
+def format_line(event: Event, path: Path, offset_s: float, padded: bool) -> str:
+    end = offset_s + round(event.end - event.start, 3)
+    span = f"{offset_s:7.1f}-{end:6.1f} s" + (" (padded)" if padded else "")
+    labels = ", ".join(f"{label.name} {label.score:.2f}" for label in event.labels) or "-"
+    level = event.level["laeq"]
+    level_text = f"{level:6.1f} {event.level['unit']}" if level is not None else "   -inf"
+    top_text = f"{event.top_name or 'nothing heard'} {event.top_score:.2f}"
+    return f"{path}  {span}  {level_text}  top {top_text}  labels: {labels}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
         size = round(args.window * audio.rate_hz)
         for window in recording_windows(audio.waveform, audio.rate_hz, args.window, recorded_at, MIN_DURATION_S):
             event = pipeline.score(window, extra={"file": str(path)}).event
-            offset_s = window.start_sample / audio.rate_hz
-            event["window"].update(offset_s=round(offset_s, 3), padded=len(window.samples) < size)
-            print(json.dumps(event) if args.json else format_line(event), flush=True)
+            offset_s, padded = round(window.start_sample / audio.rate_hz, 3), len(window.samples) < size
+            if args.json:  # the daemon's event, plus where in the file the window lies
+                line = event.to_json()
+                line["window"].update(offset_s=offset_s, padded=padded)
+                print(json.dumps(line), flush=True)
+            else:
+                print(format_line(event, path, offset_s, padded), flush=True)
     return status

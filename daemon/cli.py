@@ -6,6 +6,7 @@
   status        what the running service last reported; exit 0 only when it is healthy
   devices       list audio input devices
   calibrate     measure a 1 kHz acoustic calibrator and set audio.calibration_db
+  bundle assemble  assemble a model bundle from a prebuilt head + manifest and the published backbones
 
 Exit codes: 0 ok, 2 usage, 65 bad data (calibrate), 66 unreadable input, 69 missing runtime, 78 bad config or bundle.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import exitcodes
+from custom.wire import exitcodes
 
 if TYPE_CHECKING:
     from .config import Config
@@ -33,7 +34,9 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def _load(path: Path) -> Config | None:
     """The config, or None once its one-line error is printed (the caller exits 78)."""
-    from .config import ConfigError, load_config
+    from custom.wire.settings import ConfigError
+
+    from .config import load_config
 
     try:
         return load_config(path)
@@ -123,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     calibrate.add_arguments(p)
     p.set_defaults(func=calibrate.run)
+
+    from .model import assemble
+
+    p = sub.add_parser("bundle", help="model bundle tools (assemble)")
+    bundle_sub = p.add_subparsers(dest="bundle_command", required=True, metavar="BUNDLE_COMMAND")
+    p = _documented(bundle_sub, "assemble", "assemble a bundle from a prebuilt head + manifest (models/default) and "
+                    "the published backbones, no TensorFlow", assemble)  # fmt: skip
+    assemble.add_arguments(p)
+    p.set_defaults(func=assemble.run)
     return parser
 
 

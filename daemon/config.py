@@ -26,16 +26,11 @@ from typing import Any
 
 import yaml
 
-from .schema import ConfigError, at_line, build, frozen_mapping, num, one_line, opt, os_reason, parse_text
-from .topics import Topics
-
-__all__ = ["ConfigError", "one_line"]  # re-exported: the daemon's modules import them from here
+from custom.wire.settings import ConfigError, at_line, build, frozen_mapping, num, opt, os_reason, parse_text
+from custom.wire.topics import TOPIC_LEVEL, TOPIC_PREFIX, Topics
 
 STATE_DIR = Path("/var/lib/custom-sensor")  # systemd StateDirectory=custom-sensor
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# MQTT topic level safe for ids and prefixes: no wildcards, no separators, nothing a shell or HA would choke on
-_TOPIC_LEVEL = r"[A-Za-z0-9_.-]{1,64}"
-_TOPIC_PREFIX = rf"{_TOPIC_LEVEL}(/{_TOPIC_LEVEL})*"
 
 
 @dataclass(frozen=True)
@@ -126,7 +121,7 @@ class MqttConfig:
         None, "File holding the password (first line); never put the password itself in this file.", exists="file"
     )
     client_id: str | None = opt(None, "MQTT client id; null means 'custom-sensor-<sensor_id>'.", pattern=r"\S{1,128}")
-    topic_prefix: str = opt("custom", "Topic prefix: events go to <prefix>/<sensor_id>/events.", pattern=_TOPIC_PREFIX)
+    topic_prefix: str = opt("custom", "Topic prefix: events go to <prefix>/<sensor_id>/events.", pattern=TOPIC_PREFIX)
     qos: int = opt(1, "QoS for events and status; 1 means at-least-once (duplicates possible, no loss).", lo=0, hi=2)
     keepalive_s: int = opt(60, "Keepalive, seconds: how soon the broker notices a dead sensor.", lo=5, hi=3600)
     reconnect_min_s: float = opt(1.0, "First reconnect delay, seconds (doubles per failure, with jitter).", gt=0.0)
@@ -155,7 +150,7 @@ class HomeAssistantConfig:
     """Home Assistant MQTT discovery."""
 
     discovery: bool = opt(False, "Publish Home Assistant discovery messages.")
-    prefix: str = opt("homeassistant", "Home Assistant discovery prefix.", pattern=_TOPIC_PREFIX)
+    prefix: str = opt("homeassistant", "Home Assistant discovery prefix.", pattern=TOPIC_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -165,7 +160,7 @@ class Config:
     sensor_id: str = opt(
         "sensor-01",
         "Unique id of this sensor; used in topics and events. Letters, digits, '_', '-', '.'.",
-        pattern=_TOPIC_LEVEL,
+        pattern=TOPIC_LEVEL,
     )
     location: LocationConfig = opt(factory=LocationConfig, doc="Where the sensor is.")
     audio: AudioConfig = opt(factory=AudioConfig, doc="Audio capture.")

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .publish.event import iso_utc
+from custom.wire.timestamps import iso_utc
+
 from .version import package_version
 
 LATENCY_SAMPLES = 100  # inference times kept for p50/p95

@@ -1,7 +1,7 @@
 """One window in, one event out: the scoring path shared by the daemon and `custom-sensord classify`.
 
-Windows carry audio at the capture rate (`Window.samples`, `Window.rate_hz`); `Pipeline.score` resamples to the
-model's rate, scores, measures the level and builds the event, so the live sensor and an offline run over a
+Windows carry audio at the capture rate (`Window.samples`, `Window.rate_hz`); `Pipeline.score` limits them to the
+bundle's band, scores, measures the level and builds the event, so the live sensor and an offline run over a
 recording cannot disagree about what a window means.
 """
 
@@ -13,20 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from custom.wire.settings import ConfigError
+
 from .audio.pcm import resample
 from .audio.windows import Window
 from .clock import ClockState
-from .config import Config, ConfigError
+from .config import Config
 from .model.bundle import Bundle, BundleError, load_bundle
 from .model.inference import EnsembleModel, Model, open_model
 from .noise.levels import LevelMeter, WindowLevels
-from .publish.event import EventContext
+from .publish.event import Event, EventContext
 
-# The model sees the band it was trained on. Every model we ship learnt from 16 kHz recordings (all of ../shared is
-# 16 kHz: nothing above 8 kHz), so a window captured at 48 kHz (the default, for full-band levels) is brought to
-# 16 kHz first, then to the bundle's own rate (32 kHz for EfficientAT, whose head would otherwise meet a band it
-# never saw in training). Levels are measured on the capture-rate window, untouched.
-TRAINED_BAND_RATE_HZ = 16000
+# The model sees the band it was trained on, which the bundle names (bundle.band_rate_hz: a version-2 manifest's
+# band_rate_hz, 16 kHz for version 1): a window captured at 48 kHz (the default, for full-band levels) is brought to
+# that band once, then to each front end's own rate (32 kHz for EfficientAT, whose head would otherwise meet a band it
+# never saw in training) by the model. Levels are measured on the capture-rate window, untouched.
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,11 @@ class Pipeline:
         return self.model.bundle
 
     def score(self, window: Window, extra: Mapping[str, Any] | None = None, clock: ClockState | None = None) -> Scored:
-        """The per-window hot path: resample for the model, score, measure levels on the capture-rate audio (the
+        """The per-window hot path: limit to the bundle's band, score, measure levels on the capture-rate audio (the
         full band), build the event (with `processing_ms`). `clock`: the NTP state at the window start (live only)."""
         t0 = time.perf_counter()
-        waveform = resample(window.samples, int(round(window.rate_hz)), TRAINED_BAND_RATE_HZ)
-        if self.model.input_rate_hz != TRAINED_BAND_RATE_HZ:  # EfficientAT's 32 kHz front end
-            waveform = resample(waveform, TRAINED_BAND_RATE_HZ, self.model.input_rate_hz)
-        result = self.model.scores(waveform)
+        band = resample(window.samples, int(round(window.rate_hz)), self.model.band_rate_hz)
+        result = self.model.band_scores(band)
         levels = self.meter(window.samples, window.rate_hz)
         elapsed_ms = (time.perf_counter() - t0) * 1e3
         event = self.context.build(
@@ -62,7 +61,7 @@ class Pipeline:
 class Scored:
     """A window's event, and its levels in full (the hourly summary needs the fast-level series)."""
 
-    event: dict[str, Any]
+    event: Event
     levels: WindowLevels
 
 

@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import exitcodes
+from custom.wire import exitcodes
+from custom.wire.settings import ConfigError
+from custom.wire.timestamps import iso_utc
+
 from .audio.capture import FileSource, MicCapture
 from .audio.ringbuffer import USUAL_MAX_CAPTURE_RATE_HZ, RingBuffer
 from .audio.source import AudioSource
 from .audio.windows import Window, Windower
 from .clock import ClockProbe
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
 from .health import Health, mic_down_since, status_line
 from .model.runtime import RuntimeMissingError
 from .noise.summary import DEFAULT_PERIOD_S, HourlySummary
@@ -51,7 +54,7 @@ STALL_MARGIN_S = 15.0  # beyond the expected window period before the pipeline c
 class RunOptions:
     """What `custom-sensord run` was asked to do: the one parameter list of `run_service` and `Service.start`.
 
-    `stall_after` and `summary_period_s` are seams for tests only (set by `custom.testing.faults`, never by a product
+    `stall_after` and `summary_period_s` are seams for tests only (set by `testing.faults`, never by a product
     CLI): stop processing after that many windows to prove the watchdog acts (there is no real way to hang TFLite on
     demand), and a summary period shorter than the hour."""
 
@@ -248,20 +251,20 @@ class Service:
     def process(self, window: Window) -> None:
         """The per-window hot path: score the window into an event and spool it."""
         if self.options.stall_after is not None and self.health.windows_done >= self.options.stall_after:
-            log.warning("fault injection: pipeline stalled on purpose (custom.testing.faults)")
+            log.warning("fault injection: pipeline stalled on purpose (testing.faults)")
             self.controls.stop.wait()
             return
         clock = self.clock.state()  # as near the window's start as we can ask: it was stamped moments ago
         scored = self.pipeline.score(window, clock=clock)
         event = scored.event
-        self.transport.publisher.deliver(self.config.topics.events, event)
-        labels = [label["name"] for label in event["labels"]]
+        self.transport.publisher.deliver(self.config.topics.events, event.to_json())
+        labels = [label.name for label in event.labels]
         self._deliver_summaries(self.summary.add(window.start_time, window.end_time, scored.levels, labels,
                                                  clock.synced))  # fmt: skip
-        self.health.window_done(event["processing_ms"])
+        self.health.window_done(event.processing_ms)
         self._write_report(self.health_report())
-        log.debug("window %s: top %s %.2f, %.1f ms", event["window"]["start"], event["top"]["name"],
-                  event["top"]["score"], event["processing_ms"])  # fmt: skip
+        log.debug("window %s: top %s %.2f, %.1f ms", iso_utc(event.start), event.top_name, event.top_score,
+                  event.processing_ms)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ upkeep
 

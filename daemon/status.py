@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import exitcodes
+from custom.wire import exitcodes
 
 if TYPE_CHECKING:
     from .config import Config

@@ -207,7 +207,7 @@ install_venv() {
     python=$venv/bin/python
     [[ -x $python ]] || python3 -m venv "$venv"
     "$python" -m pip install --quiet --upgrade pip
-    "$python" -m pip install --quiet "${FROM}[systemd,fastfft]"
+    "$python" -m pip install --quiet "${FROM}[sensor,systemd,fastfft]"
     if [[ $ARCH == armhf ]]; then
         # ai-edge-litert has no armv7 wheels; tflite-runtime does only where a wheel was built for this Python
         # (PyPI: cp39 and older; Raspberry Pi OS also asks piwheels). It needs numpy<2.
@@ -290,13 +290,14 @@ EOF
 # plus the published backbone(s), assembled with the sensor's own package: no TensorFlow, no training. A backbone
 # whose sha256 is not the manifest's stops the install with the assembler's one line and its exit status (78).
 build_default_bundle() {
-    local python out
-    for python in "$(r "$VENV")/bin/python" "$FROM/.venv/bin/python" "$(command -v python3 || true)" ""; do
-        [[ -x $python ]] && "$python" -c "import custom.daemon.model.assemble" 2>/dev/null && break
+    local sensord out
+    for sensord in "$(r "$VENV")/bin/custom-sensord" "$FROM/.venv/bin/custom-sensord" \
+        "$(command -v custom-sensord || true)" ""; do
+        [[ -x $sensord ]] && "$sensord" bundle assemble --help >/dev/null 2>&1 && break
     done
-    [[ -n $python ]] || die $EX_CONFIG "--default-bundle needs the sensor's package (use --with-venv, or a .venv in $FROM)"
+    [[ -n $sensord ]] || die $EX_CONFIG "--default-bundle needs the sensor's package (use --with-venv, or a .venv in $FROM)"
     out=$(mktemp -d)/bundle
-    "$python" -m custom.daemon.model.assemble --prebuilt "$FROM/models/default" \
+    "$sensord" bundle assemble --prebuilt "$FROM/models/default" \
         --shared "${CUSTOM_SHARED:-$FROM/../shared}" --out "$out" || exit
     BUNDLE=$out
 }

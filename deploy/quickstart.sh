@@ -6,7 +6,7 @@
 # It installs the system packages (only if one is missing), a venv in .venv with the sensor alone (no TensorFlow;
 # scipy for the fast FFT, as deploy/install.sh),
 # assembles the default model bundle into .quickstart/bundle from the committed head in models/default plus the
-# published backbone(s) in ../shared/models, each checked by sha256 (python -m custom.daemon.model.assemble; a
+# published backbone(s) in ../shared/models, each checked by sha256 (custom-sensord bundle assemble; a
 # mismatch stops it with exit 78), starts a loopback broker if none listens on 127.0.0.1:1883, and runs
 # `custom-sensord run`. Without a microphone it replays a siren recording in a loop.
 # For a real deployment under systemd use deploy/install.sh (see deploy/OPERATING.md).
@@ -53,7 +53,7 @@ echo "== python environment ($VENV)"
 [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 # fastfft (scipy's float32 FFT): the front end and level meter as deploy/install.sh sets a sensor up, 3x faster
-"$VENV/bin/pip" install -q -e ".[fastfft]"
+"$VENV/bin/pip" install -q -e ".[sensor,fastfft]"
 mkdir -p "$WORK"
 
 echo "== default model bundle ($WORK/bundle, from models/default + $SHARED/models)"
@@ -61,7 +61,7 @@ echo "== default model bundle ($WORK/bundle, from models/default + $SHARED/model
 # no TensorFlow, no training (custom-convert default-bundle --commit-dir models/default made models/default).
 if ! cmp -s "$ROOT/models/default/manifest.json" "$WORK/bundle/manifest.json" ||
     ! "$VENV/bin/python" -c "from custom.daemon.model.bundle import load_bundle; load_bundle('$WORK/bundle')" 2>/dev/null; then
-    "$VENV/bin/python" -m custom.daemon.model.assemble --prebuilt "$ROOT/models/default" --shared "$SHARED" --out "$WORK/bundle"
+    "$VENV/bin/custom-sensord" bundle assemble --prebuilt "$ROOT/models/default" --shared "$SHARED" --out "$WORK/bundle"
 fi
 
 echo "== local broker (127.0.0.1:1883)"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Any
 
-from custom.daemon.schema import ConfigError
+from custom.wire.settings import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BETWEEN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")

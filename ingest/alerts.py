@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg
 
+from custom.wire.topics import fleet_topic
+
 from .alert_rules import AlertRule, AlertSettings
 from .named_queries import query
 from .records import EventRow
@@ -64,7 +66,7 @@ class Alerts:
         self.topic_prefix = topic_prefix
 
     def topic(self, sensor_id: str) -> str:
-        return f"{self.topic_prefix}/_alerts/{sensor_id}"
+        return fleet_topic(self.topic_prefix, "alerts", sensor_id)
 
     def on_commit(self, conn: psycopg.Connection[Any], events: Sequence[EventRow]) -> set[str]:
         """Evaluate every rule for the sensors of a committed batch; returns the sensors whose episodes changed."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from custom.daemon.schema import ConfigError
+from custom.wire.settings import ConfigError
 
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 OUTLINE_MAX_BYTES = 20 * 2**20

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import psycopg
 
-from custom.daemon import exitcodes
+from custom.wire import exitcodes
+from custom.wire.settings import ConfigError
 
-from .config import ConfigError, IngestConfig, load_config
+from .config import IngestConfig, load_config
 from .migrate import MissingRight, migrate, pending
 from .records import Judge
 from .store import connect, drop_old_partitions

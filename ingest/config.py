@@ -1,7 +1,7 @@
 """The ingest's settings: one YAML file (optional) parsed once into frozen dataclasses, command-line overrides on top.
 
 Kept apart from the daemon's settings on purpose: the ingest runs on fleet servers, not on sensors, and must not
-break when the sensor config grows a key. Validated by the same engine (`custom.daemon.schema`) as the sensor's
+break when the sensor config grows a key. Validated by the same engine (`custom.wire.settings`) as the sensor's
 config and the bundle manifests, so a mistake reads the same everywhere: `ingest.mqtt.port: must be 1..65535, got
 70000 (line 4)`. The file may hold the settings at its top level or under an `ingest:` key.
 """
@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from custom.daemon.schema import ConfigError, at_line, build, num, opt, os_reason, parse_text
+from custom.wire.settings import ConfigError, at_line, build, num, opt, os_reason, parse_text
+from custom.wire.topics import TOPIC_LEVEL, fleet_topic, subscription
 
 from .alert_rules import AlertSettings, parse_alerts
 
-__all__ = ["ConfigError", "IngestConfig", "load_config"]
+__all__ = ["IngestConfig", "load_config"]
 
-_TOPIC_LEVEL = r"[A-Za-z0-9_.-]{1,64}"
 SECTION = "ingest"  # every key path starts here, whether or not the file has the `ingest:` key
 
 
@@ -27,11 +27,11 @@ SECTION = "ingest"  # every key path starts here, whether or not the file has th
 class MqttSettings:
     host: str = opt("127.0.0.1", "Broker host.", pattern=r"\S{1,253}")
     port: int = opt(1883, "Broker port.", lo=1, hi=65535)
-    topic_prefix: str = opt("custom", "The sensors' topic prefix.", pattern=_TOPIC_LEVEL)
+    topic_prefix: str = opt("custom", "The sensors' topic prefix.", pattern=TOPIC_LEVEL)
     group: str = opt("ingest", "Shared-subscription group: every ingest in one group splits the messages.",
-                     pattern=_TOPIC_LEVEL)  # fmt: skip
+                     pattern=TOPIC_LEVEL)  # fmt: skip
     client_id: str = opt("custom-ingest-1", "Unique per ingest process AND stable across restarts (persistent "
-                         "session).", pattern=_TOPIC_LEVEL)  # fmt: skip
+                         "session).", pattern=TOPIC_LEVEL)  # fmt: skip
     session_expiry_s: int = opt(7 * 24 * 3600, "How long the broker keeps our queue while we are away; under 60 s a "
                                 "restart could lose it.", lo=60)  # fmt: skip
     receive_maximum: int = opt(10000, "Unacknowledged messages the broker may have in flight to us (MQTT 5 Receive "
@@ -87,15 +87,15 @@ class IngestConfig:
 
     @property
     def event_topic(self) -> str:
-        return f"$share/{self.mqtt.group}/{self.mqtt.topic_prefix}/+/events"
+        return subscription(self.mqtt.topic_prefix, "events", self.mqtt.group)
 
     @property
     def summary_topic(self) -> str:
-        return f"$share/{self.mqtt.group}/{self.mqtt.topic_prefix}/+/summary"
+        return subscription(self.mqtt.topic_prefix, "summary", self.mqtt.group)
 
     @property
     def health_topic(self) -> str:
-        return f"{self.mqtt.topic_prefix}/_ingest/{self.mqtt.client_id}/health"
+        return fleet_topic(self.mqtt.topic_prefix, "ingest", self.mqtt.client_id, "health")
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> IngestConfig:

@@ -29,9 +29,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from custom.daemon.backoff import Backoff
-from custom.daemon.config import one_line
-from custom.daemon.publish.event import iso_utc
+from custom.wire.backoff import Backoff
+from custom.wire.settings import one_line
+from custom.wire.timestamps import iso_utc
+from custom.wire.topics import sensor_topic
 
 from .alerts import Alerts
 from .config import IngestConfig
@@ -291,7 +292,8 @@ class Ingest:
                 if isinstance(row, EventRow):
                     topic, payload = row.topic, row.payload.encode()
                 else:
-                    topic, payload = f"{self.config.mqtt.topic_prefix}/{row.sensor_id}/summary", row.payload.encode()
+                    topic = sensor_topic(self.config.mqtt.topic_prefix, row.sensor_id, "summary")
+                    payload = row.payload.encode()
                 rejections.append(rejection(topic, payload, f"database refused it: {_reason(exc)}"))
         store.write([], [], rejections)
         return inserted

@@ -1,6 +1,6 @@
 """MQTT message -> a row to store, or a rejection with a reason: the one place payloads are judged.
 
-Events are checked against the schema the daemon package ships (`custom.daemon/event.schema.json`), loaded once at
+Events are checked against the schema both sides share (`custom.wire`, wire/event.schema.json), loaded once at
 start, so the ingest and the sensors can never disagree on what an event is; jsonschema-rs does it (~15 us per event;
 the pure-Python validator costs milliseconds, more than the whole database write). The schema's version pin is
 widened to "any version from 1 to one past the shipped one": a fleet is upgraded sensor by sensor, and during the
@@ -18,12 +18,12 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import date, datetime
-from importlib import resources
 from typing import Any
 
 import jsonschema_rs
 
-from .topic import TopicError, parse_sensor_topic
+from custom.wire import schemas
+from custom.wire.topics import TopicError, parse_sensor_topic
 
 PAYLOAD_KEEP_CHARS = 4096
 REASON_KEEP_CHARS = 500
@@ -62,15 +62,6 @@ class Rejection:
     identity: bool = False  # refused for whose it is (topic or sensor_id), not for what it says
 
 
-def _package_schema(name: str) -> dict[str, Any] | None:
-    try:
-        text = resources.files("custom.daemon").joinpath(name).read_text()
-    except (FileNotFoundError, OSError):
-        return None
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
 class Judge:
     """Validators built once; `judge(topic, payload)` returns an EventRow, a SummaryRow or a Rejection, never raises.
     `prefix`: the sensors' topic prefix (mqtt.topic_prefix)."""
@@ -82,12 +73,8 @@ class Judge:
         prefix: str = "custom",
     ):
         self.prefix = prefix
-        shipped = event_schema if event_schema is not None else _package_schema("event.schema.json")
-        if shipped is None:
-            raise RuntimeError("custom.daemon ships no event.schema.json: is custom-sensor installed?")
-        summary = summary_schema if summary_schema is not None else _package_schema("summary.schema.json")
-        if summary is None:
-            raise RuntimeError("custom.daemon ships no summary.schema.json: is custom-sensor installed?")
+        shipped = event_schema if event_schema is not None else schemas.load(schemas.EVENT)
+        summary = summary_schema if summary_schema is not None else schemas.load(schemas.SUMMARY)
         self.shipped_version = _pinned_version(shipped)
         self.accepted_versions = tuple(range(1, self.shipped_version + 2))
         self._event = jsonschema_rs.validator_for(_widened(shipped, self.accepted_versions))

@@ -26,11 +26,12 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from custom.wire.topics import SENSOR_ID
+
 from . import dashboard as d
 from .basemap import MBTiles, read_outline
 from .config import IngestConfig
 from .door import Door, Sessions, Throttle, door_routes
-from .topic import SENSOR_ID
 from .users import UsersFile
 
 log = logging.getLogger("custom.ingest.serve")

@@ -1,5 +1,7 @@
 """Real-part test fixtures (mosquitto, PulseAudio virtual mic, the daemon as a subprocess, small VGGish checkpoints).
 
-A package of its own, installed as ``custom.testing``, so that the test suite and ``bench/`` share one copy without
-importing ``tests`` through ``sys.path`` edits.
+A top-level package of the checkout, not of the product wheel: the sensor, the fleet and the workstation never
+install the nspawn, qemu and PostgreSQL harnesses. The test suite finds it through pytest's `pythonpath = ["."]`
+(pyproject.toml), `python -m bench` and `python -m testing.<tool>` from the checkout's root; subprocesses that run
+one of its entry points get the root on PYTHONPATH (`shared.source_env`).
 """

@@ -54,7 +54,7 @@ VENVS = {"ai_edge_litert": "/opt/venv-litert", "tflite_runtime": "/opt/venv-tfli
 SHARED_MOUNT = "/shared"  # ../shared, bound read-only
 BUNDLE_MOUNT = "/bundle"  # a bundle built on the x86 side (building one needs TensorFlow), bound read-only
 SOURCE_DIR = "/src"  # the copy of the checkout that is installed
-SOURCE_ITEMS = ("setup.cfg", "pyproject.toml", "README.md", "config.yaml", "daemon", "convert", "testing", "ingest")
+SOURCE_ITEMS = ("setup.cfg", "pyproject.toml", "README.md", "config.yaml", "daemon", "convert", "ingest", "wire")
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -67,11 +67,15 @@ def cache_dir() -> Path:
 
 
 def daemon_requirements() -> list[str]:
-    """install_requires of setup.cfg without environment markers (the chroot is aarch64, where all of them apply)."""
+    """What `pip install .[sensor]` pulls (install_requires and the sensor extra of setup.cfg), without environment
+    markers (the chroot is aarch64, where all of them apply)."""
     parser = configparser.ConfigParser()
     parser.read(ROOT / "setup.cfg")
-    lines = parser["options"]["install_requires"].strip().splitlines()
-    return [line.split(";")[0].strip() for line in lines if line.strip()]
+    lines = [
+        *parser["options"]["install_requires"].splitlines(),
+        *parser["options.extras_require"]["sensor"].splitlines(),
+    ]
+    return [line.split(";")[0].strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def venv_requirements() -> dict[str, list[str]]:
@@ -306,7 +310,7 @@ def scores_by_window(stdout: str, prefix: str) -> dict[tuple[str, float], dict[s
 
 
 def main() -> int:
-    """`python -m custom.testing.arm64`: build the cached root if missing, print where it is and how long it took."""
+    """`python -m testing.arm64`: build the cached root if missing, print where it is and how long it took."""
     import time
 
     start = time.monotonic()

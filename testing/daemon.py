@@ -17,7 +17,7 @@ import yaml
 
 from .process import LoggedProcess
 
-FAULT_SEAMS = ("--fault-stall-after", "--summary-period-s")  # see custom.testing.faults
+FAULT_SEAMS = ("--fault-stall-after", "--summary-period-s")  # see testing.faults
 
 
 class NotifyListener:
@@ -81,7 +81,7 @@ class Daemon(LoggedProcess):
     def start(self) -> Daemon:
         # the product CLI, unless the test sets a fault seam, which only the test-only entry point has
         seams = any(arg in FAULT_SEAMS for arg in self.args)
-        entry = ["custom.testing.faults", "sensord"] if seams else ["custom.daemon.cli", "run"]
+        entry = ["testing.faults", "sensord"] if seams else ["custom.daemon.cli", "run"]
         command = [sys.executable, "-m", *entry, "--config", str(self.config_path), *self.args]
         self._launch(command, self.env)
         return self

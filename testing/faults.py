@@ -1,11 +1,11 @@
 """Test-only entry points that start the real daemon or ingest with a fault seam set, so no product CLI carries a
 hidden test option and no product code reads a fault from the environment.
 
-  python -m custom.testing.faults sensord [--fault-stall-after N] [--summary-period-s S] <run options>
+  python -m testing.faults sensord [--fault-stall-after N] [--summary-period-s S] <run options>
       `custom-sensord run` with the Service's test seams: stop processing after
       N windows (the systemd watchdog must then stop the process: TFLite cannot be hung on demand), or a short
       summary period so a test sees several "hours". Usable as a unit's ExecStart.
-  python -m custom.testing.faults ingest --exit-after-commit N run <custom-ingest run options>
+  python -m testing.faults ingest --exit-after-commit N run <custom-ingest run options>
       `custom-ingest run` that dies (exit 137, no cleanup) right after its Nth commit and before that batch's
       acknowledgements: the one crash point a real kill -9 cannot be aimed at. The seam is the alert evaluation that
       runs between the commit and the acks.
@@ -27,7 +27,7 @@ def sensord(argv: list[str]) -> int:
     from custom.daemon.noise.summary import DEFAULT_PERIOD_S
     from custom.daemon.service import RunOptions, run_service
 
-    seams = argparse.ArgumentParser(prog="custom.testing.faults sensord", add_help=False)
+    seams = argparse.ArgumentParser(prog="testing.faults sensord", add_help=False)
     seams.add_argument("--fault-stall-after", type=int, default=None, metavar="N")
     seams.add_argument("--summary-period-s", type=float, default=DEFAULT_PERIOD_S)
     faults, rest = seams.parse_known_args(argv)
@@ -47,7 +47,7 @@ def ingest(argv: list[str]) -> int:
     from custom.ingest import cli
     from custom.ingest.alerts import Alerts
 
-    seams = argparse.ArgumentParser(prog="custom.testing.faults ingest", add_help=False)
+    seams = argparse.ArgumentParser(prog="testing.faults ingest", add_help=False)
     seams.add_argument("--exit-after-commit", type=int, required=True, metavar="N")
     faults, rest = seams.parse_known_args(argv)
     left = [faults.exit_after_commit]

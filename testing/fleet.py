@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from custom.testing import nspawn
+from testing import nspawn
 
 LAYER_PACKAGES = ("openssh-server", "python3-apt")
 MIC_DROPIN = f"""[Service]

@@ -49,7 +49,7 @@ def build_event(
 ) -> dict[str, Any]:
     """One window's event as the daemon publishes it: real scores, the LevelMeter's levels of a tone."""
     levels = tone_levels(laeq_db).to_event()
-    return context.build(scores, start, start + WINDOW_S, levels, processing_ms, clock=clock, vetoed=vetoed)
+    return context.build(scores, start, start + WINDOW_S, levels, processing_ms, clock=clock, vetoed=vetoed).to_json()
 
 
 def hour_in_parts(
@@ -85,11 +85,11 @@ class IngestProcess(LoggedProcess):
         self.client_id, self.group = client_id, group
 
     def start(self, *extra: str, exit_after_commit: int | None = None) -> IngestProcess:
-        """`exit_after_commit`: die right after that many commits, before their acks (custom.testing.faults)."""
+        """`exit_after_commit`: die right after that many commits, before their acks (testing.faults)."""
         entry = (
             ["custom.ingest.cli"]
             if exit_after_commit is None
-            else ["custom.testing.faults", "ingest", "--exit-after-commit", str(exit_after_commit)]
+            else ["testing.faults", "ingest", "--exit-after-commit", str(exit_after_commit)]
         )
         command = [
             sys.executable, "-m", *entry, "run", "--dsn", self.dsn, "--mqtt-host", "127.0.0.1",

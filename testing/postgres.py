@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from custom.testing.broker import free_port, port_open
+from testing.broker import free_port, port_open
 
 PG_BIN = Path(os.environ.get("CUSTOM_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_TIMEOUT_S = 30.0

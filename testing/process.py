@@ -7,6 +7,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from .shared import source_env
+
 
 class LoggedProcess:
     name = "process"  # in the failure message of a process that does not stop
@@ -17,7 +19,8 @@ class LoggedProcess:
 
     def _launch(self, command: list[str], env: dict[str, str]) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
-        self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        # the checkout's root on PYTHONPATH: the test-only entry points (`python -m testing.faults`) live there
+        self.proc = subprocess.Popen(command, env=source_env(env), stdout=self._log, stderr=subprocess.STDOUT)
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait; returns the exit code (kills it after `timeout` so a hang fails the test)."""

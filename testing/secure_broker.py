@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
 EXAMPLE = ROOT / "deploy" / "mosquitto"
 WAIT_S = 10.0

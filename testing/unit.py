@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
 UNIT = ROOT / "deploy" / "custom-sensor.service"
 UNIT_NAME = "custom-sensor.service"

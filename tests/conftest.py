@@ -6,19 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from custom.testing.shared import ROOT, shared_dir
+from testing.shared import ROOT, shared_dir
 
 __all__ = ["ROOT", "shared_dir"]
 
 # Fixtures that start real services live in their own modules: a real mosquitto on loopback, a PulseAudio virtual mic.
 pytest_plugins = [
-    "custom.testing.broker",
-    "custom.testing.secure_broker",
-    "custom.testing.audio",
-    "custom.testing.daemon",
-    "custom.testing.postgres",
-    "custom.testing.ingest",
-    "custom.testing.dashboard",
+    "testing.broker",
+    "testing.secure_broker",
+    "testing.audio",
+    "testing.daemon",
+    "testing.postgres",
+    "testing.ingest",
+    "testing.dashboard",
 ]
 
 

@@ -57,7 +57,7 @@ if [[ " $* " == *arm64* ]]; then
   echo "== arm64 Debian 12 root (testing/arm64.py; cached under ${CUSTOM_ARM64_CACHE:-/var/cache/custom-sensor})"
   # Built once (debootstrap + second stage + the daemon's dependencies, emulated: about 10 min), then reused by
   # tests/test_arm64.py through an overlay per run; building it here keeps that time out of a test's.
-  "$VENV/bin/python" -m custom.testing.arm64 ||
+  "$VENV/bin/python" -m testing.arm64 ||
     echo "tests/run.sh: arm64 root not built (above); tests/test_arm64.py will say why" >&2
 fi
 
@@ -65,15 +65,16 @@ echo "== lint"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 
-echo "== types (mypy --strict on custom.daemon and custom.ingest)"
-# setup.cfg maps custom.daemon -> daemon/ and custom.ingest -> ingest/; mypy cannot read that from the editable
-# install's import hook, so it checks them through a throwaway custom/ folder of links.
+echo "== types (mypy --strict on custom.wire, custom.daemon and custom.ingest)"
+# setup.cfg maps custom.daemon -> daemon/, custom.ingest -> ingest/ and custom.wire -> wire/; mypy cannot read that
+# from the editable install's import hook, so it checks them through a throwaway custom/ folder of links.
 types_root=$(mktemp -d)
 mkdir "$types_root/custom"
 ln -s "$PWD/daemon" "$types_root/custom/daemon"
 ln -s "$PWD/ingest" "$types_root/custom/ingest"
+ln -s "$PWD/wire" "$types_root/custom/wire"
 MYPYPATH="$types_root" "$VENV/bin/mypy" --config-file pyproject.toml --cache-dir "$types_root/.mypy_cache" \
-  -p custom.daemon -p custom.ingest
+  -p custom.wire -p custom.daemon -p custom.ingest
 rm -rf "$types_root"
 
 echo "== tests"

@@ -11,9 +11,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from custom.ingest.config import ConfigError, load_config
-from custom.testing.dashboard import FixtureSensor, fixture_event, log_in, reader_dsn
-from custom.testing.ingest import WINDOW_S, wait_rows
+from custom.ingest.config import load_config
+from custom.wire.settings import ConfigError
+from testing.dashboard import FixtureSensor, fixture_event, log_in, reader_dsn
+from testing.ingest import WINDOW_S, wait_rows
 from tests.conftest import ROOT
 
 RULES = """

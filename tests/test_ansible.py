@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
 ANSIBLE_DIR = ROOT / "deploy" / "ansible"
 PLAYBOOKS = sorted(p.name for p in (ANSIBLE_DIR / "playbooks").glob("*.yml"))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from custom.testing import arm64
+from testing import arm64
 
 pytestmark = pytest.mark.arm64
 

@@ -10,7 +10,7 @@ import pytest
 
 from custom.daemon.model.bundle import MANIFEST_NAME, BundleError, load_bundle
 from custom.daemon.model.inference import Model
-from custom.testing.bundles import edit_manifest
+from testing.bundles import edit_manifest
 
 
 @pytest.fixture

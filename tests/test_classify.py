@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
-SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "wire/event.schema.json").read_text())
 
 
 def classify(*args: str | Path, bundle: Path | None) -> subprocess.CompletedProcess:

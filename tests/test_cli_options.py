@@ -1,4 +1,4 @@
-"""No product command-line tool carries a hidden option: test faults and short periods live in custom.testing."""
+"""No product command-line tool carries a hidden option: test faults and short periods live in testing."""
 
 from __future__ import annotations
 

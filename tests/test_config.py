@@ -18,7 +18,7 @@ from custom.daemon.config import (
     parse_config,
     render_default_config,
 )
-from custom.testing.config_trees import KEYS, keys, leaf_fields, trees
+from testing.config_trees import KEYS, keys, leaf_fields, trees
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config.yaml"

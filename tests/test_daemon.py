@@ -11,10 +11,10 @@ from datetime import datetime
 import jsonschema
 
 from custom.daemon.audio.devices import rescan_devices
-from custom.testing.daemon import daemon_config
-from custom.testing.shared import ROOT
+from testing.daemon import daemon_config
+from testing.shared import ROOT
 
-SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "wire/event.schema.json").read_text())
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
 
 

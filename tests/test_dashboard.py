@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from custom.ingest.cli import main as ingest_cli
-from custom.testing.broker import free_port
-from custom.testing.dashboard import FLEET, log_in, reader_dsn, write_fixture_fleet
-from custom.testing.postgres import create_database
+from testing.broker import free_port
+from testing.dashboard import FLEET, log_in, reader_dsn, write_fixture_fleet
+from testing.postgres import create_database
 
 
 @pytest.fixture
@@ -255,7 +255,7 @@ def test_every_sensor_stays_in_view_when_panels_open_close_and_the_window_resize
 def test_a_city_of_sensors_clusters_and_stays_in_view(pg_cluster, ingest_db, make_dashboard, browser):
     """150 sensors over the city: markers cluster (the vendored Leaflet.markercluster), labels only on hover, and
     after each panel opens every sensor is drawn inside the map, alone or counted in a cluster."""
-    from custom.testing.dashboard import write_crowd
+    from testing.dashboard import write_crowd
 
     now = time.time()
     write_fixture_fleet(ingest_db, now)
@@ -289,7 +289,7 @@ def test_one_clock_on_the_page_across_a_dst_change(pg_cluster, ingest_db, make_d
 
     from custom.ingest.records import Judge
     from custom.ingest.store import Store, connect
-    from custom.testing.dashboard import FixtureSensor, fixture_event
+    from testing.dashboard import FixtureSensor, fixture_event
 
     sensor = FixtureSensor("D", 40.4150, -3.7000, "Dog", 61.0, 0.0)
     judge = Judge()
@@ -390,7 +390,7 @@ MADRID = (-3.75, 40.38, -3.65, 40.45)  # west, south, east, north: around the fi
 def test_basemap_from_an_mbtiles_file_without_the_internet(fleet, make_dashboard, browser, tmp_path):
     """The operator's MBTiles file (made here, a few hundred solid tiles over central Madrid): the page draws its
     tiles, served by the dashboard behind the login, and asks nothing of any other address."""
-    from custom.testing.dashboard import make_mbtiles
+    from testing.dashboard import make_mbtiles
 
     tiles = make_mbtiles(tmp_path / "madrid.mbtiles", MADRID, range(10, 17))
     server = make_dashboard(fleet[0], extra=["--basemap", str(tmp_path / "madrid.mbtiles")])

@@ -19,9 +19,9 @@ from custom.ingest.config import load_config
 from custom.ingest.door import OPEN_PATHS
 from custom.ingest.serve import create_app, open_pool
 from custom.ingest.users import add_user
-from custom.testing.broker import free_port
-from custom.testing.dashboard import FLEET, PASSWORD, USER, log_in, reader_dsn, write_fixture_fleet
-from custom.testing.secure_broker import make_ca, make_server_cert
+from testing.broker import free_port
+from testing.dashboard import FLEET, PASSWORD, USER, log_in, reader_dsn, write_fixture_fleet
+from testing.secure_broker import make_ca, make_server_cert
 
 
 @pytest.fixture
@@ -195,7 +195,7 @@ def test_serve_over_https_with_cert_and_key(fleet_dsn, make_dashboard, tmp_path)
 
 @pytest.mark.skipif(not shutil.which("nginx"), reason="needs nginx (apt-get install nginx)")
 def test_the_readme_nginx_recipe_in_front_of_serve(fleet_dsn, make_dashboard, tmp_path):
-    from custom.testing.proxy import nginx
+    from testing.proxy import nginx
 
     ca, cert, key = _certificate(tmp_path)
     server = make_dashboard(fleet_dsn)

@@ -2,7 +2,7 @@
 
 The broker config is derived from the shipped example by swapping only the listener and file paths, so a change to
 the example that weakens it (anonymous access, no TLS, no ACL) fails here. Credentials come from the shipped
-make-sensor-credentials.sh, certificates from openssl (fixtures in custom.testing.secure_broker).
+make-sensor-credentials.sh, certificates from openssl (fixtures in testing.secure_broker).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from custom.testing.secure_broker import EXAMPLE, WAIT_S, SecureBroker, make_ca
+from testing.secure_broker import EXAMPLE, WAIT_S, SecureBroker, make_ca
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("mosquitto") and shutil.which("mosquitto_passwd") and shutil.which("openssl")),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from custom.testing.unit import EXEC_START, MAX_EXPOSURE, UNIT, UNIT_NAME, exposure, prepare_root, verify_problems
+from testing.unit import EXEC_START, MAX_EXPOSURE, UNIT, UNIT_NAME, exposure, prepare_root, verify_problems
 
 WINDOW_S = 10  # the daemon's default window: the watchdog must allow for a few of them
 

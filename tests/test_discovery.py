@@ -22,9 +22,9 @@ from custom.daemon.publish.discovery import DeviceInfo, Discovery, discovery_mes
 from custom.daemon.publish.event import EventContext
 from custom.daemon.publish.publisher import Publisher
 from custom.daemon.publish.spool import Spool
-from custom.daemon.topics import Topics
+from custom.wire.topics import Topics
 
-SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "daemon" / "event.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "wire" / "event.schema.json").read_text())
 # What HA's MQTT discovery requires or this project promises for every entity, per platform.
 COMMON_KEYS = {"name", "unique_id", "state_topic", "value_template", "availability_topic", "payload_available",
                "payload_not_available", "device"}  # fmt: skip
@@ -45,7 +45,9 @@ def make_event(sensor_id: str, scores: list[float], level_db: float, unit: str =
     )
     figure = round(level_db, 1) if math.isfinite(level_db) else None
     levels = {name: figure for name in ("laeq", "lafmax", "lafmin", "la10", "la50", "la90")} | {"unit": unit}
-    event = context.build(scores, start=1_700_000_000.0, end=1_700_000_010.0, levels=levels, processing_ms=12.0)
+    event = context.build(
+        scores, start=1_700_000_000.0, end=1_700_000_010.0, levels=levels, processing_ms=12.0
+    ).to_json()
     jsonschema.validate(event, SCHEMA)
     return event
 

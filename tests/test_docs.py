@@ -14,7 +14,7 @@ import pytest
 
 from custom.daemon.config import Config
 from custom.ingest.config import IngestConfig
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
 SENSOR_DOCS = ("README.md", "deploy/OPERATING.md", "FAULTS.md", "bench/RESULTS.md")
 INGEST_DOCS = ("ingest/README.md",)
@@ -68,7 +68,7 @@ def test_the_tests_a_doc_names_exist(doc: str) -> None:
 
 
 # The packages whose every module the README's layout tables name; a row is `| ... | `dir/` | ... modules ... |`.
-LAYOUT_PACKAGES = ("daemon", "ingest", "convert")
+LAYOUT_PACKAGES = ("wire", "daemon", "ingest", "convert")
 LAYOUT_ROW = re.compile(r"^\|(?:[^|\n]*\|)?\s*`([a-z_/]+/)`\s*\|(.*)$", re.MULTILINE)
 
 

@@ -162,7 +162,7 @@ def efficientat_bundle(shared: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_bundle_classifies_real_clips_through_classify(efficientat_bundle: Path, shared: Path) -> None:
     bundle = load_bundle(efficientat_bundle)
     assert bundle.backbone == "efficientat" and bundle.frontend.sample_rate_hz == 32000
-    schema = json.loads((ROOT / "daemon/event.schema.json").read_text())
+    schema = json.loads((ROOT / "wire/event.schema.json").read_text())
     command = [sys.executable, "-m", "custom.daemon.cli", "classify", "--json", "--bundle", str(efficientat_bundle)]
     done = subprocess.run(
         [*command, str(shared / SIREN), str(shared / BIRD)], capture_output=True, text=True, timeout=300
@@ -218,14 +218,14 @@ def test_daemon_runs_the_bundle_to_the_broker(
     efficientat_bundle: Path, shared: Path, broker, subscriber_factory, make_daemon, tmp_path: Path
 ) -> None:
     """`custom-sensord run` on a replayed siren recording: windows resampled to 32 kHz, events on a real broker."""
-    from custom.testing.daemon import daemon_config
+    from testing.daemon import daemon_config
 
     subscriber = subscriber_factory(broker, ["custom/test-sensor/events"])
     config = daemon_config(efficientat_bundle, broker.port, tmp_path / "spool.sqlite")
     daemon = make_daemon(config, args=["--input", str(shared / SIREN), "--loop"]).start()
     messages = subscriber.wait_count("custom/test-sensor/events", 2, timeout=120)
     assert len(messages) >= 2, daemon.log()
-    schema = json.loads((ROOT / "daemon/event.schema.json").read_text())
+    schema = json.loads((ROOT / "wire/event.schema.json").read_text())
     for event in (m.json() for m in messages[:2]):
         jsonschema.validate(event, schema)
         assert event["model"]["bundle_id"] == "efficientat-mn04-urban10"

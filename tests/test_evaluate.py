@@ -120,7 +120,7 @@ def test_evaluate_a_bundle_through_the_daemon_loader(shared: Path, tmp_path: Pat
     from custom.convert.cli import main as convert
     from custom.daemon.model.bundle import BundleDraft, ClassSpec, ModelSpec, TensorSpec, write_bundle
     from custom.daemon.model.frontend import VGGISH
-    from custom.testing.vggish import write_classifier
+    from testing.vggish import write_classifier
 
     clf_dir = tmp_path / "clf"
     write_classifier(clf_dir)

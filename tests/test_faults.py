@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 
 from custom.daemon import cli
 from custom.daemon.model.bundle import sha256_file
-from custom.daemon.schema import key_of as _key
-from custom.testing.bundles import edit_manifest
-from custom.testing.config_trees import keys, trees
-from custom.testing.daemon import Daemon, daemon_config
-from custom.testing.disk import remount, tmpfs
+from custom.wire.settings import key_of as _key
+from testing.bundles import edit_manifest
+from testing.config_trees import keys, trees
+from testing.daemon import Daemon, daemon_config
+from testing.disk import remount, tmpfs
 
 EVENTS = "custom/test-sensor/events"
 HEALTH = "custom/test-sensor/health"
@@ -523,7 +523,7 @@ def test_security_faults_are_logged_once_and_retried_with_backoff(
 ):
     """Wrong password, wrong CA, plain client on a TLS port: one WARNING naming the cause, retries that back off
     (attempts counted from the DEBUG `attempt N` lines over 10 s), and the process stays up: no restart storm."""
-    # fixtures of custom.testing.broker, fetched by name (they are only needed here)
+    # fixtures of testing.broker, fetched by name (they are only needed here)
     with_password = request.getfixturevalue("password_broker")
     with_tls = request.getfixturevalue("tls_broker")
     ca_files = request.getfixturevalue("certs")

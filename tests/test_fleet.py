@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from custom.testing import nspawn
-from custom.testing.broker import Broker, Subscriber, free_port
-from custom.testing.bundles import edit_manifest
-from custom.testing.fleet import MIC_DROPIN, Fleet, Host, boot_host, make_ssh_key
-from custom.testing.shared import ROOT
+from testing import nspawn
+from testing.broker import Broker, Subscriber, free_port
+from testing.bundles import edit_manifest
+from testing.fleet import MIC_DROPIN, Fleet, Host, boot_host, make_ssh_key
+from testing.shared import ROOT
 
 pytestmark = pytest.mark.fleet
 
@@ -94,7 +94,7 @@ def street(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Iterator[S
     workdir = tmp_path_factory.mktemp("fleet")
     bundle = workdir / "bundles" / "default"
     assembled = subprocess.run(
-        [sys_python(), "-m", "custom.daemon.model.assemble", "--prebuilt", str(ROOT / "models/default"),
+        [sys_python(), "-m", "custom.daemon.cli", "bundle", "assemble", "--prebuilt", str(ROOT / "models/default"),
          "--shared", str(shared), "--out", str(bundle)], capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert assembled.returncode == 0, assembled.stderr

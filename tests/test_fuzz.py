@@ -35,8 +35,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from custom.daemon.publish.event import EventContext
-from custom.ingest.records import EventRow, Judge, Rejection, SummaryRow, _package_schema, _widened
-from custom.testing.ingest import build_event, hour_in_parts
+from custom.ingest.records import EventRow, Judge, Rejection, SummaryRow, _widened
+from custom.wire import schemas
+from testing.ingest import build_event, hour_in_parts
 
 CONTEXT = EventContext("s1", {"lat": 40.4, "lon": -3.7}, ("Siren", "Dog"), (0.5, 0.5), "b", "0" * 64, "dB(A)")
 T0 = 1764500400.0
@@ -131,8 +132,8 @@ def test_judge_accepts_only_valid_rows_and_never_raises(ingest_db):
     from custom.ingest.store import Store, connect
 
     judge = Judge()
-    event_schema = _widened(_package_schema("event.schema.json"), judge.accepted_versions)
-    summary_schema = _widened(_package_schema("summary.schema.json"), judge.summary_versions)
+    event_schema = _widened(schemas.load(schemas.EVENT), judge.accepted_versions)
+    summary_schema = _widened(schemas.load(schemas.SUMMARY), judge.summary_versions)
     tried = {"examples": 0, "events": 0, "summaries": 0, "rejected": 0}
     with connect(ingest_db) as conn:
         store = Store(conn)
@@ -174,7 +175,7 @@ def _no_constant(name: str) -> None:
 
 @pytest.fixture
 def dashboard(pg_cluster, ingest_db, make_dashboard):
-    from custom.testing.dashboard import reader_dsn, write_fixture_fleet
+    from testing.dashboard import reader_dsn, write_fixture_fleet
 
     write_fixture_fleet(ingest_db, time.time())
     return make_dashboard(reader_dsn(pg_cluster, ingest_db))
@@ -285,15 +286,17 @@ def _search_loader(name: str, texts: st.SearchStrategy[str], path: Path, load: A
 
 
 def test_sensor_config_loads_or_says_one_line(tmp_path):
-    from custom.daemon.config import ConfigError, load_config
+    from custom.daemon.config import load_config
+    from custom.wire.settings import ConfigError
 
     base = yaml.safe_load(_sensor_config_text())
     _search_loader("sensor config", _yaml_texts(base), tmp_path / "config.yaml", load_config, ConfigError, 400)
 
 
 def test_ingest_config_loads_or_says_one_line(tmp_path):
-    from custom.ingest.config import ConfigError, load_config
-    from custom.testing.shared import ROOT
+    from custom.ingest.config import load_config
+    from custom.wire.settings import ConfigError
+    from testing.shared import ROOT
 
     base = yaml.safe_load((ROOT / "ingest" / "ingest.example.yaml").read_text())
     _search_loader("ingest config", _yaml_texts(base), tmp_path / "ingest.yaml", load_config, ConfigError, 400)

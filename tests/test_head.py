@@ -21,10 +21,10 @@ from custom.convert.classes import CLASS_NAMES
 from custom.convert.cli import main as convert
 from custom.daemon.model.bundle import load_bundle
 from custom.daemon.model.inference import Model
-from custom.testing.daemon import daemon_config
+from testing.daemon import daemon_config
 from tests.conftest import ROOT
 
-SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "wire/event.schema.json").read_text())
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
 QUICK = ["--limit-per-label", "6", "--augment", "1"]  # the documented small build for tests
 

@@ -17,7 +17,7 @@ import pytest
 from bench.fleet import ScoreTable, publish_fleet, score_table
 from custom.daemon.publish.event import EventContext
 from custom.ingest.cli import main as ingest_cli
-from custom.testing.ingest import build_event, hour_in_parts, wait_rows
+from testing.ingest import build_event, hour_in_parts, wait_rows
 
 CLIPS = ["siren/us8k_102871-8-0-8.flac", "dog", "horn", "jackhammer", "children"]
 QUEUE_ALL = "max_queued_messages 1000000"  # keep the whole backlog; 0 ("no limit") is buggy in mosquitto 2.0
@@ -264,7 +264,7 @@ def test_end_to_end_from_the_daemon_to_a_row(
     yamnet_bundle, shared, virtual_mic, broker, subscriber_factory, make_daemon, ingest_db, make_ingest, tmp_path
 ):
     """A real clip through the virtual mic, the real daemon, mosquitto and the ingest into `events` and `sensors`."""
-    from custom.testing.daemon import daemon_config
+    from testing.daemon import daemon_config
 
     ingest = make_ingest(ingest_db, broker.port).start()
     ingest.wait_subscribed()
@@ -305,8 +305,8 @@ def test_migrate_as_a_plain_owner_says_what_a_superuser_must_run(capsys):
     import shutil
     import tempfile
 
-    from custom.testing.broker import free_port
-    from custom.testing.postgres import PgCluster, _unprivileged_user
+    from testing.broker import free_port
+    from testing.postgres import PgCluster, _unprivileged_user
 
     run_as = _unprivileged_user()
     top = Path(tempfile.mkdtemp(prefix="custom-pg-owner-"))  # not under pytest's tmp: the postgres user must enter it

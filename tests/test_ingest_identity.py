@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from custom.daemon.publish.event import EventContext
-from custom.testing.ingest import build_event, hour_in_parts, wait_rows
-from custom.testing.secure_broker import SecureBroker
+from testing.ingest import build_event, hour_in_parts, wait_rows
+from testing.secure_broker import SecureBroker
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("mosquitto") and shutil.which("mosquitto_passwd") and shutil.which("openssl")),

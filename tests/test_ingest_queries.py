@@ -14,7 +14,7 @@ from custom.daemon.publish.event import EventContext
 from custom.ingest.named_queries import ALERTS, DASHBOARD, NAMES, query
 from custom.ingest.records import Judge
 from custom.ingest.store import Store, connect
-from custom.testing.ingest import build_event, hour_in_parts
+from testing.ingest import build_event, hour_in_parts
 from tests.conftest import ROOT
 
 CLASSES = ("Siren", "Dog", "Vehicle horn")

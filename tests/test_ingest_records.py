@@ -1,4 +1,4 @@
-"""How the ingest judges one message: event and summary schemas from the daemon package (version pins widened by one),
+"""How the ingest judges one message: event and summary schemas from custom.wire (version pins widened by one),
 each message built by the daemon's own code, dates PostgreSQL would refuse caught before the database."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import jsonschema
 import pytest
 
 from custom.daemon.publish.event import EventContext
-from custom.ingest.records import EventRow, Judge, Rejection, SummaryRow, _package_schema
-from custom.testing.ingest import build_event, hour_in_parts
+from custom.ingest.records import EventRow, Judge, Rejection, SummaryRow
+from custom.wire import schemas
+from testing.ingest import build_event, hour_in_parts
 
 CONTEXT = EventContext("s1", {"lat": 40.4, "lon": -3.7}, ("Siren", "Dog"), (0.5, 0.5), "b", "0" * 64, "dB(A)")
 T0 = 1764500400.0  # 2025-11-30T11:00:00Z
@@ -24,12 +25,12 @@ def _event(**changes) -> dict:
 
 def test_fixtures_are_what_the_daemon_schemas_describe():
     event = _event()
-    jsonschema.validate(event, _package_schema("event.schema.json"))
+    jsonschema.validate(event, schemas.load(schemas.EVENT))
     assert event["level"]["laeq"] == 60.0 and event["level"]["unit"] == "dB(A)"
     assert event["level"]["lafmin"] <= event["level"]["la90"] <= event["level"]["lafmax"]
     partial, rest = hour_in_parts(CONTEXT, T0 + 1200, T0 + 3600, 60.0, ["Siren"])
     for summary in (partial, rest):
-        jsonschema.validate(summary, _package_schema("summary.schema.json"))
+        jsonschema.validate(summary, schemas.load(schemas.SUMMARY))
     assert partial["period"]["start"] == rest["period"]["start"] == "2025-11-30T11:00:00.000Z"
     assert (partial["period"]["partial"], rest["period"]["partial"]) == (True, False)
     assert (partial["minutes_covered"], rest["minutes_covered"]) == (20.0, 40.0)

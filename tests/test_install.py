@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from custom.testing.unit import MAX_EXPOSURE, exposure, prepare_root, verify_problems
+from testing.unit import MAX_EXPOSURE, exposure, prepare_root, verify_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "deploy" / "install.sh"
@@ -312,3 +312,13 @@ def test_reinstall_after_uninstall_still_knows_an_unedited_config(tmp_path: Path
     run_install(tree, "--config", str(new_default))
     assert (tree / "etc/custom-sensor/config.yaml").read_text() == new_default.read_text()
     assert not (tree / "etc/custom-sensor/config.yaml.dist").exists()
+
+
+def test_default_bundle_is_assembled_by_the_sensors_own_command(tmp_path: Path, shared: Path) -> None:
+    """--default-bundle runs `custom-sensord bundle assemble` from the checkout's venv: the committed manifest,
+    installed with the backbones it names (no TensorFlow, about a second)."""
+    tree = tmp_path / "root"
+    result = run_install(tree, "--default-bundle")
+    assert "assembled" in result.stdout, result.stdout + result.stderr
+    installed = tree / "var/lib/custom-sensor/bundle"
+    assert (installed / "manifest.json").read_bytes() == (ROOT / "models/default/manifest.json").read_bytes()

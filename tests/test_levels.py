@@ -12,7 +12,7 @@ import soxr
 
 from custom.daemon.audio.audiofile import read_audio
 from custom.daemon.noise.levels import FAST_TAU_S, LevelMeter, a_weighting_db
-from custom.testing.shared import shared_dir
+from testing.shared import shared_dir
 
 # IEC 61672-1:2013 Table 3 at the octave-band centres: nominal A-weighting (dB) and the Class 2 acceptance limits
 # (+upper, -lower; None = -infinity), transcribed; where the 2002 edition's tolerances differ, the tighter value is

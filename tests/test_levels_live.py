@@ -11,10 +11,10 @@ import pytest
 import soundfile
 
 from custom.daemon.noise.levels import a_weighting_db
-from custom.testing.daemon import daemon_config
+from testing.daemon import daemon_config
 from tests.conftest import ROOT
 
-SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "wire/event.schema.json").read_text())
 TONE_HZ = 12500.0
 TONE_DBFS = -20.0
 

@@ -25,7 +25,7 @@ from custom.daemon.model.bundle import (
 )
 from custom.daemon.model.frontend import VGGISH, YAMNET
 from custom.daemon.model.frontend_efficientat import EFFICIENTAT
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
 CLASSES = [ClassSpec("Siren", "Siren", "/m/03kmc9", 0.123456789), ClassSpec("Dog", "Dog", "/m/0bt9lr", 0.5)]
 

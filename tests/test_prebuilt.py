@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from custom.testing.shared import ROOT
+from testing.shared import ROOT
 
 PREBUILT = ROOT / "models/default"
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
 
 
 def assemble(prebuilt: Path, shared: Path, out: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "custom.daemon.model.assemble", "--prebuilt", str(prebuilt)]
+    command = [sys.executable, "-m", "custom.daemon.cli", "bundle", "assemble", "--prebuilt", str(prebuilt)]
     command += ["--shared", str(shared), "--out", str(out)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
@@ -60,7 +60,7 @@ def test_assembly_needs_no_tensorflow(tmp_path: Path, shared: Path):
     (blocker / "tensorflow").mkdir(parents=True)
     (blocker / "tensorflow/__init__.py").write_text("raise ImportError('TensorFlow is blocked in this test')\n")
     command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(blocker)!r}); "
-               "from custom.daemon.model.assemble import main; sys.exit(main())"]  # fmt: skip
+               "from custom.daemon.cli import main; sys.exit(main())", "bundle", "assemble"]  # fmt: skip
     command += ["--prebuilt", str(PREBUILT), "--shared", str(shared), "--out", str(tmp_path / "bundle")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from custom.daemon.config import ConfigError, MqttConfig, TlsConfig
+from custom.daemon.config import MqttConfig, TlsConfig
 from custom.daemon.publish.publisher import Publisher, TokenBucket
 from custom.daemon.publish.spool import Spool
-from custom.daemon.topics import Topics
+from custom.wire.settings import ConfigError
+from custom.wire.topics import Topics
 
 SENSOR = "s1"
 TOPICS = Topics("custom", SENSOR)
@@ -32,7 +33,7 @@ import sys, time, uuid
 from custom.daemon.config import MqttConfig
 from custom.daemon.publish.publisher import Publisher, TokenBucket
 from custom.daemon.publish.spool import Spool
-from custom.daemon.topics import Topics
+from custom.wire.topics import Topics
 host, port, spool_path, connect, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
 spool = Spool(spool_path, max_rows=10000, max_bytes=10**8)
 config = MqttConfig(host=host, port=port, reconnect_min_s=0.05, reconnect_max_s=0.2, keepalive_s=5)

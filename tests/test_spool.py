@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from custom.daemon.publish.spool import Spool
-from custom.testing.disk import remount, tmpfs
+from testing.disk import remount, tmpfs
 
 TOPIC = "custom/s1/events"
 WAIT_S = 10.0

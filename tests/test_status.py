@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from custom.daemon.status import problems
-from custom.testing.bundles import edit_manifest
-from custom.testing.daemon import daemon_config
-from custom.testing.shared import ROOT
+from testing.bundles import edit_manifest
+from testing.daemon import daemon_config
+from testing.shared import ROOT
 
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
 
@@ -26,7 +26,15 @@ SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
 def assembled(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The committed default bundle assembled with the shared backbones (no TensorFlow, about a second)."""
     out = tmp_path_factory.mktemp("status") / "bundle"
-    command = [sys.executable, "-m", "custom.daemon.model.assemble", "--prebuilt", str(ROOT / "models/default")]
+    command = [
+        sys.executable,
+        "-m",
+        "custom.daemon.cli",
+        "bundle",
+        "assemble",
+        "--prebuilt",
+        str(ROOT / "models/default"),
+    ]
     done = subprocess.run([*command, "--shared", str(shared), "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return out

@@ -1,5 +1,5 @@
 """Hourly summaries: content from short synthetic "hours", Lden, and end to end through the daemon and a broker
-outage (no summary lost). The period is shortened through the test-only entry point `custom.testing.faults`
+outage (no summary lost). The period is shortened through the test-only entry point `testing.faults`
 (`--summary-period-s`)."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 
 from custom.daemon.noise.levels import LevelMeter
 from custom.daemon.noise.summary import HourlySummary, energy_mean_db, lden
-from custom.testing.daemon import daemon_config
+from testing.daemon import daemon_config
 from tests.conftest import ROOT
 
-SUMMARY_SCHEMA = json.loads((ROOT / "daemon/summary.schema.json").read_text())
-EVENT_SCHEMA = json.loads((ROOT / "daemon/event.schema.json").read_text())
+SUMMARY_SCHEMA = json.loads((ROOT / "wire/summary.schema.json").read_text())
+EVENT_SCHEMA = json.loads((ROOT / "wire/event.schema.json").read_text())
 SIREN = "data/clips/siren/us8k_102871-8-0-8.flac"
 RATE = 16000
 CLASSES = ("Siren", "Dog_bark", "Car_horn")

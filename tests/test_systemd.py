@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from custom.testing import nspawn
-from custom.testing.broker import Broker, Message, Subscriber, free_port
-from custom.testing.shared import ROOT
+from testing import nspawn
+from testing.broker import Broker, Message, Subscriber, free_port
+from testing.shared import ROOT
 
 pytestmark = pytest.mark.systemd
 
@@ -280,8 +280,9 @@ def test_a_hung_pipeline_is_killed_by_the_watchdog_and_restarted_with_its_spool(
     broker_down_at = time.time()
     sensor.dropin(
         "test",
-        "[Service]\nExecStart=\n"
-        f"ExecStart={VENV_PYTHON} -m custom.testing.faults sensord --fault-stall-after 3 --config {CONFIG}\n"
+        # the test-only entry point is not installed with the package: it runs from the checkout bound at /src
+        "[Service]\nExecStart=\nEnvironment=PYTHONPATH=/src\n"
+        f"ExecStart={VENV_PYTHON} -m testing.faults sensord --fault-stall-after 3 --config {CONFIG}\n"
         "WatchdogSec=8\nRestartSec=1\n",
     )
     sensor.systemctl("restart", UNIT)
@@ -398,7 +399,7 @@ def test_ingest_unit_runs_for_real_against_postgresql(sensor: Sensor, pg_cluster
     cluster on host loopback (it has PostGIS), reached over the shared network."""
     import psycopg
 
-    from custom.testing.postgres import create_database
+    from testing.postgres import create_database
 
     dsn = create_database(pg_cluster, f"nspawn_ingest_{sensor.broker.port}")
     box = sensor.box
@@ -407,7 +408,7 @@ def test_ingest_unit_runs_for_real_against_postgresql(sensor: Sensor, pg_cluster
         venv.unlink()
     box.run("python3", "-m", "venv", "/opt/custom-ingest/venv")
     pip_env = {"PIP_CERT": str(nspawn.HOST_CA)}
-    box.run("/opt/custom-ingest/venv/bin/pip", "install", "-q", "/src[ingest]", env=pip_env, timeout=900)
+    box.run("/opt/custom-ingest/venv/bin/pip", "install", "-q", "/src[fleet]", env=pip_env, timeout=900)
     settings = {
         "mqtt": {"host": "127.0.0.1", "port": sensor.broker.port, "client_id": "nspawn-ingest"},
         "database": {"dsn": dsn},

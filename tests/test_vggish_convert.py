@@ -22,12 +22,12 @@ import pytest
 import soundfile
 
 from custom.convert.tflite.export import QUANTIZE_MODES
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import BundleError, load_bundle
 from custom.daemon.model.inference import Model
 from custom.daemon.model.postprocess import AudioSetPCA
 from custom.daemon.model.runtime import load_interpreter
-from custom.testing.vggish import (
+from custom.wire import exitcodes
+from testing.vggish import (
     SMALL,
     clip_patches,
     clip_paths,

@@ -15,9 +15,9 @@ import argparse
 import time
 from pathlib import Path
 
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import AGGREGATIONS, BundleError
 from custom.daemon.model.frontend_efficientat import EFFICIENTAT
+from custom.wire import exitcodes
 
 from .efficientat_embed import inspect_model
 from .yamnet import MappingSource, read_class_map, write_mapping_bundle

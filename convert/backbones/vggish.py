@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.audio.audiofile import AudioFileError, read_audio
 from custom.daemon.model.audioset_params import EMBEDDING_SIZE, NUM_BANDS, NUM_FRAMES
 from custom.daemon.model.bundle import (
@@ -37,6 +36,7 @@ from custom.daemon.model.frontend import VGGISH, Frontend
 from custom.daemon.model.inference import Model
 from custom.daemon.model.postprocess import AudioSetPCA
 from custom.daemon.model.runtime import RowRunner
+from custom.wire import exitcodes
 
 from ..classes import URBAN_CLASSES
 from ..tflite.export import QUANTIZE_MODES

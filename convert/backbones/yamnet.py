@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import (
     AGGREGATIONS,
     BundleDraft,
@@ -41,6 +40,7 @@ from custom.daemon.model.frontend import YAMNET, FrontendParams
 from custom.daemon.model.frontend_efficientat import EfficientATParams
 from custom.daemon.model.inference import Model, aggregate_patches
 from custom.daemon.model.runtime import load_interpreter
+from custom.wire import exitcodes
 
 from ..classes import URBAN_CLASSES
 from ..evaluate.labelled_clips import clip_outputs, read_manifest, recording_folds

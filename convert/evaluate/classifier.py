@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE
+from custom.wire import exitcodes
 
 from ..classes import URBAN_CLASSES
 from ..vggish_classifier.audioset import ClipSet, load_clips, sha256_of

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import BundleError, load_bundle
 from custom.daemon.model.inference import Model
+from custom.wire import exitcodes
 
 from ..classes import URBAN_CLASSES
 from .labelled_clips import clip_outputs, read_manifest

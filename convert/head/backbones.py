@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import ModelSpec, TensorSpec, sha256_file
 from custom.daemon.model.frontend import YAMNET, FrontendParams
 from custom.daemon.model.frontend_efficientat import EFFICIENTAT, EfficientATParams
 from custom.daemon.model.runtime import load_interpreter
+from custom.wire import exitcodes
 
 from ..backbones.yamnet import class_outputs, read_class_map
 from ..tflite.outputs import expose_outputs, final_layer

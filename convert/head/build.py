@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.bundle import Bundle, BundleDraft, EnsembleDraft, write_bundle
 from custom.daemon.model.inference import Model
+from custom.wire import exitcodes
 
 from .backbones import BACKBONES, HeadBackbone
 from .bundle import HEAD_FILE, ensemble_draft, export_head, head_draft, head_spec, strided

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from custom.daemon.model.bundle import (
+    TRAINED_BAND_RATE_HZ,
     BundleDraft,
     ClassSpec,
     EnsembleDraft,
@@ -19,7 +20,6 @@ from custom.daemon.model.bundle import (
     TensorSpec,
 )
 from custom.daemon.model.frontend import FrontendParams
-from custom.daemon.pipeline import TRAINED_BAND_RATE_HZ
 
 from ..classes import CLASS_NAMES, URBAN_CLASSES
 from .backbones import HeadBackbone

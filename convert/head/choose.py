@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
+from custom.wire import exitcodes
 
 from .data import DataError
 from .fit import L2

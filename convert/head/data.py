@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.audio.audiofile import AudioFileError, read_audio
 from custom.daemon.audio.pcm import SAMPLE_RATE_HZ
+from custom.wire import exitcodes
 
 from ..classes import URBAN_CLASSES
 from .licences import FAMILIES, describe, licence_family

@@ -54,8 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from custom.daemon import exitcodes
 from custom.daemon.model.audioset_params import DEQUANT_OFFSET, DEQUANT_SCALE, EMBEDDING_SIZE, FRAMES_PER_CLIP
+from custom.wire import exitcodes
 
 from ..classes import URBAN_CLASSES
 from ..evaluate.metrics import average_precision, best_f1_threshold

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backoff import Backoff
+from custom.wire.backoff import Backoff
+
 from .devices import PREFERRED_RATE_HZ, rescan_devices, supports_rate
 from .pcm import to_mono_float32
 from .ringbuffer import RingBuffer

@@ -10,7 +10,7 @@ manifest recorded, make the same edit with the flatbuffer schema that the TFLite
 TensorFlow nor minutes of training, and a backbone that is not the one the head learnt from is refused before it
 runs.
 
-    python -m custom.daemon.model.assemble --prebuilt models/default --shared ../shared --out DIR
+    custom-sensord bundle assemble --prebuilt models/default --shared ../shared --out DIR
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import exitcodes
+from custom.wire import exitcodes
+
 from .bundle import MANIFEST_NAME, BundleError, load_bundle, sha256_file
 
 ASSEMBLY_KEY = "assembly"  # provenance key: how each file not committed is made from a published model
@@ -173,19 +174,17 @@ def assemble(prebuilt: Path, shared: Path, out: Path) -> Path:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m custom.daemon.model.assemble",
-        description="Assemble a model bundle from a prebuilt head + manifest (e.g. models/default) and the published "
-        "backbones in ../shared/models, each checked by sha256; no TensorFlow needed.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `custom-sensord bundle assemble`."""
     parser.add_argument("--prebuilt", type=Path, required=True, help="folder with manifest.json and the head(s)")
     parser.add_argument(
         "--shared", type=Path, default=Path(os.environ.get("CUSTOM_SHARED", "../shared")),
         help="the shared folder holding models/ (default: $CUSTOM_SHARED or ../shared)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write (replaced atomically)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         out = assemble(args.prebuilt, args.shared, args.out)
     except AssemblyError as exc:
@@ -194,7 +193,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle = load_bundle(out)
     print(f"assembled {out} ({bundle.bundle_id}, sha256 {bundle.sha256[:12]}…)")
     return exitcodes.OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

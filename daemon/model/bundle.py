@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..schema import ConfigError, at_line, build, frozen_mapping, opt, parse_text
+from custom.wire.settings import ConfigError, at_line, build, frozen_mapping, opt, parse_text
+
 from .frontend import FrontendParams
 from .frontend_efficientat import EfficientATParams
 
@@ -34,6 +35,10 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "custom-sensor-bundle"
 FORMAT_VERSION = 1  # what the converter writes for one backbone
 FORMAT_VERSIONS = (1, 2)  # what the sensor reads; 2: several backbones, heads averaged
+# The band a window is limited to before a model sees it. Version-2 manifests carry it (band_rate_hz); a version-1
+# manifest has no such key and means this one, the band every model here learnt from (all of ../shared is 16 kHz:
+# nothing above 8 kHz), which the converter also writes into the version-2 manifests it makes.
+TRAINED_BAND_RATE_HZ = 16000
 BACKBONES = ("vggish", "yamnet", "efficientat")  # efficientat: 32 kHz log-mel in, 527 AudioSet logits out
 INPUT_KINDS = ("waveform", "log_mel", "efficientat_log_mel", "features")  # "features": a head's pooled embedding
 AGGREGATIONS = ("max", "mean", "top3_mean")
@@ -227,7 +232,7 @@ class Bundle:
     # fields above then describe the first member (backbone joins every member's name, e.g. "efficientat+yamnet")
     members: tuple[Bundle, ...] = ()
     weights: tuple[float, ...] = ()
-    band_rate_hz: int | None = None  # version 2: the band every member's windows are limited to
+    band_rate_hz: int = TRAINED_BAND_RATE_HZ  # the band every window is limited to first (version 2: from the manifest)
 
     @property
     def class_names(self) -> tuple[str, ...]:

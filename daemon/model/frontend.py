@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from custom.wire.settings import build
+
 from ..audio.pcm import SAMPLE_RATE_HZ
-from ..schema import build
 
 # HTK mel scale constants, as in mel_features.py and tf.signal.linear_to_mel_weight_matrix.
 _MEL_BREAK_FREQUENCY_HZ = 700.0

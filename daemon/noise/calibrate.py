@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import exitcodes
+from custom.wire import exitcodes
+
 from .levels import LevelMeter
 
 if TYPE_CHECKING:
@@ -160,7 +161,9 @@ def write_config(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, load_config, parse_config
+    from custom.wire.settings import ConfigError
+
+    from ..config import load_config, parse_config
 
     try:
         config = load_config(args.config)

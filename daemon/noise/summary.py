@@ -1,7 +1,7 @@
 """Hourly summary: the figures a noise map or a bylaw uses, per UTC hour, from the windows really measured.
 
 Published on `<prefix>/<sensor_id>/summary` through the spool (QoS 1, never lost, like events) when an hour is over,
-and once more, marked `partial`, on shutdown. Schema: `summary.schema.json` beside this file.
+and once more, marked `partial`, on shutdown. Schema: wire/summary.schema.json.
 
 * LAeq,1h is the energy mean of the windows' LAeq weighted by their duration, over the time really covered: an hour
   with 20 minutes of dead microphone says `minutes_covered: 40` and averages those 40, nothing is invented.
@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..publish.event import iso_utc
+from custom.wire.timestamps import iso_utc
+
 from .levels import WindowLevels
 
 SCHEMA_VERSION = 1

@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..topics import Topics
+from custom.wire.topics import Topics
+
 from ..version import package_version
 
 NOTHING_HEARD = "none"  # the top-class entity's state when no class reached its threshold (event top.name null)

@@ -11,7 +11,7 @@ Availability (same convention as Frigate): the last will sets `<prefix>/<id>/sta
 connection dies; `online` (retained) is published on every connect; a clean `stop()` publishes `offline` itself.
 
 The broker being down is a normal state: each distinct problem is logged once (WARNING) with its cause in words,
-repeats go to DEBUG, and reconnects back off by the shared rule (backoff.py) up to `mqtt.reconnect_max_s`.
+repeats go to DEBUG, and reconnects back off by the shared rule (custom.wire.backoff) up to `mqtt.reconnect_max_s`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..backoff import Backoff
-from ..config import ConfigError, MqttConfig, TlsConfig, one_line
-from ..topics import Topics
+from custom.wire.backoff import Backoff
+from custom.wire.settings import ConfigError, one_line
+from custom.wire.topics import Topics
+
+from ..config import MqttConfig, TlsConfig
 from .spool import Spool
 
 log = logging.getLogger(__name__)
