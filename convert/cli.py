@@ -12,6 +12,7 @@ import logging
 import sys
 
 from custom.wire import exitcodes
+from custom.wire.entry import guarded
 
 # subcommand -> module under custom.convert
 SUBCOMMANDS = {
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             f"custom-convert: {exc}; install the converter extra: pip install 'custom-sensor[convert]'", file=sys.stderr
         )
         return exitcodes.UNAVAILABLE
+
+
+def entry() -> int:
+    """The `custom-convert` console script: on an install without the convert extra, one line naming it."""
+    return guarded("custom-convert", "convert", main)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from custom.wire import exitcodes
+from custom.wire.entry import guarded
 
 if TYPE_CHECKING:
     from .config import Config
@@ -159,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `custom-sensord classify ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return exitcodes.OK
+
+
+def entry() -> int:
+    """The `custom-sensord` console script: on an install without the sensor extra, one line naming it."""
+    return guarded("custom-sensord", "sensor", main)
 
 
 if __name__ == "__main__":

@@ -120,3 +120,31 @@ def test_exit_codes_keep_their_values() -> None:
     values = {name: getattr(exitcodes, name) for name in dir(exitcodes) if re.fullmatch(r"[A-Z_]+", name)}
     assert values == {"OK": 0, "USAGE": 2, "DATA_ERROR": 65, "NO_INPUT": 66, "UNAVAILABLE": 69, "SOFTWARE": 70,
                       "CANT_CREATE": 73, "CONFIG": 78}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "absent", "extra"),
+    [
+        ("custom.daemon.cli", ["classify", "--bundle", "b", "x.wav"], "numpy", "sensor"),
+        ("custom.ingest", ["--help"], "psycopg", "fleet"),
+        ("custom.convert.cli", ["head", "--help"], "numpy", "convert"),
+    ],
+)
+def test_a_command_on_the_wrong_install_says_which_in_one_line(
+    script: str, argv: list[str], absent: str, extra: str
+) -> None:
+    """A fleet server has custom-sensord too (one distribution); run there, it names the install it needs. The
+    package is made unimportable for real (a None entry in sys.modules is how Python marks a module as absent)."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.modules[{absent!r}] = None; sys.argv = ['cmd', *{argv!r}]; "
+        f"from {script} import entry; sys.exit(entry())"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == exitcodes.UNAVAILABLE, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert f"lacks the Python package '{absent}'" in lines[0]
+    assert f"pip install 'custom-sensor[{extra}]'" in lines[0]
