@@ -89,6 +89,11 @@ def test_check_config_on_arm64(chroot: arm64.Arm64Run, installed: set[str]) -> N
     assert "/src/bad.yaml" in result.stderr and "sensor_id" in result.stderr, result.stderr
 
 
+def best_class(event: dict[str, Any]) -> str:
+    scores: dict[str, float] = event["scores"]
+    return max(scores, key=scores.__getitem__)
+
+
 @pytest.mark.parametrize(
     "runtime",
     ["ai_edge_litert", pytest.param("tflite_runtime", marks=pytest.mark.arm64_full)],
@@ -116,7 +121,9 @@ def test_classify_on_arm64_matches_x86(
         abs(score - x86_events[key]["scores"][name]) for key, event in events.items()
         for name, score in event["scores"].items()
     ]  # fmt: skip
-    tops = sum(event["top"]["name"] == x86_events[key]["top"]["name"] for key, event in events.items())
+    # the best-scoring class, not `top.name`: that is None when no class reaches its threshold, so a score 0.9875 on
+    # x86 and 0.99 on arm64 against a 0.99 threshold would read as a different class (seen with tflite-runtime 2.14)
+    tops = sum(best_class(event) == best_class(x86_events[key]) for key, event in events.items())
     per_window_ms = sorted(event["processing_ms"] for event in events.values())
     print(
         f"\narm64 ({runtime}, QEMU_CPU={arm64.QEMU_CPU}, emulated): {len(events)} windows, max |score diff| vs x86 "
