@@ -1,4 +1,4 @@
-"""The head's own logistic fit and the average precision every report prints, checked against scikit-learn.
+"""The head's own logistic fits (sigmoid, and softmax with "other") and the average precision every report prints, checked against scikit-learn.
 
 Both are written in numpy/scipy so the committed head stays byte-identical; scikit-learn (a convert dependency) is
 the independent reference that says they compute what their names promise."""
@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
 
 from custom.convert.evaluate.metrics import average_precision  # noqa: E402
-from custom.convert.head.fit import L2, fit_linear, sigmoid  # noqa: E402
+from custom.convert.head.fit import L2, fit_head, sigmoid, softmax  # noqa: E402
 
 
 def _dataset(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +28,7 @@ def _dataset(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _reference(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
     """The same objective in scikit-learn: one binary problem per class on the standardised features, positives
-    weighted by sqrt(negatives/positives), L2 on the weights only. fit_linear minimises mean(loss) + l2/2 |w|^2 and
+    weighted by sqrt(negatives/positives), L2 on the weights only. fit_head minimises mean(loss) + l2/2 |w|^2 and
     scikit-learn C sum(loss) + 1/2 |w|^2: the same minimum at C = 1 / (l2 n)."""
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / std
@@ -39,21 +39,40 @@ def _reference(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.
         model = LogisticRegression(C=1.0 / (l2 * len(z)), tol=1e-12, max_iter=10_000).fit(
             z, y[:, k], sample_weight=weight
         )
-        coefs.append(model.coef_[0] / std)  # back onto raw features, as fit_linear returns them
+        coefs.append(model.coef_[0] / std)  # back onto raw features, as fit_head returns them
         intercepts.append(model.intercept_[0] - mean @ (model.coef_[0] / std))
     return np.stack(coefs, axis=1), np.array(intercepts)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fit_linear_is_sklearns_weighted_logistic_regression(seed: int) -> None:
+def test_sigmoid_head_is_sklearns_weighted_logistic_regression(seed: int) -> None:
     x, y = _dataset(seed)
-    w, b = fit_linear(x, y)
-    w_ref, b_ref = _reference(x, y, L2)
+    head = fit_head(x, y, "sigmoid")
+    w, b = head.w, head.b
+    w_ref, b_ref = _reference(x, y, L2["sigmoid"])
     scale = np.abs(w_ref).max()
     assert np.abs(w - w_ref).max() < 5e-4 * scale, np.abs(w - w_ref).max()
     assert np.abs(b - b_ref).max() < 1e-3 * max(1.0, np.abs(b_ref).max())
-    probabilities = sigmoid(x @ w + b)
-    assert np.abs(probabilities - sigmoid(x @ w_ref + b_ref)).max() < 5e-4
+    assert np.abs(head.scores(x) - sigmoid(x @ w_ref + b_ref)).max() < 5e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_softmax_head_is_sklearns_multinomial_regression_with_an_other_class(seed: int) -> None:
+    """One label or none per window: the softmax head is scikit-learn's multinomial logistic regression over the
+    classes plus "other" (index 3 here), same L2 on the standardised features, and drops "other" from its scores."""
+    x, y = _dataset(seed)
+    first = np.argmax(y, axis=1)
+    single = np.zeros_like(y)
+    single[np.arange(len(y)), first] = y.any(axis=1)
+    target = np.where(single.any(axis=1), first, 3)
+    head = fit_head(x, single, "softmax")
+    assert head.w.shape == (12, 4)
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    reference = LogisticRegression(C=1.0 / (L2["softmax"] * len(x)), tol=1e-12, max_iter=10_000)
+    reference.fit((x - mean) / std, target)
+    expected = reference.predict_proba((x - mean) / std)
+    assert np.abs(softmax(x @ head.w + head.b) - expected).max() < 5e-4
+    assert np.abs(head.scores(x) - expected[:, :3]).max() < 5e-4
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -19,8 +19,11 @@ import pytest
 
 from custom.convert.classes import CLASS_NAMES
 from custom.convert.cli import main as convert
+from custom.convert.head.bundle import export_head
+from custom.convert.head.fit import OUTPUTS, fit_head
 from custom.daemon.model.bundle import load_bundle
 from custom.daemon.model.inference import Model
+from custom.daemon.model.runtime import RowRunner
 from testing.daemon import daemon_config
 from tests.conftest import ROOT
 
@@ -173,6 +176,33 @@ def test_headed_models_run_in_tflite_runtime_214(which: str, request: pytest.Fix
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_each_head_output_exports_to_what_both_runtimes_run(output: str, tmp_path: Path) -> None:
+    """Whichever output grouped CV picks, the .tflite computes the numpy fit's ten scores (a softmax head's "other"
+    sliced off) in ai_edge_litert and in tflite-runtime 2.14, at the shipped float16 weights."""
+    python = os.environ.get("CUSTOM_TFLITE214_PYTHON")
+    if not python:
+        pytest.fail("CUSTOM_TFLITE214_PYTHON is not set: tests/run.sh creates the tflite-runtime 2.14 venv")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 24)).astype(np.float32)
+    y = np.zeros((300, len(CLASS_NAMES)), dtype=bool)
+    y[np.arange(300), np.argmax(x[:, :10], axis=1)] = x.max(axis=1) > 1.0  # "other" where nothing stands out
+    head = fit_head(x, y, output)
+    path = tmp_path / "head.tflite"
+    path.write_bytes(export_head(head, "float16"))
+    expected = head.scores(x[:5])
+    assert expected.shape == (5, len(CLASS_NAMES))
+    ours = RowRunner(path)(x[:5])
+    np.testing.assert_allclose(ours, expected, atol=2e-3)
+    np.save(tmp_path / "features.npy", x[:5])
+    done = subprocess.run(
+        [python, str(ROOT / "tests/tflite214_check.py"), str(tmp_path / "features.npy"), str(tmp_path / "out"),
+         str(path)], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out/head.npy"), ours, atol=1e-5)
 
 
 def _fake_shared(shared: Path, tmp_path: Path, rows: list[dict[str, str]], holdout: list[str] = ()) -> Path:

@@ -4,7 +4,8 @@ from the real recordings in ../shared and write the best headed bundle.
 Steps: expose each backbone's embedding as a second output (convert/head/backbones.py), run every training
 recording (and seeded, label-honest mixes of the thin classes) through the bundle's own backbone code, choose the
 pooling and features by cross-validation grouped by source recording, set per-class thresholds from the
-out-of-fold scores, then fit on everything and export a linear sigmoid head (features -> 10 scores) to TFLite.
+out-of-fold scores, then fit on everything and export a linear head (sigmoid, or softmax with an "other" output;
+features -> 10 scores) to TFLite.
 Every figure printed or stored comes from out-of-fold scores: no window is scored by a head that trained on its
 recording. The same run scores today's class mapping (YAMNet's own scores, mean over the window) on the same
 windows, so the two can be compared honestly. With both backbones, their concatenated features and their averaged
@@ -31,7 +32,7 @@ from .backbones import BACKBONES, HeadBackbone
 from .bundle import HEAD_FILE, ensemble_draft, export_head, head_draft, head_spec, strided
 from .choose import CHOICE_RULE, Candidate, pick
 from .data import DataError, Recording
-from .fit import L2, fit_linear, sigmoid
+from .fit import Head, fit_head
 from .folds import FOLDS, THRESHOLD_RULE
 from .licences import FAMILIES, describe, parse_families
 from .measure import HeadResult, Measured, measure
@@ -114,17 +115,18 @@ def write_and_verify(args: argparse.Namespace, work: Path, measured: Measured, c
     if chosen.members:
         result.chosen["weights"] = dict(zip(chosen.backbones, chosen.weights, strict=True))
     result.figures["head"] = chosen.figures
-    fits = {}
+    fits: dict[str, Head] = {}
     sources: dict[str, Path] = {}
     for single in singles:
         assert single.features is not None and single.keep is not None and single.variant is not None
         backbone = strided(measured.backbones[single.name], single.variant)
-        w, b = fit_linear(single.features[single.keep], measured.y[single.keep])
-        fits[single.name] = (w, b)
+        fit = fit_head(single.features[single.keep], measured.y[single.keep], single.variant.output)
+        fits[single.name] = fit
         head_file = HEAD_FILE if not chosen.members else f"head_{single.name}.tflite"
-        (work / head_file).write_bytes(export_head(w, b, args.quantize))
+        (work / head_file).write_bytes(export_head(fit, args.quantize))
         sources |= {backbone.model_file: backbone.path, head_file: work / head_file}
-    provenance = _provenance(args, [measured.backbones[c.name] for c in singles], measured)
+    heads = ", ".join(f"{c.name}: linear {c.variant.output}, L2 {c.variant.l2}" for c in singles if c.variant)
+    provenance = _provenance(args, [measured.backbones[c.name] for c in singles], measured, heads)
     strides = {c.name: c.variant.patch_stride if c.variant else 1 for c in singles}
     draft: BundleDraft | EnsembleDraft
     if chosen.members:
@@ -142,16 +144,18 @@ def write_and_verify(args: argparse.Namespace, work: Path, measured: Measured, c
     worst = 0.0
     for single, model in zip(singles, models, strict=True):  # each written head agrees with its numpy fit
         assert single.features is not None
-        ex, (w, b), n = measured.examples[single.name], fits[single.name], strides[single.name]
+        ex, n = measured.examples[single.name], strides[single.name]
         got = np.stack([model.class_scores(np.hstack([ex.scores[r][::n], ex.embeddings[r][::n]])) for r in check_rows])
-        worst = max(worst, float(np.abs(got - sigmoid(single.features[check_rows] @ w + b)).max()))
+        worst = max(worst, float(np.abs(got - fits[single.name].scores(single.features[check_rows])).max()))
     if worst > 0.02:
         raise RuntimeError(f"exported head disagrees with its fit by {worst:.4f}")
     print(f"head TFLite ({args.quantize}) vs float fit: max |difference| {worst:.5f} on {len(check_rows)} windows")
     return bundle
 
 
-def _provenance(args: argparse.Namespace, backbones: list[HeadBackbone], measured: Measured) -> dict[str, Any]:
+def _provenance(
+    args: argparse.Namespace, backbones: list[HeadBackbone], measured: Measured, heads: str
+) -> dict[str, Any]:
     result = measured.result
 
     def summary(fig: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +173,7 @@ def _provenance(args: argparse.Namespace, backbones: list[HeadBackbone], measure
             "seed": args.seed,
             "counts": result.counts,
             "licences": training_licences(measured.recordings, args.licences),
-            "head": f"linear sigmoid, L2 {L2}, {args.quantize}",
+            "head": f"{heads}; weights {args.quantize}",
         },
         "thresholds": {"rule": THRESHOLD_RULE, "folds": f"{FOLDS}, grouped by source_recording"},
         "cross_validated": {

@@ -7,8 +7,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from custom.daemon.model.bundle import (
     TRAINED_BAND_RATE_HZ,
     BundleDraft,
@@ -25,23 +23,30 @@ from ..classes import CLASS_NAMES, URBAN_CLASSES
 from .backbones import HeadBackbone
 from .choose import Candidate, Variant
 from .data import WINDOW_S
+from .fit import Head
 from .veto import VetoChoice
 
 HEAD_FILE = "head.tflite"
 
 
-def export_head(w: np.ndarray, b: np.ndarray, mode: str) -> bytes:
+def export_head(head: Head, mode: str) -> bytes:
+    """The head as TFLite: features (1, dims) -> (1, 10) class scores, whatever its output layer, so the daemon
+    runs every head alike. A softmax head's "other" output is computed and sliced off."""
     import tensorflow as tf
 
     from ..tflite.export import export_tflite
 
     # fixed names: Keras numbers unnamed layers per process ("dense_3"), and the names land in the .tflite, so an
     # export after other Keras work would differ byte for byte from the committed head (models/default)
-    inputs = tf.keras.Input((w.shape[0],), batch_size=1, name="features")
-    dense = tf.keras.layers.Dense(w.shape[1], activation="sigmoid", name="head")
-    model = tf.keras.Model(inputs, dense(inputs), name="head")
-    dense.set_weights([w, b])
-    return export_tflite(model, (1, w.shape[0]), mode)
+    dims, outputs = head.w.shape
+    inputs = tf.keras.Input((dims,), batch_size=1, name="features")
+    dense = tf.keras.layers.Dense(outputs, activation=head.output, name="head")
+    scores = dense(inputs)
+    if outputs > len(CLASS_NAMES):
+        scores = tf.keras.layers.Lambda(lambda s: s[:, : len(CLASS_NAMES)], name="classes")(scores)
+    model = tf.keras.Model(inputs, scores, name="head")
+    dense.set_weights([head.w, head.b])
+    return export_tflite(model, (1, dims), mode)
 
 
 def head_draft(args, backbone: HeadBackbone, head: HeadSpec, sources: dict[str, Path], cuts, provenance) -> BundleDraft:

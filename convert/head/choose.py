@@ -37,10 +37,14 @@ class Variant:
     augmented: bool  # the thin classes' seeded mixes train the head too
     proxies: bool = True  # the scene-level ("proxy") recordings train the head too
     patch_stride: int = 1  # the front end's patch hop times this (YAMNet: 2 = non-overlapping patches, half the cost)
-    l2: float = L2
+    output: str = "sigmoid"  # the head's output layer (convert/head/fit.py)
+
+    @property
+    def l2(self) -> float:
+        return L2[self.output]
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "l2": self.l2}
 
 
 @dataclass

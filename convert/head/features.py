@@ -16,6 +16,7 @@ from ..classes import URBAN_CLASSES
 from .backbones import HeadBackbone
 from .bundle import HEAD_FILE, export_head, head_draft, head_spec
 from .data import THIN_CLASSES, BackboneFeatures, Examples, build_examples, load_examples, save_examples
+from .fit import Head
 from .licences import FAMILIES, describe
 
 CACHE_VERSION = 3  # 2: mix offsets drawn as a fraction (rate-independent); 3: EfficientAT STFT in float32 (scipy)
@@ -27,7 +28,7 @@ def probe(args, backbone: HeadBackbone, work: Path) -> Model:
     folder.mkdir(parents=True, exist_ok=True)
     dims = backbone.embedding_dims
     head = folder / HEAD_FILE
-    head.write_bytes(export_head(np.zeros((dims, 10), np.float32), np.zeros(10, np.float32), "float32"))
+    head.write_bytes(export_head(Head(np.zeros((dims, 10), np.float32), np.zeros(10, np.float32)), "float32"))
     draft = head_draft(
         args, backbone, head_spec(backbone, "mean", False, dims), {backbone.model_file: backbone.path,
         HEAD_FILE: head}, [0.5] * 10, {},

@@ -11,7 +11,7 @@ import numpy as np
 
 from .choose import Candidate, Variant
 from .figures import figures
-from .fit import fit_linear, sigmoid
+from .fit import Head, fit_head
 from .openset import (
     UNSEEN_FALSE_ALARM_TARGET,
     Setting,
@@ -32,7 +32,7 @@ THRESHOLD_CEILING = 0.99
 
 THRESHOLD_RULE = (
     f"{LABEL_RULE}; at most {THRESHOLD_CEILING}; then raised where needed so that at most "
-    f"{UNSEEN_FALSE_ALARM_TARGET:.0%} of 'other' windows of kinds the head never saw get a label (convert/openset.py)"
+    f"{UNSEEN_FALSE_ALARM_TARGET:.0%} of 'other' windows of kinds the head never saw get a label (convert/head/openset.py)"
 )
 
 
@@ -48,9 +48,9 @@ def fold_touches(groups: list[tuple[str, ...]], fold_of: dict[str, int]) -> list
     return [np.array([fold in f for f in window_fold]) for fold in range(FOLDS)]
 
 
-def fold_heads(x: np.ndarray, y: np.ndarray, trains: np.ndarray, touches: list[np.ndarray]) -> list[Any]:
-    """The head each fold's test windows are scored by, (w, b) per fold."""
-    return [fit_linear(x[trains & ~t], y[trains & ~t]) for t in touches]
+def fold_heads(x: np.ndarray, y: np.ndarray, trains: np.ndarray, touches: list[np.ndarray], output: str) -> list[Head]:
+    """The head each fold's test windows are scored by."""
+    return [fit_head(x[trains & ~t], y[trains & ~t], output) for t in touches]
 
 
 def cross_validate(
@@ -60,6 +60,7 @@ def cross_validate(
     real: np.ndarray,
     fold_of: dict[str, int],
     trains: np.ndarray,
+    output: str,
 ) -> np.ndarray:
     """Out-of-fold scores of every real window by heads trained on the `trains` windows; a mix trains a fold only if
     none of its recordings is tested in it."""
@@ -67,9 +68,8 @@ def cross_validate(
     real_rows = np.flatnonzero(real >= 0)
     for fold, touches in enumerate(fold_touches(groups, fold_of)):
         train = trains & ~touches
-        w, b = fit_linear(x[train], y[train])
         test = np.array([fold_of[groups[r][0]] == fold for r in real_rows])
-        oof[test] = sigmoid(x[real_rows[test]] @ w + b)
+        oof[test] = fit_head(x[train], y[train], output).scores(x[real_rows[test]])
     return oof
 
 

@@ -24,6 +24,7 @@ from custom.daemon.model.head import pool_features
 
 from ..classes import URBAN_CLASSES
 from .data import BackboneFeatures, Recording, load_waveform
+from .fit import Head
 from .folds import fold_heads, fold_touches
 from .veto import VetoChoice, veto_source
 
@@ -86,7 +87,7 @@ class Member:
     pooling: str
     with_scores: bool
     stride: int
-    fold_heads: Sequence[tuple[np.ndarray, np.ndarray]]  # (w, b) per fold
+    fold_heads: Sequence[Head]  # one per fold
     weight: float
     veto_scores: Callable[[np.ndarray], Any]  # pooled backbone scores (windows, outputs) -> a VetoSource
 
@@ -147,9 +148,7 @@ def mixture_figures(
                 scores, emb = m.features(wave.astype(np.float32))
                 feats.append(pool_features(emb[:: m.stride], scores[:: m.stride], m.pooling, m.with_scores))
                 pooled.append(scores[:: m.stride].mean(axis=0))
-            w, bias = m.fold_heads[fold]
-            z = np.stack(feats) @ w + bias
-            total += m.weight / (1.0 + np.exp(-np.clip(z, -40, 40)))
+            total += m.weight * m.fold_heads[fold].scores(np.stack(feats))
             sources.append(m.veto_scores(np.stack(pooled)))
         published = apply_veto(total, sources) >= cuts
         for n, snr in enumerate(SNRS_DB):
@@ -180,7 +179,7 @@ def street_mixtures(measured: Measured, chosen: Candidate, seed: int) -> dict[st
         backbone = measured.backbones[name]
         members.append(Member(
             BackboneFeatures(measured.probes[name]), backbone.rate_hz, variant.pooling, variant.with_scores,
-            variant.patch_stride, fold_heads(single.features, measured.y, single.keep, touches), weight,
+            variant.patch_stride, fold_heads(single.features, measured.y, single.keep, touches, variant.output), weight,
             functools.partial(veto_source, name, backbone.class_map, measured.ontology),
         ))  # fmt: skip
     vetoing = {s.backbone for s in chosen.veto.sources}

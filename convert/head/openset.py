@@ -16,15 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .fit import Head
 from .thresholds import label_recall
 
 UNSEEN_FALSE_ALARM_TARGET = 0.05
-Fit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (x, y) -> (w, b) of sigmoid(x @ w + b)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
-    return out
+Fit = Callable[[np.ndarray, np.ndarray], Head]  # (x, y) -> the head trained on them
 
 
 def unseen_kind_scores(
@@ -43,9 +39,8 @@ def unseen_kind_scores(
     kinds = np.asarray(negative_kinds)
     for kind in sorted(set(negative_kinds)):
         without = train & np.array([kind not in ks for ks in window_kinds])
-        w, b = fit(x[without], y[without])
         rows = kinds == kind
-        scores[rows] = _sigmoid(x[negative_rows[rows]] @ w + b)
+        scores[rows] = fit(x[without], y[without]).scores(x[negative_rows[rows]])
     return scores
 
 

@@ -19,7 +19,7 @@ RULE = (
     "per class, from the ceiling down to an own window's out-of-fold score (grouped CV), one class at a time: the "
     "move publishing the most own labels per window newly labelled wrongly, as long as at most "
     f"{SEEN_FALSE_ALARM_TARGET:.0%} of the 'other' windows get a label and at most {WRONG_LABEL_TARGET:.0%} of the "
-    f"single-label windows get a label of another class; never below {FLOOR} (convert/thresholds.py)"
+    f"single-label windows get a label of another class; never below {FLOOR} (convert/head/thresholds.py)"
 )
 
 
