@@ -1,4 +1,5 @@
-"""The head's own logistic fits (sigmoid, and softmax with "other") and the average precision every report prints, checked against scikit-learn.
+"""The head's own logistic fits (sigmoid, and softmax with "other") and the average precision every report prints,
+checked against scikit-learn.
 
 Both are written in numpy/scipy so the committed head stays byte-identical; scikit-learn (a convert dependency) is
 the independent reference that says they compute what their names promise."""

@@ -32,7 +32,8 @@ THRESHOLD_CEILING = 0.99
 
 THRESHOLD_RULE = (
     f"{LABEL_RULE}; at most {THRESHOLD_CEILING}; then raised where needed so that at most "
-    f"{UNSEEN_FALSE_ALARM_TARGET:.0%} of 'other' windows of kinds the head never saw get a label (convert/head/openset.py)"
+    f"{UNSEEN_FALSE_ALARM_TARGET:.0%} of 'other' windows of kinds the head never saw get a label "
+    "(convert/head/openset.py)"
 )
 
 

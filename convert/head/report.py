@@ -433,8 +433,8 @@ def _variant_table(result: HeadResult) -> list[str]:
         *[
             f"| {v.get('backbone', 'yamnet')} | {v['pooling']} | {v.get('patch_stride', 1)} | {v['with_scores']} | "
             f"{v['augmented']} | {v.get('proxies', True)} | {v.get('output', 'sigmoid')} | "
-            f"{v.get('label_recall', np.nan):.3f} | {v.get('wrong_label', np.nan):.3f} | {v['top1']:.3f} | {v['macro_ap']:.3f} | "
-            f"{v['false_alarm_other']:.3f} |"
+            f"{v.get('label_recall', np.nan):.3f} | {v.get('wrong_label', np.nan):.3f} | {v['top1']:.3f} | "
+            f"{v['macro_ap']:.3f} | {v['false_alarm_other']:.3f} |"
             for v in result.variants
         ],
     ]
