@@ -19,6 +19,13 @@ from .veto import VetoChoice, VetoSource
 TIE_LABEL_RECALL = 0.01  # label recall within this of the best is a tie: the cheaper per window ships
 
 
+OUTPUT_RULE = (
+    "each backbone's head, and the averaged pair, is measured with every output layer (sigmoid, softmax with "
+    "'other'), each after its own veto and unseen-kind raise; the best label recall represents it, and within "
+    f"{TIE_LABEL_RECALL} of the best, the fewest wrong labels"
+)
+
+
 CHOICE_RULE = (
     "best grouped-CV label recall on the clips (their class among the published labels) among the single-backbone "
     f"heads and the two heads averaged (a version-2 bundle) whose 'other' windows get a label at most "
@@ -103,6 +110,13 @@ def choose_candidate(candidates: list[Candidate]) -> Candidate:
     best = max(c.figures["label_recall"] for c in pool)
     tied = [c for c in pool if c.figures["label_recall"] >= best - TIE_LABEL_RECALL]
     return min(tied, key=lambda c: (c.cost_ms, -c.figures["label_recall"]))
+
+
+def best_output(tries: list[Candidate]) -> Candidate:
+    """OUTPUT_RULE: the try that publishes the most clips' own class; among near-ties, the one that mislabels least."""
+    best = max(c.figures["label_recall"] for c in tries)
+    tied = [c for c in tries if c.figures["label_recall"] >= best - TIE_LABEL_RECALL]
+    return min(tied, key=lambda c: (c.figures["wrong_label"], -c.figures["label_recall"]))
 
 
 def pick(candidates: list[Candidate], ship: str) -> Candidate:

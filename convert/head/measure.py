@@ -20,7 +20,7 @@ from ..classes import URBAN_CLASSES
 from ..evaluate.metrics import best_f1_threshold
 from ..ontology import Ontology
 from .backbones import BACKBONES, HeadBackbone, prepare
-from .choose import Candidate, Variant
+from .choose import Candidate, Variant, best_output
 from .data import Examples, Recording, load_waveform, read_recordings, recording_fold_map
 from .features import probe, window_examples
 from .figures import figures
@@ -65,6 +65,7 @@ class HeadResult:
     # label recall under street background (convert/head/mixtures.py)
     mixtures: dict[str, Any] = field(default_factory=dict)
     veto_tries: list[dict[str, Any]] = field(default_factory=list)  # the shipped candidate's veto settings tried
+    output_tries: list[dict[str, Any]] = field(default_factory=list)  # every output layer (pair) after veto and raise
 
 
 @dataclass
@@ -120,12 +121,17 @@ def measure(args: argparse.Namespace, work: Path) -> Measured:
         f"{'top-1':>6} {'macro AP':>9} "
         f"{'other':>6}   (grouped {FOLDS}-fold CV, {int(folds.on_clips.sum())} clips)"
     )
-    candidates = [
+    per_output = [
         _single_backbone(name, backbones[name], examples[name], folds, result, costs[name], ontology) for name in names
     ]
-    if len(candidates) == 2:
-        candidates += _combinations(candidates, folds)
-    _print_candidates(candidates)
+    tries = [c for outputs in per_output for c in outputs]
+    candidates = [best_output(outputs) for outputs in per_output]
+    if len(per_output) == 2:
+        averaged = _averaged(*per_output, folds)
+        tries += averaged
+        candidates += [_concatenated(*candidates, folds), best_output(averaged)]
+    result.output_tries = [_output_try(c) for c in tries]
+    _print_candidates([*tries, *[c for c in candidates if c.name == "concatenated"]])
     result.candidates = [c.record() for c in candidates]
     result.costs = {"mapping": costs["yamnet"], **{c.name: c.cost_ms for c in candidates}}
     result.figures = {"mapping": mapping_figures}
@@ -190,9 +196,9 @@ def _score_mapping(result: HeadResult, mapping: list[tuple[int, ...]], base: Exa
 def _single_backbone(
     name: str, backbone: HeadBackbone, examples: Examples, folds: Folds, result: HeadResult, cost_ms: float,
     ontology: Ontology,
-) -> Candidate:  # fmt: skip
+) -> list[Candidate]:  # fmt: skip
     """Every variant of one backbone's head by grouped CV (each a row of the printed table and of the report), then
-    the best one as a candidate with its unseen-kind scores and veto."""
+    for each output layer its best variant as a candidate with its unseen-kind scores and veto."""
     proxies = (True, False) if folds.proxy.any() else (True,)
     tried: list[tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]] = []
     for (pooling, with_scores, augmented), with_proxies, stride, output in itertools.product(
@@ -207,25 +213,30 @@ def _single_backbone(
         result.variants.append({"backbone": name, **variant.as_dict(), **{k: fig[k] for k in SCORED}})
         _print_row(name, f"{pooling}/{stride}", str(with_scores), str(augmented), str(with_proxies), output, fig=fig)
         tried.append((variant, x, oof, fig))
-    variant, x, oof, _ = _best_variant(tried)
-    keep = folds.trains(variant)
-    unseen = unseen_kind_scores(
-        x, folds.y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds,
-        functools.partial(fit_head, output=variant.output),
-    )  # fmt: skip
-    cost = cost_ms / variant.patch_stride  # the backbone's invokes dominate: half the patches, ~half the time
-    pooled = np.stack([s[:: variant.patch_stride].mean(axis=0) for s in examples.scores])
-    source = veto_source(name, backbone.class_map, ontology, pooled)
-    return folds.finish(name, (name,), cost, oof, unseen, (source,), variant=variant, features=x, keep=keep,
-                        veto_source=source)  # fmt: skip
+    candidates = []
+    for output in OUTPUTS:
+        variant, x, oof, _ = _best_variant([t for t in tried if t[0].output == output])
+        keep = folds.trains(variant)
+        unseen = unseen_kind_scores(
+            x, folds.y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds,
+            functools.partial(fit_head, output=output),
+        )  # fmt: skip
+        cost = cost_ms / variant.patch_stride  # the backbone's invokes dominate: half the patches, ~half the time
+        pooled = np.stack([s[:: variant.patch_stride].mean(axis=0) for s in examples.scores])
+        source = veto_source(name, backbone.class_map, ontology, pooled)
+        candidates.append(folds.finish(name, (name,), cost, oof, unseen, (source,), variant=variant, features=x,
+                                       keep=keep, veto_source=source))  # fmt: skip
+    return candidates
 
 
 def _print_candidates(candidates: list[Candidate]) -> None:
-    print(f"{'candidate':<28} {'labels':>6} {'wrong':>6} {'top-1':>6} {'macro AP':>9} {'other: seen':>12} "
+    print(f"{'candidate (outputs)':<44} {'labels':>6} {'wrong':>6} {'top-1':>6} {'macro AP':>9} {'other: seen':>12} "
           f"{'unseen':>7} {'before raise':>13}  veto")  # fmt: skip
     for c in candidates:
         f = c.figures
-        print(f"{c.name:<28} {f['label_recall']:>6.3f} {f['wrong_label']:>6.3f} {f['top1']:>6.3f} "
+        outputs = "/".join(m.variant.output for m in c.members or (c,) if m.variant)
+        label = f"{c.name} ({outputs})" if outputs else c.name
+        print(f"{label:<44} {f['label_recall']:>6.3f} {f['wrong_label']:>6.3f} {f['top1']:>6.3f} "
               f"{f['macro_ap']:>9.3f} {f['false_alarm_other']:>12.3f} {f['false_alarm_unseen']:>7.3f} "
               f"{f['false_alarm_unseen_before_raise']:>13.3f}  {c.veto.label}", flush=True)  # fmt: skip
 
@@ -245,24 +256,35 @@ def _judged(fig: dict[str, Any]) -> tuple[float, float]:
     return fig["label_recall"], fig["top1"]
 
 
-def _combinations(singles: list[Candidate], folds: Folds) -> list[Candidate]:
-    """Both backbones: one head over their concatenated features (measured), and their two heads averaged with the
-    weight grouped CV likes best (shippable as a version-2 bundle)."""
-    a, b = singles
+def _concatenated(a: Candidate, b: Candidate, folds: Folds) -> Candidate:
+    """One head over both backbones' features, with the output the stronger single head chose (measured only: not
+    a bundle layout)."""
     assert a.features is not None and b.features is not None and a.keep is not None and b.keep is not None
     assert a.veto_source is not None and b.veto_source is not None
-    assert a.plain_oof is not None and b.plain_oof is not None
-    assert a.plain_unseen is not None and b.plain_unseen is not None
-    both, cost, sources = (a.name, b.name), a.cost_ms + b.cost_ms, (a.veto_source, b.veto_source)
     x = np.hstack([a.features, b.features])
     keep = a.keep & b.keep
-    output = b.variant.output if b.variant else OUTPUTS[0]  # the stronger backbone's (EfficientAT)
+    strong = max((a, b), key=lambda c: _judged(c.figures))
+    output = strong.variant.output if strong.variant else OUTPUTS[0]
     oof = cross_validate(x, folds.y, folds.groups, folds.real, folds.fold_of, keep, output)
     unseen = unseen_kind_scores(
         x, folds.y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds,
         functools.partial(fit_head, output=output),
     )  # fmt: skip
-    concatenated = folds.finish("concatenated", both, cost, oof, unseen, sources)
+    return folds.finish(
+        "concatenated", (a.name, b.name), a.cost_ms + b.cost_ms, oof, unseen, (a.veto_source, b.veto_source)
+    )
+
+
+def _averaged(first: list[Candidate], second: list[Candidate], folds: Folds) -> list[Candidate]:
+    """Both backbones' heads averaged (shippable as a version-2 bundle), for every pair of their output layers, each
+    with the weight grouped CV likes best before the veto; each pair then gets its own veto and thresholds."""
+    return [_average(a, b, folds) for a in first for b in second]
+
+
+def _average(a: Candidate, b: Candidate, folds: Folds) -> Candidate:
+    assert a.veto_source is not None and b.veto_source is not None
+    assert a.plain_oof is not None and b.plain_oof is not None
+    assert a.plain_unseen is not None and b.plain_unseen is not None
 
     def weighted(wa: float) -> np.ndarray:  # the members' scores before their vetoes: the average gets its own
         assert a.plain_oof is not None and b.plain_oof is not None
@@ -272,11 +294,21 @@ def _combinations(singles: list[Candidate], folds: Folds) -> list[Candidate]:
         return _judged(figures(weighted(wa), folds.truth, thresholds_from(weighted(wa), folds.truth), folds.on_clips))
 
     wa = max(AVERAGE_WEIGHTS, key=score)
-    averaged = folds.finish(
-        f"averaged ({a.name} {wa:.1f})", both, cost, weighted(wa), wa * a.plain_unseen + (1 - wa) * b.plain_unseen,
-        sources, members=(a, b), weights=(wa, round(1 - wa, 6)),
+    return folds.finish(
+        f"averaged ({a.name} {wa:.1f})", (a.name, b.name), a.cost_ms + b.cost_ms, weighted(wa),
+        wa * a.plain_unseen + (1 - wa) * b.plain_unseen, (a.veto_source, b.veto_source), members=(a, b),
+        weights=(wa, round(1 - wa, 6)),
     )  # fmt: skip
-    return [concatenated, averaged]
+
+
+def _output_try(c: Candidate) -> dict[str, Any]:
+    """One row of the report's output table: which output each member used, and the figures after veto and raise."""
+    singles = c.members or (c,)
+    return {
+        "name": c.name, "outputs": {m.name: m.variant.output for m in singles if m.variant}, "veto": c.veto.label,
+        **{k: c.figures[k] for k in ("label_recall", "wrong_label", "false_alarm_other", "false_alarm_unseen", "top1")},
+        "min_recall": float(np.nanmin(c.figures["recall"])),
+    }  # fmt: skip
 
 
 def _print_row(*cells: str, fig: dict[str, Any]) -> None:

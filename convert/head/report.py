@@ -19,7 +19,7 @@ from custom.daemon.model.bundle import load_bundle
 from custom.daemon.model.inference import open_model
 
 from ..classes import CLASS_NAMES, URBAN_CLASSES
-from .choose import CHOICE_RULE
+from .choose import CHOICE_RULE, OUTPUT_RULE
 from .folds import FOLDS, THRESHOLD_RULE
 from .measure import HeadResult
 from .openset import UNSEEN_FALSE_ALARM_TARGET
@@ -156,6 +156,27 @@ def _veto_table(result: HeadResult) -> list[str]:
     return lines
 
 
+def _output_table(result: HeadResult) -> list[str]:
+    """Every output layer (and pair of them, averaged) judged as shipped: after its veto and unseen-kind raise."""
+    if not result.output_tries:
+        return []
+    lines = [
+        "", "### Head output layers (grouped CV, each after its own veto and unseen-kind raise)", "",
+        f"Rule: {OUTPUT_RULE}. Sigmoid: ten independent yes/no scores; softmax: the ten classes and an explicit "
+        "'other' compete (convert/head/fit.py).", "",
+        "| candidate | outputs | veto | label recall | min class | wrong label | 'other' seen kinds | unseen kinds "
+        "(nested) | top-1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for t in result.output_tries:
+        outputs = ", ".join(f"{b} {o}" for b, o in t["outputs"].items())
+        lines.append(
+            f"| {t['name']} | {outputs} | {t['veto']} | {t['label_recall']:.3f} | {t['min_recall']:.2f} | "
+            f"{t['wrong_label']:.3f} | {t['false_alarm_other']:.3f} | {t['false_alarm_unseen']:.3f} | {t['top1']:.3f} |"
+        )
+    return lines
+
+
 def _unseen_by_kind(result: HeadResult) -> list[str]:
     by_kind = result.figures["head"].get("false_alarm_unseen_by_kind") or {}
     if not by_kind:
@@ -244,6 +265,7 @@ def write_report(
         *_timing(headed, shared),
         *_per_class(result, columns),
         *_variant_table(result),
+        *_output_table(result),
         *_proxy_table(result),
         *_veto_table(result),
         *_unseen_by_kind(result),
