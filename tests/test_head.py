@@ -280,12 +280,14 @@ def test_a_class_missing_is_a_data_error(shared: Path, tmp_path: Path, capsys) -
 
 
 def test_choice_weighs_cost_only_on_a_tie_and_never_ships_past_the_false_alarm_targets() -> None:
-    from custom.convert.head.choose import TIE_LABEL_RECALL, Candidate, Variant, choose_candidate
+    from custom.convert.head.choose import TIE_LABEL_RECALL, Candidate, Variant, best_output, choose_candidate
 
-    def head(name: str, recall: float, cost: float, shippable: bool = True, unseen: float = 0.04) -> Candidate:
+    def head(
+        name: str, recall: float, cost: float, shippable: bool = True, unseen: float = 0.04, wrong: float = 0.02
+    ) -> Candidate:
         none = np.zeros((0, 10))
         variant, features = (Variant("mean", False, False), none) if shippable else (None, None)
-        fig = {"label_recall": recall, "false_alarm_other": 0.01, "false_alarm_unseen": unseen}
+        fig = {"label_recall": recall, "false_alarm_other": 0.01, "false_alarm_unseen": unseen, "wrong_label": wrong}
         return Candidate(name, (name,), cost, fig, none, [0.5] * 10, variant=variant, features=features)
 
     tied = [head("yamnet", 0.850, 123.0), head("efficientat", 0.850 - TIE_LABEL_RECALL / 2, 33.0)]
@@ -298,6 +300,13 @@ def test_choice_weighs_cost_only_on_a_tie_and_never_ships_past_the_false_alarm_t
     assert choose_candidate(noisy).name == "efficientat"  # more labels, but past the unseen-kind target
     all_noisy = [head("yamnet", 0.95, 123.0, unseen=0.08), head("efficientat", 0.80, 33.0, unseen=0.09)]
     assert choose_candidate(all_noisy).name == "yamnet"  # none within: the best labels still ship
+    mislabelling = [head("yamnet", 0.95, 123.0, unseen=0.08, wrong=0.06), head("efficientat", 0.80, 33.0, unseen=0.09)]
+    assert choose_candidate(mislabelling).name == "efficientat"  # none within all: hold what can be held first
+    near = 0.700 - TIE_LABEL_RECALL / 2
+    outputs = [head("sigmoid", 0.700, 1.0, unseen=0.09), head("softmax", near, 1.0, unseen=0.14)]
+    assert best_output(outputs).name == "sigmoid"  # a near-tie: fewer mistakes (wrong labels + unseen kinds)
+    outputs.append(head("softmax", 0.700 + 2 * TIE_LABEL_RECALL, 1.0, unseen=0.14))
+    assert best_output(outputs).figures["label_recall"] > 0.71  # a clear win in label recall stands for the head
 
 
 def test_two_backbone_bundle_averages_its_members(ensemble_bundle: Path, shared: Path) -> None:
