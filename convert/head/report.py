@@ -446,7 +446,8 @@ def _variant_table(result: HeadResult) -> list[str]:
         "",
         "## Pooling and features per backbone (grouped CV)",
         "",
-        "Chosen per backbone: the best label recall (then top-1); within 0.01 of it, the larger patch hop. Figures "
+        "Chosen per backbone with sigmoid outputs: the best label recall (then top-1); within 0.01 of it, the larger "
+        "patch hop. The chosen variant is then fitted with a softmax output too (the last row per backbone). Figures "
         "at each variant's own thresholds, before the veto and the unseen-kind raise.",
         "",
         "| backbone | pooling | patch hop x | + backbone scores | augmented mixes | proxy recordings | output | "
