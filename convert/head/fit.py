@@ -56,7 +56,7 @@ class Head:
         return sigmoid(z) if self.output == "sigmoid" else softmax(z)[:, :-1]
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, output: str = "sigmoid", l2: float | None = None) -> Head:
+def fit_head(x: np.ndarray, y: np.ndarray, output: str = "sigmoid") -> Head:
     """Fit `output`'s head on (x, multi-hot y) with L-BFGS on standardised features, single-threaded (deterministic),
     weights folded back onto raw features. sigmoid: weighted binary cross-entropy, positives up-weighted by
     sqrt(negatives/positives). softmax: cross-entropy against the window's labels shared equally (a mix of two
@@ -66,7 +66,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, output: str = "sigmoid", l2: float | 
 
     if output not in OUTPUTS:
         raise ValueError(f"unknown head output {output!r}; use one of {', '.join(OUTPUTS)}")
-    l2 = L2[output] if l2 is None else l2
+    l2 = L2[output]
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / std
     n, d = z.shape

@@ -21,7 +21,7 @@ from ..classes import URBAN_CLASSES
 from ..evaluate.metrics import best_f1_threshold
 from ..ontology import Ontology
 from .backbones import BACKBONES, HeadBackbone, prepare
-from .choose import Candidate, Variant, best_output
+from .choose import TIE_LABEL_RECALL, Candidate, Variant, best_output
 from .data import Examples, Recording, load_waveform, read_recordings, recording_fold_map
 from .features import probe, window_examples
 from .figures import figures
@@ -33,9 +33,6 @@ from .veto import veto_source
 # Pooling variants per backbone: convert/head/backbones.py. For YAMNet, appending its 521 scores lost 2-3 points of
 # top-1 in every pooling on ../shared (2026-11-30), so it is no longer tried.
 COST_WINDOWS = 5
-
-
-TIE = 0.01  # label recall within this of the best (about 3 of 277 clips) is a tie: the cheaper variant is kept
 
 
 SCORED = ("label_recall", "wrong_label", "top1", "macro_ap", "false_alarm_other", "top1_recall")
@@ -220,6 +217,10 @@ def _single_backbone(
         )
         if not augmented or folds.mixes.any()  # --augment 0: no mixes to try
     ])  # fmt: skip
+    stride = best[0].patch_stride  # every output is fitted on the same variant: one cost, one veto source
+    cost = cost_ms / stride  # the backbone's invokes dominate: half the patches, ~half the time
+    pooled = np.stack([s[::stride].mean(axis=0) for s in examples.scores])
+    source = veto_source(name, backbone.class_map, ontology, pooled)
     candidates = []
     for output in OUTPUTS:
         variant, x, oof, _ = best if output == best[0].output else tried(dataclasses.replace(best[0], output=output))
@@ -228,9 +229,6 @@ def _single_backbone(
             x, folds.y, keep, folds.window_kinds, folds.negative_rows, folds.negative_kinds,
             functools.partial(fit_head, output=output),
         )  # fmt: skip
-        cost = cost_ms / variant.patch_stride  # the backbone's invokes dominate: half the patches, ~half the time
-        pooled = np.stack([s[:: variant.patch_stride].mean(axis=0) for s in examples.scores])
-        source = veto_source(name, backbone.class_map, ontology, pooled)
         candidates.append(folds.finish(name, (name,), cost, oof, unseen, (source,), variant=variant, features=x,
                                        keep=keep, veto_source=source))  # fmt: skip
     return candidates
@@ -251,10 +249,10 @@ def _print_candidates(candidates: list[Candidate]) -> None:
 def _best_variant(
     tried: list[tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]],
 ) -> tuple[Variant, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Best grouped-CV label recall (what a subscriber sees; then top-1); within TIE of it, the largest patch stride
-    (the cheapest)."""
+    """Best grouped-CV label recall (what a subscriber sees; then top-1); within TIE_LABEL_RECALL of it, the largest
+    patch stride (the cheapest)."""
     best = max(tried, key=lambda t: _judged(t[3]))
-    tied = [t for t in tried if t[3]["label_recall"] >= best[3]["label_recall"] - TIE
+    tied = [t for t in tried if t[3]["label_recall"] >= best[3]["label_recall"] - TIE_LABEL_RECALL
             and t[0].patch_stride > best[0].patch_stride]  # fmt: skip
     return max(tied, key=lambda t: (t[0].patch_stride, *_judged(t[3]))) if tied else best
 
